@@ -1,0 +1,97 @@
+"""The I/O contract of the served model repository, declared once.
+
+Every `config.pbtxt` under `model_repository/` is checked against these specs (tests/test_contract.py),
+the export writes nothing that disagrees with them, and the client reads tensor names from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OBJECTIVES: tuple[str, ...] = (
+    "helpsteer-helpfulness",
+    "helpsteer-correctness",
+    "helpsteer-coherence",
+    "helpsteer-complexity",
+    "helpsteer-verbosity",
+    "ultrafeedback-overall_score",
+    "ultrafeedback-instruction_following",
+    "ultrafeedback-truthfulness",
+    "ultrafeedback-honesty",
+    "ultrafeedback-helpfulness",
+    "beavertails-is_safe",
+    "prometheus-score",
+    "argilla-overall_quality",
+    "argilla-judge_lm",
+    "code-complexity",
+    "code-style",
+    "code-explanation",
+    "code-instruction-following",
+    "code-readability",
+)
+NUM_OBJECTIVES = len(OBJECTIVES)
+
+# -1 where the size depends on the checkpoint (hidden size) or on the request (tokens).
+VARIABLE = -1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton's DataType enum name, e.g. "TYPE_FP32"
+    dims: tuple[int, ...]
+    ragged: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    backend: str  # "python" or "" for the ensemble platform
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+MESSAGES = TensorSpec("messages", "TYPE_STRING", (1,))
+INPUT_IDS = TensorSpec("input_ids", "TYPE_INT64", (VARIABLE,))
+GATE_POSITION = TensorSpec("gate_position", "TYPE_INT64", (1,))
+REWARD_POSITION = TensorSpec("reward_position", "TYPE_INT64", (1,))
+NUM_TOKENS = TensorSpec("num_tokens", "TYPE_INT64", (1,))
+GATE_HIDDEN = TensorSpec("gate_hidden", "TYPE_FP32", (VARIABLE,))
+REWARD_HIDDEN = TensorSpec("reward_hidden", "TYPE_FP32", (VARIABLE,))
+REWARDS = TensorSpec("rewards", "TYPE_FP32", (NUM_OBJECTIVES,))
+GATING = TensorSpec("gating", "TYPE_FP32", (NUM_OBJECTIVES,))
+COEFFICIENTS = TensorSpec("coefficients", "TYPE_FP32", (NUM_OBJECTIVES,))
+SCORE = TensorSpec("score", "TYPE_FP32", (1,))
+
+TOKENIZER = ModelSpec(
+    "armorm_tokenizer", "python", (MESSAGES,), (INPUT_IDS, GATE_POSITION, REWARD_POSITION, NUM_TOKENS)
+)
+BACKBONE = ModelSpec(
+    "armorm_backbone",
+    "python",
+    # Conversations differ in length: ragged batching lets one execute() take them all.
+    (TensorSpec(INPUT_IDS.name, INPUT_IDS.data_type, INPUT_IDS.dims, ragged=True), GATE_POSITION, REWARD_POSITION),
+    (GATE_HIDDEN, REWARD_HIDDEN),
+)
+REGRESSION = ModelSpec("armorm_regression", "python", (REWARD_HIDDEN,), (REWARDS,))
+GATING_MODEL = ModelSpec("armorm_gating", "python", (GATE_HIDDEN,), (GATING,))
+TRANSFORM = ModelSpec("armorm_transform", "python", (REWARDS, GATING), (SCORE, COEFFICIENTS))
+ENSEMBLE = ModelSpec("armorm", "", (MESSAGES,), (SCORE, REWARDS, GATING, COEFFICIENTS, NUM_TOKENS))
+
+STEPS: tuple[ModelSpec, ...] = (TOKENIZER, BACKBONE, REGRESSION, GATING_MODEL, TRANSFORM)
+ALL_MODELS: tuple[ModelSpec, ...] = (*STEPS, ENSEMBLE)
+
+# Files that the export writes next to the models that read them (under <model>/1/).
+TOKENIZER_DIR = "tokenizer"
+BACKBONE_ONNX = "model.onnx"
+BACKBONE_CONFIG = "config.json"
+REGRESSION_WEIGHTS = "regression.safetensors"
+GATING_WEIGHTS = "gating.safetensors"
+TRANSFORM_WEIGHTS = "transform.safetensors"
+OBJECTIVES_FILE = "objectives.json"

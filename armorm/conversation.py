@@ -1,0 +1,202 @@
+"""From a request's `messages` to token ids and the two positions ArmoRM reads.
+
+Validation happens here, before any heavy work, and every failure is a `ConversationError`
+whose message says what to fix; the served tokenizer turns it into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+ROLES = ("system", "user", "assistant")
+# The end of the prompt as the chat template renders it; the gate reads the hidden state at its start.
+GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+class ConversationError(ValueError):
+    """A request that cannot be scored; the message tells the caller what to fix."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    max_bytes: int = 1 << 20
+    max_messages: int = 256
+    max_tokens: int = 8192
+
+
+@dataclass(frozen=True)
+class TokenizedConversation:
+    input_ids: np.ndarray  # int64 [num_tokens]
+    gate_position: int
+    reward_position: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def parse_messages(raw: bytes | str, limits: InputLimits = InputLimits()) -> list[dict[str, str]]:
+    """Decode and validate one request's `messages` (a JSON list of {"role", "content"})."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    if len(raw) > limits.max_bytes:
+        raise ConversationError(f"messages is {len(raw)} bytes; the limit is {limits.max_bytes} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConversationError(f"messages is not valid UTF-8 (bad byte at offset {err.start})") from None
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConversationError(
+            f"messages is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+            'send a JSON list like [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
+        ) from None
+    return validate_messages(messages, limits)
+
+
+def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> list[dict[str, str]]:
+    if not isinstance(messages, list):
+        raise ConversationError(
+            f"messages must be a JSON list of {{\"role\", \"content\"}} objects, got a JSON {_json_kind(messages)}"
+        )
+    if not messages:
+        raise ConversationError("messages is an empty list; send at least a user turn and an assistant turn")
+    if len(messages) > limits.max_messages:
+        raise ConversationError(f"messages has {len(messages)} turns; the limit is {limits.max_messages}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ConversationError(f"messages[{index}] must be an object with role and content, got a JSON "
+                                    f"{_json_kind(message)}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise ConversationError(f"messages[{index}] has no {key!r} field")
+            if not isinstance(message[key], str):
+                raise ConversationError(f"messages[{index}].{key} must be a string, got a JSON "
+                                        f"{_json_kind(message[key])}")
+        if message["role"] not in ROLES:
+            raise ConversationError(
+                f"messages[{index}].role is {message['role']!r}; use one of {', '.join(ROLES)}"
+            )
+    if messages[-1]["role"] != "assistant":
+        raise ConversationError(
+            f"the last message must be the assistant response to score, got role {messages[-1]['role']!r}"
+        )
+    if len(messages) < 2:
+        raise ConversationError("messages holds only the assistant response; add the prompt (a user turn) before it")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def find_gate_position(input_ids: Sequence[int] | np.ndarray, pattern: Sequence[int]) -> int:
+    """Start index of the last occurrence of `pattern` (the <|eot_id|> that ends the prompt)."""
+    ids = np.asarray(input_ids)
+    width = len(pattern)
+    if width == 0 or ids.shape[0] < width:
+        raise ConversationError("token pattern not found: the conversation has no assistant turn after a prompt")
+    windows = np.lib.stride_tricks.sliding_window_view(ids, width)
+    hits = np.flatnonzero((windows == np.asarray(pattern)).all(axis=1))
+    if hits.size == 0:
+        raise ConversationError("token pattern not found: the conversation has no assistant turn after a prompt")
+    return int(hits[-1])
+
+
+def find_reward_position(input_ids: Sequence[int] | np.ndarray, pad_token_id: int) -> int:
+    """ArmoRM's rule: the token before the first pad, modulo the length (no pad: the last token)."""
+    ids = np.asarray(input_ids)
+    pads = np.flatnonzero(ids == pad_token_id)
+    first_pad = int(pads[0]) if pads.size else 0
+    return (first_pad - 1) % int(ids.shape[0])
+
+
+class ConversationTokenizer:
+    """Chat template + tokenization + positions, with the limits enforced.
+
+    `tokenizer` is a Hugging Face tokenizer loaded from the checkpoint (it carries the chat template).
+    """
+
+    def __init__(self, tokenizer: Any, limits: InputLimits = InputLimits()) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.gate_pattern: list[int] = list(tokenizer.encode(GATE_PATTERN_TEXT, add_special_tokens=False))
+        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1)
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+    def tokenize_batch(
+        self, batch: Sequence[list[dict[str, str]]]
+    ) -> list[TokenizedConversation | ConversationError]:
+        """Tokenize validated conversations together; a failure is returned in its slot, not raised."""
+        texts = [self.render(messages) for messages in batch]
+        # The template already holds <|begin_of_text|>: adding special tokens again would double the BOS.
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return [self._positions(ids) for ids in encoded]
+
+    def tokenize(self, messages: list[dict[str, str]]) -> TokenizedConversation:
+        result = self.tokenize_batch([messages])[0]
+        if isinstance(result, ConversationError):
+            raise result
+        return result
+
+    def _positions(self, ids: list[int]) -> TokenizedConversation | ConversationError:
+        if len(ids) > self.limits.max_tokens:
+            return ConversationError(
+                f"the conversation is {len(ids)} tokens long; the limit is {self.limits.max_tokens} tokens "
+                "(shorten the prompt or the response)"
+            )
+        input_ids = np.asarray(ids, dtype=np.int64)
+        try:
+            gate = find_gate_position(input_ids, self.gate_pattern)
+        except ConversationError as err:
+            return err
+        return TokenizedConversation(input_ids, gate, find_reward_position(input_ids, self.pad_token_id))
+
+
+def tokenize_requests(
+    tokenizer: ConversationTokenizer, requests: Sequence[Sequence[bytes]]
+) -> list[dict[str, np.ndarray] | ConversationError]:
+    """Each request's raw `messages` rows → its tokenizer outputs, or the error that fails it alone.
+
+    All valid conversations of the dynamic batch are tokenized in one call. A request with several
+    rows gets its rows right-padded with the pad token to a common length (positions stay exact).
+    """
+    parsed: list[list[list[dict[str, str]]] | ConversationError] = []
+    for rows in requests:
+        try:
+            parsed.append([parse_messages(raw, tokenizer.limits) for raw in rows])
+        except ConversationError as err:
+            parsed.append(err)
+    flat = [messages for item in parsed if not isinstance(item, ConversationError) for messages in item]
+    tokenized = iter(tokenizer.tokenize_batch(flat))
+    results: list[dict[str, np.ndarray] | ConversationError] = []
+    for item in parsed:
+        if isinstance(item, ConversationError):
+            results.append(item)
+            continue
+        conversations = [next(tokenized) for _ in item]
+        error = next((c for c in conversations if isinstance(c, ConversationError)), None)
+        if error is not None:
+            results.append(error)
+            continue
+        longest = max(c.num_tokens for c in conversations)
+        input_ids = np.full((len(conversations), longest), tokenizer.pad_token_id, dtype=np.int64)
+        for row, conversation in enumerate(conversations):
+            input_ids[row, : conversation.num_tokens] = conversation.input_ids
+        results.append({
+            "input_ids": input_ids,
+            "gate_position": np.array([[c.gate_position] for c in conversations], dtype=np.int64),
+            "reward_position": np.array([[c.reward_position] for c in conversations], dtype=np.int64),
+            "num_tokens": np.array([[c.num_tokens] for c in conversations], dtype=np.int64),
+        })
+    return results

@@ -1,0 +1,57 @@
+"""Running the exported ONNX backbone with ONNX Runtime on a batch of conversations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from armorm.codec import pad_right, token_budget_groups
+
+ONNX_INPUTS = ("input_ids", "gate_position", "reward_position")
+ONNX_OUTPUTS = ("gate_hidden", "reward_hidden")
+
+
+def onnx_session(path: Path, use_cuda: bool = False, threads: int = 0):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+class OnnxBackbone:
+    """Pads each token-budget group to its longest conversation and runs one session call per group."""
+
+    def __init__(self, session, pad_token_id: int, max_batch_tokens: int) -> None:
+        self.session = session
+        self.pad_token_id = pad_token_id
+        self.max_batch_tokens = max_batch_tokens
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run(
+        self, input_ids: Sequence[np.ndarray], gate_positions: np.ndarray, reward_positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids: one 1-D int64 array per conversation → (gate_hidden, reward_hidden) [n, hidden] fp32."""
+        count = len(input_ids)
+        gate_out: list[np.ndarray | None] = [None] * count
+        reward_out: list[np.ndarray | None] = [None] * count
+        for group in token_budget_groups([row.shape[0] for row in input_ids], self.max_batch_tokens):
+            feeds = {
+                "input_ids": pad_right([input_ids[i] for i in group], self.pad_token_id),
+                "gate_position": np.asarray(gate_positions[group], dtype=np.int64),
+                "reward_position": np.asarray(reward_positions[group], dtype=np.int64),
+            }
+            gate, reward = self.session.run(list(ONNX_OUTPUTS), feeds)
+            for row, index in enumerate(group):
+                gate_out[index], reward_out[index] = gate[row], reward[row]
+        return np.stack(gate_out).astype(np.float32), np.stack(reward_out).astype(np.float32)

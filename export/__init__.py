@@ -1,0 +1,1 @@
+"""Offline, heavy step: an ArmoRM checkpoint → a deployable Triton model repository."""

@@ -1,0 +1,87 @@
+"""Backbone → ONNX (dynamic batch and token axes, only the two hidden rows out), and its parity check."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from armorm.backbone import ArmoRMBackbone
+from armorm.config import ArmoRMConfig
+from armorm.onnx_backbone import ONNX_INPUTS, ONNX_OUTPUTS, OnnxBackbone, onnx_session
+
+# Protobuf's hard limit; above it weights go to an external data file next to model.onnx.
+PROTOBUF_LIMIT = 2**31 - 1
+OPSET = 17
+
+
+class ExportParityError(RuntimeError):
+    """ONNX Runtime disagrees with the reference forward by more than the tolerance."""
+
+
+def example_inputs(config: ArmoRMConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Batch and tokens ≥ 2 so the tracer does not specialise size-1 axes.
+    ids = torch.randint(0, config.vocab_size - 1, (2, 12))
+    return ids, torch.tensor([5, 3]), torch.tensor([11, 7])
+
+
+def export_backbone(config: ArmoRMConfig, state: dict[str, torch.Tensor], path: Path) -> Path:
+    """Write `path` (model.onnx), with `model.onnx.data` beside it when the weights exceed 2 GB."""
+    import onnx
+
+    module = ArmoRMBackbone.from_state_dict(config, state, torch.float32)
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".tmp.onnx")
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            module,
+            example_inputs(config),
+            str(scratch),
+            dynamo=False,
+            input_names=list(ONNX_INPUTS),
+            output_names=list(ONNX_OUTPUTS),
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "tokens"},
+                "gate_position": {0: "batch"},
+                "reward_position": {0: "batch"},
+                "gate_hidden": {0: "batch"},
+                "reward_hidden": {0: "batch"},
+            },
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    del module
+    model = onnx.load(str(scratch), load_external_data=True)
+    external = weight_bytes >= PROTOBUF_LIMIT - (64 << 20)
+    data_name = path.name + ".data"
+    if (path.parent / data_name).exists():
+        os.remove(path.parent / data_name)
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    for leftover in path.parent.glob(scratch.name + "*"):
+        leftover.unlink()
+    scratch.unlink(missing_ok=True)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def check_parity(path: Path, expected: list[tuple[np.ndarray, int, int, np.ndarray, np.ndarray]],
+                 pad_token_id: int, atol: float) -> float:
+    """Run ONNX Runtime on all conversations as one right-padded batch; return the max abs error.
+
+    `expected`: (input_ids, gate_position, reward_position, gate_hidden, reward_hidden) per conversation,
+    from the reference forward. Raises ExportParityError above `atol`.
+    """
+    runner = OnnxBackbone(onnx_session(path), pad_token_id, max_batch_tokens=1 << 30)
+    ids = [e[0] for e in expected]
+    gate, reward = runner.run(ids, np.array([e[1] for e in expected]), np.array([e[2] for e in expected]))
+    error = max(
+        float(np.abs(gate - np.stack([e[3] for e in expected])).max()),
+        float(np.abs(reward - np.stack([e[4] for e in expected])).max()),
+    )
+    if error > atol:
+        raise ExportParityError(f"ONNX Runtime differs from the reference forward by {error:.3g} (> atol {atol:g})")
+    return error

@@ -1,0 +1,24 @@
+"""Triton glue for ArmoRM's regression head; the math is armorm.heads.regression."""
+
+import torch
+import triton_python_backend_utils as pb
+
+from armorm import heads
+from armorm.contract import REGRESSION_WEIGHTS
+from armorm.triton_glue import ModelContext, run_rowwise
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        context = ModelContext.from_args(args)
+        self.device = context.torch_device()
+        self.weights = heads.RegressionWeights.load(context.version_dir / REGRESSION_WEIGHTS, self.device)
+        self.widths = {"reward_hidden": int(self.weights.weight.shape[1])}
+
+    def execute(self, requests):
+        return run_rowwise(pb, requests, self.widths, self.compute)
+
+    @torch.inference_mode()
+    def compute(self, inputs):
+        hidden = torch.from_numpy(inputs["reward_hidden"]).to(self.device)
+        return {"rewards": heads.regression(hidden, self.weights).cpu().numpy()}

@@ -1,0 +1,39 @@
+"""Triton glue for the tokenizer step: validation, chat template, token ids and positions live in
+armorm.conversation; a bad request fails alone with INVALID_ARGUMENT."""
+
+import triton_python_backend_utils as pb
+
+from armorm.checkpoint import load_tokenizer
+from armorm.codec import bytes_items
+from armorm.contract import TOKENIZER_DIR
+from armorm.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
+from armorm.triton_glue import ModelContext, RequestError, input_array, invalid_argument, tensors_response
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        context = ModelContext.from_args(args)
+        limits = InputLimits(
+            max_bytes=context.int_parameter("max_bytes", InputLimits.max_bytes),
+            max_messages=context.int_parameter("max_messages", InputLimits.max_messages),
+            max_tokens=context.int_parameter("max_tokens", InputLimits.max_tokens),
+        )
+        self.tokenizer = ConversationTokenizer(load_tokenizer(context.version_dir / TOKENIZER_DIR), limits)
+
+    def execute(self, requests):
+        rows = []
+        for request in requests:
+            try:
+                rows.append(bytes_items(input_array(pb, request, "messages")))
+            except RequestError as err:
+                rows.append(err)
+        readable = [r for r in rows if not isinstance(r, RequestError)]
+        tokenized = iter(tokenize_requests(self.tokenizer, readable))
+        responses = []
+        for row in rows:
+            result = row if isinstance(row, RequestError) else next(tokenized)
+            if isinstance(result, (RequestError, ConversationError)):
+                responses.append(invalid_argument(pb, str(result)))
+            else:
+                responses.append(tensors_response(pb, result))
+        return responses
