@@ -51,6 +51,7 @@ def tiny_config(sizes: TinySizes = TinySizes()) -> ArmoRMConfig:
         "architectures": ["LlamaForRewardModelWithGating"],
         "auto_map": {"AutoModelForSequenceClassification": "modeling_custom.LlamaForRewardModelWithGating"},
         "model_type": "llama",
+        "transformers_version": "4.41.2",
         "attention_bias": False,
         "attention_dropout": 0.0,
         "hidden_act": "silu",

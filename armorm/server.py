@@ -1,0 +1,235 @@
+"""Start the pip-distributed tritonserver (nvidia-pytriton 0.7.0 = Triton 2.51.0) on a model repository.
+
+It prepares a backend directory holding the Python-backend stub built for the running Python,
+sets PATH (the stub's embedded Python finds this venv through `python3` on PATH) and LD_LIBRARY_PATH,
+waits until the server is ready, and on exit terminates → waits → kills, then removes any
+Python-backend shared-memory segments the server left in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    root: Path  # .../site-packages/pytriton/tritonserver
+    libs: Path  # .../site-packages/nvidia_pytriton.libs
+
+    @classmethod
+    def find(cls) -> TritonInstall:
+        try:
+            import pytriton
+        except ImportError as err:
+            raise ServerStartError(
+                "tritonserver is not installed: pip install 'nvidia-pytriton==0.7.0' (or `pip install -e .[server]`)"
+            ) from err
+        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+        return cls(root=root, libs=root.parent.parent / "nvidia_pytriton.libs")
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "bin" / "tritonserver"
+
+    def backend_directory(self) -> Path:
+        """A copy of the backends tree with the stub for this Python, in a per-user cache (built once)."""
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = self.root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.exists():
+            raise ServerStartError(f"pytriton ships no Python-backend stub for Python {version}")
+        cache = Path(os.environ.get("ARMORM_TRITON_CACHE", Path(tempfile.gettempdir()) / f"armorm-triton-{os.getuid()}"))
+        target = cache / f"backends-py{version}"
+        if not (target / "python" / stub.name).exists():
+            staging = cache / f".staging-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(self.root / "backends", staging, symlinks=True)
+            shutil.copy2(stub, staging / "python" / stub.name)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        return target
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        bindir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
+        libdirs = [str(self.libs), sysconfig.get_config_var("LIBDIR") or ""]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs + [env.get("LD_LIBRARY_PATH", "")] if d])
+        return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def shm_segments() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob(SHM_PREFIX + "*")} if shm.exists() else set()
+
+
+@dataclass
+class TritonServer:
+    """A tritonserver process on loopback. Use as a context manager."""
+
+    repository: Path
+    grpc_port: int = 0
+    http_port: int = 0
+    metrics_port: int = 0
+    log_path: Path | None = None
+    extra_args: Sequence[str] = ()
+    startup_timeout: float = 180.0
+    host: str = "127.0.0.1"
+    process: subprocess.Popen | None = field(default=None, init=False)
+    _shm_before: set[str] = field(default_factory=set, init=False)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def command(self, install: TritonInstall) -> list[str]:
+        return [
+            str(install.binary),
+            f"--model-repository={Path(self.repository).resolve()}",
+            f"--backend-directory={install.backend_directory()}",
+            f"--cache-directory={install.root / 'caches'}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            "--model-control-mode=none",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+
+    def start(self) -> TritonServer:
+        install = TritonInstall.find()
+        self.grpc_port = self.grpc_port or free_port()
+        self.http_port = self.http_port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
+        if self.log_path is None:
+            self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self._shm_before = shm_segments()
+        log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.command(install), stdout=log, stderr=subprocess.STDOUT,
+                                        env=install.environment(), start_new_session=True)
+        log.close()
+        self.wait_ready()
+        return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path or not Path(self.log_path).exists():
+            return ""
+        return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + self.startup_timeout
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise ServerStartError(
+                        f"tritonserver exited with code {self.process.returncode} during start-up; log tail:\n"
+                        + self.log_tail())
+                try:
+                    if client.is_server_ready():
+                        return
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        self.stop()
+        raise ServerStartError(f"tritonserver not ready after {self.startup_timeout:.0f}s; log tail:\n" + self.log_tail())
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (Triton drains in-flight work), then SIGKILL the whole process group after `timeout`."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        # Stubs are in the server's session: make sure none outlives it.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for name in shm_segments() - self._shm_before:
+            Path("/dev/shm", name).unlink(missing_ok=True)
+        return self.process.returncode
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="armorm-serve", description="Serve an exported ArmoRM model repository.")
+    parser.add_argument("repository", type=Path, nargs="?", default=Path("build/repository"))
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("extra", nargs="*", help="extra tritonserver flags, after --")
+    args = parser.parse_args(argv)
+    if not (args.repository / "armorm" / "config.pbtxt").exists():
+        print(f"{args.repository} is not an exported repository: run `make export` first", file=sys.stderr)
+        return 2
+    server = TritonServer(args.repository, args.grpc_port, args.http_port, args.metrics_port,
+                          log_path=Path("build/tritonserver.log"), extra_args=args.extra, host=args.host)
+    Path("build").mkdir(exist_ok=True)
+    print(f"starting tritonserver on {args.repository} (log: {server.log_path}) ...", file=sys.stderr, flush=True)
+    server.start()
+    print(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    stop = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stop and server.process.poll() is None:
+        time.sleep(0.5)
+    code = server.stop()
+    print(f"tritonserver stopped (exit code {code})", file=sys.stderr)
+    return 0 if stop else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

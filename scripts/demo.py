@@ -1,0 +1,38 @@
+"""The demo: serve an exported repository, score the model card's three example responses over gRPC,
+print each score with its top-3 objectives by |coefficient|, and stop the server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from armorm.samples import MODEL_CARD_PROMPT, model_card_conversations
+from armorm.server import TritonServer
+from armorm_client import ArmoRMClient
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("repository", type=Path, nargs="?", default=Path("build/repository"))
+    args = parser.parse_args()
+    log = Path("build/demo-tritonserver.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"starting tritonserver on {args.repository} (log: {log}) ...", file=sys.stderr, flush=True)
+    with TritonServer(args.repository, log_path=log) as server:
+        print(f"server ready on gRPC {server.grpc_url}", file=sys.stderr, flush=True)
+        with ArmoRMClient(server.grpc_url) as client:
+            conversations = model_card_conversations()
+            results = client.score_batch(conversations)
+    print(f"\nPrompt: {MODEL_CARD_PROMPT}\n")
+    for messages, result in zip(conversations, results):
+        print(f"Response: {messages[-1]['content']}")
+        print(f"  score {result.score:+.5f}   ({result.num_tokens} tokens)")
+        for name, value in result.top_objectives(3):
+            print(f"    {name:<40} {value:+.5f}")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
