@@ -1,0 +1,84 @@
+"""Every config.pbtxt, hand-written and exported, parsed with Triton's own protobuf schema and checked
+against the declared I/O contract (armorm.contract)."""
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from armorm import contract
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def load(repository: Path, name: str) -> mc.ModelConfig:
+    return text_format.Parse((repository / name / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def check_tensors(declared, configured, model: str, kind: str) -> None:
+    by_name = {t.name: t for t in configured}
+    assert set(by_name) == {t.name for t in declared}, f"{model} {kind} names"
+    for spec in declared:
+        tensor = by_name[spec.name]
+        assert mc.DataType.Name(tensor.data_type) == spec.data_type, f"{model}.{spec.name} data_type"
+        assert tuple(tensor.dims) == spec.dims, f"{model}.{spec.name} dims"
+        if kind == "input":
+            assert tensor.allow_ragged_batch == spec.ragged, f"{model}.{spec.name} allow_ragged_batch"
+
+
+def check_repository(repository: Path) -> None:
+    for spec in contract.ALL_MODELS:
+        config = load(repository, spec.name)
+        assert config.name == spec.name
+        assert config.max_batch_size > 0, f"{spec.name} must batch"
+        check_tensors(spec.inputs, config.input, spec.name, "input")
+        check_tensors(spec.outputs, config.output, spec.name, "output")
+        if spec.backend:
+            assert config.backend == spec.backend
+            assert config.HasField("dynamic_batching"), f"{spec.name} needs dynamic batching"
+            assert (repository / spec.name / "1" / "model.py").exists()
+            assert config.max_batch_size >= load(repository, contract.ENSEMBLE.name).max_batch_size
+        else:
+            assert config.platform == "ensemble"
+    check_ensemble_wiring(load(repository, contract.ENSEMBLE.name))
+
+
+def check_ensemble_wiring(config: mc.ModelConfig) -> None:
+    """Each step's maps name exactly its model's tensors; every input is produced before it is read."""
+    specs = {spec.name: spec for spec in contract.STEPS}
+    available = {t.name for t in contract.ENSEMBLE.inputs}
+    for step in config.ensemble_scheduling.step:
+        spec = specs[step.model_name]
+        assert set(step.input_map) == {t.name for t in spec.inputs}, f"{spec.name} input_map keys"
+        assert set(step.output_map) == {t.name for t in spec.outputs}, f"{spec.name} output_map keys"
+        missing = set(step.input_map.values()) - available
+        assert not missing, f"{spec.name} reads {missing} before any step produces it"
+        available |= set(step.output_map.values())
+    assert {t.name for t in contract.ENSEMBLE.outputs} <= available
+    assert {s.model_name for s in config.ensemble_scheduling.step} == set(specs)
+
+
+def test_hand_written_configs_match_the_contract():
+    check_repository(TEMPLATES)
+
+
+def test_exported_configs_match_the_contract(exported_repository):
+    check_repository(exported_repository)
+    tokenizer = load(exported_repository, contract.TOKENIZER.name)
+    assert tokenizer.parameters["max_tokens"].string_value == "1024"
+
+
+def test_wiring_check_catches_a_miswired_step():
+    config = load(TEMPLATES, contract.ENSEMBLE.name)
+    config.ensemble_scheduling.step[2].input_map["reward_hidden"] = "_gate_hidden_typo"
+    with pytest.raises(AssertionError, match="reads"):
+        check_ensemble_wiring(config)
+
+
+def test_objective_names_ship_with_the_models(exported_repository):
+    import json
+
+    for spec in (contract.REGRESSION, contract.ENSEMBLE):
+        names = json.loads((exported_repository / spec.name / "1" / contract.OBJECTIVES_FILE).read_text())
+        assert tuple(names) == contract.OBJECTIVES and len(names) == 19

@@ -1,0 +1,91 @@
+"""ONNX export parity: the project's backbone and ONNX Runtime against the Hugging Face reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from armorm import contract
+from armorm.backbone import ArmoRMBackbone
+from armorm.checkpoint import Checkpoint
+from armorm.onnx_backbone import OnnxBackbone, onnx_session
+from armorm_export import onnx_backbone as exporter
+from tests.conversations import varied_conversations
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def expected(reference):
+    rows = []
+    for messages in varied_conversations():
+        tokens = reference.tokenizer.tokenize(messages)
+        gate, reward, _ = reference.hidden_rows(messages)
+        rows.append((tokens.input_ids, tokens.gate_position, tokens.reward_position, gate.numpy(), reward.numpy()))
+    return rows
+
+
+def test_torch_backbone_matches_hugging_face_on_a_padded_batch(tiny_checkpoint, expected):
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    backbone = ArmoRMBackbone.from_state_dict(checkpoint.config, checkpoint.state)
+    longest = max(row[0].shape[0] for row in expected)
+    ids = torch.full((len(expected), longest), 128256)
+    for i, row in enumerate(expected):
+        ids[i, : row[0].shape[0]] = torch.as_tensor(row[0])
+    with torch.inference_mode():
+        gate, reward = backbone(ids, torch.tensor([r[1] for r in expected]), torch.tensor([r[2] for r in expected]))
+    np.testing.assert_allclose(gate.numpy(), np.stack([r[3] for r in expected]), atol=ATOL)
+    np.testing.assert_allclose(reward.numpy(), np.stack([r[4] for r in expected]), atol=ATOL)
+
+
+@pytest.mark.parametrize("max_batch_tokens", [1 << 20, 600])
+def test_onnx_runtime_matches_reference(exported_repository, expected, max_batch_tokens):
+    path = exported_repository / contract.BACKBONE.name / "1" / contract.BACKBONE_ONNX
+    runner = OnnxBackbone(onnx_session(path), 128256, max_batch_tokens)
+    gate, reward = runner.run([r[0] for r in expected], np.array([r[1] for r in expected]),
+                              np.array([r[2] for r in expected]))
+    err = max(np.abs(gate - np.stack([r[3] for r in expected])).max(),
+              np.abs(reward - np.stack([r[4] for r in expected])).max())
+    assert err <= ATOL, f"ONNX Runtime vs reference: max abs error {err:.3g} > {ATOL}"
+
+
+def test_onnx_has_dynamic_axes_and_only_the_two_rows_out(exported_repository):
+    import onnx
+
+    model = onnx.load(str(exported_repository / contract.BACKBONE.name / "1" / contract.BACKBONE_ONNX),
+                      load_external_data=False)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert dims["input_ids"] == ["batch", "tokens"]
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert set(outputs) == {"gate_hidden", "reward_hidden"}
+    # [batch, hidden]: never the [batch, tokens, hidden] sequence.
+    assert all(len(shape) == 2 and shape[0] == "batch" for shape in outputs.values())
+
+
+def test_large_weights_go_to_external_data(tiny_checkpoint, tmp_path, monkeypatch, expected):
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    monkeypatch.setattr(exporter, "PROTOBUF_LIMIT", 1 << 20)  # pretend the tiny model is over 2 GB
+    path = exporter.export_backbone(checkpoint.config, checkpoint.state, tmp_path / "model.onnx")
+    assert (tmp_path / "model.onnx.data").stat().st_size > 10 * (1 << 20)
+    assert path.stat().st_size < (1 << 20)
+    assert exporter.check_parity(path, expected[:3], 128256, ATOL) <= ATOL
+
+
+def test_parity_failure_reports_the_measured_error(exported_repository, expected):
+    path = exported_repository / contract.BACKBONE.name / "1" / contract.BACKBONE_ONNX
+    wrong = [(ids, g, r, gh + 0.01, rh) for ids, g, r, gh, rh in expected[:2]]
+    with pytest.raises(exporter.ExportParityError, match=r"differs from the reference forward by 0\.01"):
+        exporter.check_parity(path, wrong, 128256, ATOL)
+
+
+def test_tensorrt_is_optional(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt is installed: the skip path does not apply")
+    except ImportError:
+        pass
+    from armorm_export.tensorrt_plan import build_if_available
+
+    assert build_if_available(tmp_path / "model.onnx", tmp_path / "model.plan", 1024) is None
+    assert "skipping the plan" in capsys.readouterr().err
+    assert not (tmp_path / "model.plan").exists()

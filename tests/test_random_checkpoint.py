@@ -1,0 +1,46 @@
+"""The default checkpoint is in ArmoRM's exact on-disk format and loads through the real loader."""
+
+import json
+
+import torch
+from safetensors import safe_open
+
+from armorm.checkpoint import Checkpoint, load_tokenizer, weight_files
+
+
+def test_config_keys_and_values(tiny_checkpoint):
+    raw = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert raw["architectures"] == ["LlamaForRewardModelWithGating"]
+    assert raw["auto_map"]["AutoModelForSequenceClassification"] == "modeling_custom.LlamaForRewardModelWithGating"
+    for key, value in {"vocab_size": 128257, "pad_token_id": 128256, "bos_token_id": 128000, "num_objectives": 19,
+                       "gating_temperature": 10, "gating_n_hidden": 3, "rope_theta": 500000.0,
+                       "max_position_embeddings": 8192, "torch_dtype": "float32"}.items():
+        assert raw[key] == value, key
+
+
+def test_parameter_names_and_dtypes(tiny_checkpoint):
+    dtypes = {}
+    for path in weight_files(tiny_checkpoint):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                dtypes[name] = handle.get_tensor(name).dtype
+    assert dtypes["regression_layer.weight"] == torch.float32
+    assert dtypes["model.embed_tokens.weight"] == torch.bfloat16
+    heads = {"gating.logit_scale", "reward_transform_matrix", *(f"gating.layers.{i}.{p}" for i in range(4)
+                                                                 for p in ("weight", "bias"))}
+    assert heads <= set(dtypes)
+    assert all(n.startswith("model.") for n in set(dtypes) - heads - {"regression_layer.weight"})
+
+
+def test_heads_are_distinguishable_from_defaults(tiny_checkpoint):
+    state = Checkpoint.load(tiny_checkpoint).state
+    assert state["gating.logit_scale"].float().item() != 1.0
+    assert not torch.equal(state["reward_transform_matrix"].float(), torch.eye(19))
+
+
+def test_tokenizer_has_pad_and_adds_no_bos(tiny_checkpoint):
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    assert tokenizer.convert_tokens_to_ids("[PAD]") == 128256 and tokenizer.pad_token_id == 128256
+    assert tokenizer("hello")["input_ids"][0] != 128000
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).startswith(
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|>")
