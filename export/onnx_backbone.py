@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,9 @@ def export_backbone(config: ArmoRMConfig, state: dict[str, torch.Tensor], path: 
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(".tmp.onnx")
-    with torch.inference_mode(False), torch.no_grad():
+    # The TorchScript exporter on purpose: torch.export trips on Llama mask code (platform.md).
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             module,
             example_inputs(config),

@@ -1,0 +1,70 @@
+# ArmoRM on Triton: export → model_repository → client. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU torch that installs from local disk here; override e.g. TORCH_SPEC='torch==2.11.0' on a GPU host.
+TORCH_SPEC ?= torch==2.13.0
+DEFAULT_MODEL := build/tiny-armorm
+MODEL ?= $(DEFAULT_MODEL)
+REPO ?= build/repository
+EXPORT_ARGS ?=
+HOST ?= 127.0.0.1
+GRPC_PORT ?= 8001
+HTTP_PORT ?= 8000
+METRICS_PORT ?= 8002
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps checkpoint export serve demo test test-slow perf lint docker clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: MODEL=$(MODEL) REPO=$(REPO) GRPC_PORT=$(GRPC_PORT) TORCH_SPEC=$(TORCH_SPEC)"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q '$(TORCH_SPEC)'
+	$(BIN)/pip install -q -e '.[server,dev]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv with the project, tritonserver (pip), tritonclient and test tools
+
+system-deps: ## Debian packages perf_analyzer needs (libb64)
+	@if ! ldconfig -p | grep -q libb64.so.0d; then \
+	  echo "installing libb64-0d for perf_analyzer"; \
+	  (apt-get install -y -q libb64-0d >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q libb64-0d >/dev/null)); \
+	fi
+
+$(DEFAULT_MODEL)/config.json: | $(BIN)/.installed
+	$(BIN)/python -m armorm.random_checkpoint $(DEFAULT_MODEL)
+
+checkpoint: $(DEFAULT_MODEL)/config.json ## write the small random checkpoint in ArmoRM's on-disk format
+
+export: install $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.json) ## MODEL (dir or hub id) → REPO
+	$(BIN)/armorm-export $(MODEL) $(REPO) $(EXPORT_ARGS)
+
+serve: install ## serve REPO on HOST:GRPC_PORT (gRPC), HTTP_PORT, METRICS_PORT until Ctrl-C
+	$(BIN)/armorm-serve $(REPO) --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
+
+demo: install checkpoint ## export the default checkpoint, serve it, score the model card's examples, stop
+	$(BIN)/armorm-export $(DEFAULT_MODEL) build/demo-repository
+	$(BIN)/python scripts/demo.py build/demo-repository
+
+test: install system-deps ## the full test suite (real tritonserver on loopback)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install system-deps ## heavy checks (real weights need ARMORM_CHECKPOINT)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+perf: install system-deps ## perf_analyzer against a running server at HOST:GRPC_PORT
+	$(BIN)/python -m armorm_client.perf --url $(HOST):$(GRPC_PORT)
+
+lint: install
+	$(BIN)/ruff check armorm export client model_repository tests scripts
+
+docker: ## build the serving image (needs a Docker engine): REPO is baked in
+	docker build -f docker/Dockerfile -t armorm-triton:latest .
+
+clean:
+	rm -rf build .pytest_cache

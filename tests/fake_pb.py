@@ -1,0 +1,93 @@
+"""A typed stand-in for `triton_python_backend_utils`, enough to drive the served model.py files
+in-process: the same calls, real numpy tensors, errors kept for inspection."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+
+class TritonError(Exception):
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS = range(7)
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self._message, self._code = message, code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+@dataclass
+class Tensor:
+    _name: str
+    _array: np.ndarray
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+@dataclass
+class InferenceRequest:
+    inputs: list[Tensor]
+
+
+@dataclass
+class InferenceResponse:
+    output_tensors: list[Tensor] = field(default_factory=list)
+    error: TritonError | None = None
+
+    def has_error(self) -> bool:
+        return self.error is not None
+
+    def output(self, name: str) -> np.ndarray:
+        return next(t.as_numpy() for t in self.output_tensors if t.name() == name)
+
+
+def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    return next((t for t in request.inputs if t.name() == name), None)
+
+
+def request(**inputs: np.ndarray) -> InferenceRequest:
+    return InferenceRequest([Tensor(name, value) for name, value in inputs.items()])
+
+
+def module() -> ModuleType:
+    fake = ModuleType("triton_python_backend_utils")
+    for name in ("TritonError", "Tensor", "InferenceRequest", "InferenceResponse", "get_input_tensor_by_name"):
+        setattr(fake, name, globals()[name])
+    return fake
+
+
+def load_model(repository: Path, model_name: str, monkeypatch) -> object:
+    """Import <repository>/<model>/1/model.py against the fake module and call initialize() as Triton does."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module())
+    path = repository / model_name / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location(f"served_{model_name}", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((repository / model_name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    model = loaded.TritonPythonModel()
+    model.initialize({
+        "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+        "model_repository": str(repository / model_name),
+        "model_version": "1",
+        "model_instance_kind": "CPU",
+        "model_instance_device_id": "0",
+    })
+    return model

@@ -1,0 +1,53 @@
+"""The served model.py files driven in-process through a typed fake of the Triton stub module:
+per-request errors, one response per request, batched math equal to the pure functions."""
+
+import json
+
+import numpy as np
+import torch
+
+from armorm import heads
+from armorm.checkpoint import Checkpoint
+from tests import fake_pb
+
+
+def test_regression_model_fails_only_the_malformed_request(exported_repository, tiny_checkpoint, monkeypatch):
+    model = fake_pb.load_model(exported_repository, "armorm_regression", monkeypatch)
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    weights = heads.HeadWeights.from_state_dict(checkpoint.state, checkpoint.config)
+    hidden = [np.random.default_rng(i).standard_normal((n, 64)).astype(np.float32) for i, n in enumerate((1, 3))]
+    requests = [fake_pb.request(reward_hidden=hidden[0]),
+                fake_pb.request(reward_hidden=np.zeros((1, 63), np.float32)),
+                fake_pb.request(reward_hidden=hidden[1])]
+    responses = model.execute(requests)
+    assert len(responses) == 3
+    assert responses[1].has_error() and "shape [batch, 64]" in responses[1].error.message()
+    assert responses[1].error.code() == fake_pb.TritonError.INVALID_ARG
+    for response, rows in ((responses[0], hidden[0]), (responses[2], hidden[1])):
+        assert not response.has_error()
+        expected = heads.regression(torch.from_numpy(rows), weights.regression).numpy()
+        np.testing.assert_allclose(response.output("rewards"), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_transform_model_outputs_score_column_and_coefficients(exported_repository, monkeypatch):
+    model = fake_pb.load_model(exported_repository, "armorm_transform", monkeypatch)
+    rewards = np.random.default_rng(0).standard_normal((2, 19)).astype(np.float32)
+    gating = np.full((2, 19), 0.1, np.float32)
+    (response,) = model.execute([fake_pb.request(rewards=rewards, gating=gating)])
+    assert response.output("score").shape == (2, 1) and response.output("coefficients").shape == (2, 19)
+    np.testing.assert_allclose(response.output("score")[:, 0],
+                               (rewards * response.output("coefficients")).sum(-1), atol=1e-5)
+
+
+def test_tokenizer_model_answers_each_request(exported_repository, monkeypatch):
+    model = fake_pb.load_model(exported_repository, "armorm_tokenizer", monkeypatch)
+    good = json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]).encode()
+    requests = [fake_pb.request(messages=np.array([[good]], dtype=object)),
+                fake_pb.request(messages=np.array([[b"[]"]], dtype=object)),
+                fake_pb.request(other=np.array([[good]], dtype=object))]
+    responses = model.execute(requests)
+    assert not responses[0].has_error()
+    assert responses[0].output("input_ids")[0, 0] == 128000
+    assert int(responses[0].output("num_tokens")[0, 0]) == responses[0].output("input_ids").shape[1]
+    assert "empty list" in responses[1].error.message()
+    assert "input 'messages' is missing" in responses[2].error.message()
