@@ -49,7 +49,7 @@ serve: install ## serve REPO on HOST:GRPC_PORT (gRPC), HTTP_PORT, METRICS_PORT u
 
 demo: install checkpoint ## export the default checkpoint, serve it, score the model card's examples, stop
 	$(BIN)/armorm-export $(DEFAULT_MODEL) build/demo-repository
-	$(BIN)/python scripts/demo.py build/demo-repository
+	$(BIN)/python scripts/demo.py build/demo-repository --random-weights
 
 test: install system-deps ## the full test suite (real tritonserver on loopback)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ from armorm_client import ArmoRMClient
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("repository", type=Path, nargs="?", default=Path("build/repository"))
+    parser.add_argument("--random-weights", action="store_true", help="say that the scores come from random weights")
     args = parser.parse_args()
     log = Path("build/demo-tritonserver.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +25,9 @@ def main() -> int:
         with ArmoRMClient(server.grpc_url) as client:
             conversations = model_card_conversations()
             results = client.score_batch(conversations)
+    if args.random_weights:
+        print("\n(default checkpoint: small random weights in ArmoRM's format; the numbers exercise the pipeline,"
+              " they are not preferences)")
     print(f"\nPrompt: {MODEL_CARD_PROMPT}\n")
     for messages, result in zip(conversations, results):
         print(f"Response: {messages[-1]['content']}")
