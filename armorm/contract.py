@@ -31,6 +31,8 @@ OBJECTIVES: tuple[str, ...] = (
 )
 NUM_OBJECTIVES = len(OBJECTIVES)
 
+BACKBONE_RUNTIMES = ("torch_packed", "onnxruntime")
+
 # -1 where the size depends on the checkpoint (hidden size) or on the request (tokens).
 VARIABLE = -1
 
@@ -90,6 +92,7 @@ ALL_MODELS: tuple[ModelSpec, ...] = (*STEPS, ENSEMBLE)
 # Files that the export writes next to the models that read them (under <model>/1/).
 TOKENIZER_DIR = "tokenizer"
 BACKBONE_ONNX = "model.onnx"
+BACKBONE_WEIGHTS = "backbone.safetensors"  # model.* tensors, as stored, for the torch_packed runtime
 BACKBONE_CONFIG = "config.json"
 REGRESSION_WEIGHTS = "regression.safetensors"
 GATING_WEIGHTS = "gating.safetensors"

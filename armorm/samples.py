@@ -22,6 +22,7 @@ def model_card_conversations() -> list[list[dict[str, str]]]:
 def parity_conversations() -> list[list[dict[str, str]]]:
     """A handful of differently shaped conversations for the export's ONNX check."""
     return model_card_conversations() + [
+        [{"role": "user", "content": MODEL_CARD_PROMPT}, {"role": "assistant", "content": "Lovely."}],
         [
             {"role": "system", "content": "You are a terse assistant."},
             {"role": "user", "content": "2+2?"},

@@ -63,23 +63,40 @@ def encode_messages(messages: Messages | str | bytes) -> bytes:
 
 
 def build_inputs(messages: Messages | str | bytes, module: Any = grpcclient) -> list[Any]:
-    tensor = module.InferInput(contract.MESSAGES.name, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([[encode_messages(messages)]], dtype=object))
+    return build_batch_inputs([messages], module)
+
+
+def build_batch_inputs(conversations: Sequence[Messages | str | bytes], module: Any = grpcclient) -> list[Any]:
+    """Several conversations as one request (a [n, 1] BYTES tensor)."""
+    tensor = module.InferInput(contract.MESSAGES.name, [len(conversations), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[encode_messages(m)] for m in conversations], dtype=object))
     return [tensor]
+
+
+def best_of_n(prompt: Messages, responses: Sequence[str]) -> list[list[dict[str, str]]]:
+    """The conversations `prompt + [assistant response]`, one per response."""
+    return [[*prompt, {"role": "assistant", "content": response}] for response in responses]
 
 
 def build_outputs(module: Any = grpcclient) -> list[Any]:
     return [module.InferRequestedOutput(name) for name in OUTPUTS]
 
 
+def decode_results(result: Any) -> list[ArmoRMScore]:
+    """One ArmoRMScore per row of the response."""
+    score, rewards = result.as_numpy("score"), result.as_numpy("rewards")
+    gating, coefficients = result.as_numpy("gating"), result.as_numpy("coefficients")
+    num_tokens = result.as_numpy("num_tokens")
+    return [
+        ArmoRMScore(score=float(score[row, 0]), rewards=rewards[row].astype(np.float32),
+                    gating=gating[row].astype(np.float32), coefficients=coefficients[row].astype(np.float32),
+                    num_tokens=int(num_tokens[row, 0]))
+        for row in range(score.shape[0])
+    ]
+
+
 def decode_result(result: Any) -> ArmoRMScore:
-    return ArmoRMScore(
-        score=float(result.as_numpy("score").reshape(-1)[0]),
-        rewards=result.as_numpy("rewards").reshape(-1).astype(np.float32),
-        gating=result.as_numpy("gating").reshape(-1).astype(np.float32),
-        coefficients=result.as_numpy("coefficients").reshape(-1).astype(np.float32),
-        num_tokens=int(result.as_numpy("num_tokens").reshape(-1)[0]),
-    )
+    return decode_results(result)[0]
 
 
 class ArmoRMClient:
@@ -111,6 +128,24 @@ class ArmoRMClient:
         except InferenceServerException as err:
             raise to_error(err) from None
         return decode_result(result)
+
+    def score_responses(self, prompt: Messages, responses: Sequence[str],
+                        max_rows: int = 64) -> list[ArmoRMScore]:
+        """Best-of-N: score several responses to one prompt in one request (chunks of `max_rows`).
+
+        The server computes the shared prompt once. A bad response fails its whole request.
+        """
+        conversations = best_of_n(prompt, responses)
+        results: list[ArmoRMScore] = []
+        for start in range(0, len(conversations), max_rows):
+            chunk = conversations[start: start + max_rows]
+            try:
+                answer = self._client.infer(self.model, build_batch_inputs(chunk), outputs=build_outputs(),
+                                            client_timeout=self.timeout_s)
+            except InferenceServerException as err:
+                raise to_error(err) from None
+            results.extend(decode_results(answer))
+        return results
 
     def score_batch(self, conversations: Iterable[Messages | str | bytes], max_in_flight: int = 64,
                     return_exceptions: bool = False) -> list[ArmoRMScore | ArmoRMError]:
@@ -188,6 +223,20 @@ class AsyncArmoRMClient:
         except InferenceServerException as err:
             raise to_error(err) from None
         return decode_result(result)
+
+    async def score_responses(self, prompt: Messages, responses: Sequence[str],
+                              max_rows: int = 64) -> list[ArmoRMScore]:
+        conversations = best_of_n(prompt, responses)
+        results: list[ArmoRMScore] = []
+        for start in range(0, len(conversations), max_rows):
+            chunk = conversations[start: start + max_rows]
+            try:
+                answer = await self._client.infer(self.model, build_batch_inputs(chunk, self._module),
+                                                  outputs=build_outputs(self._module), client_timeout=self.timeout_s)
+            except InferenceServerException as err:
+                raise to_error(err) from None
+            results.extend(decode_results(answer))
+        return results
 
     async def score_batch(self, conversations: Iterable[Messages | str | bytes], max_in_flight: int = 64,
                           return_exceptions: bool = False) -> list[ArmoRMScore | ArmoRMError]:

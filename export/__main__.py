@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest conversation accepted (default: the checkpoint's max_position_embeddings)")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="fail when ONNX Runtime differs from the reference forward by more than this")
+    parser.add_argument("--runtime", choices=("torch_packed", "onnxruntime"), default="torch_packed",
+                        help="backbone runtime the config selects (both artifacts are written unless --no-onnx)")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="skip the ONNX export (torch_packed only; saves disk and time for the 8B model)")
     parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT plan where tensorrt is installed")
     args = parser.parse_args(argv)
     kind = args.instance_kind
@@ -30,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_repository(args.checkpoint, args.output,
                           ExportOptions(instance_kind=kind, max_tokens=args.max_tokens, atol=args.atol,
-                                        tensorrt=args.tensorrt))
-    except ExportParityError as err:
+                                        tensorrt=args.tensorrt, runtime=args.runtime, onnx=not args.no_onnx))
+    except (ExportParityError, ValueError) as err:
         print(f"[export] FAILED: {err}", file=sys.stderr)
         return 1
     return 0

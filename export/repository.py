@@ -9,13 +9,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from google.protobuf import text_format
+from safetensors.torch import save_file
 from tritonclient.grpc import model_config_pb2
 
 from armorm import contract
+from armorm.backbone import ArmoRMBackbone
 from armorm.checkpoint import Checkpoint
 from armorm.conversation import ConversationTokenizer
 from armorm.heads import HeadWeights
+from armorm.packed import PackedBackbone
 from armorm.reference import ArmoRMReference
 from armorm.samples import parity_conversations
 from armorm_export import onnx_backbone, tensorrt_plan
@@ -31,6 +36,8 @@ class ExportOptions:
     max_tokens: int | None = None  # default: the checkpoint's max_position_embeddings
     atol: float = 1e-4
     tensorrt: bool = False
+    runtime: str = "torch_packed"  # the backbone runtime the config selects (contract.BACKBONE_RUNTIMES)
+    onnx: bool = True  # export and check the ONNX backbone (needed by runtime onnxruntime)
 
 
 def read_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -84,31 +91,46 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
             (output / spec.name / "1" / contract.OBJECTIVES_FILE).write_text(names)
 
     backbone_dir = output / contract.BACKBONE.name / "1"
-    with step("backbone → ONNX"):
-        onnx_path = onnx_backbone.export_backbone(config, checkpoint.state, backbone_dir / contract.BACKBONE_ONNX)
-        (backbone_dir / contract.BACKBONE_CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
-        size = sum(p.stat().st_size for p in backbone_dir.glob("model.onnx*"))
-        say(f"wrote {onnx_path} ({size / 2**20:.1f} MiB)")
+    (backbone_dir / contract.BACKBONE_CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
+    with step("backbone weights (safetensors, as stored) for the torch_packed runtime"):
+        backbone_state = {n: t.contiguous() for n, t in checkpoint.state.items() if n.startswith("model.")}
+        save_file(backbone_state, str(backbone_dir / contract.BACKBONE_WEIGHTS), metadata={"format": "pt"})
+        del backbone_state
+    onnx_path = backbone_dir / contract.BACKBONE_ONNX
+    if options.onnx:
+        with step("backbone → ONNX"):
+            onnx_backbone.export_backbone(config, checkpoint.state, onnx_path)
+            size = sum(p.stat().st_size for p in backbone_dir.glob("model.onnx*"))
+            say(f"wrote {onnx_path} ({size / 2**20:.1f} MiB)")
+    elif options.runtime == "onnxruntime":
+        raise ValueError("runtime onnxruntime needs the ONNX export (drop --no-onnx)")
+    config_path = output / contract.BACKBONE.name / "config.pbtxt"
+    backbone_config = read_config(config_path)
+    set_parameter(backbone_config, "runtime", options.runtime)
     if options.instance_kind == "gpu":
-        config_path = output / contract.BACKBONE.name / "config.pbtxt"
-        backbone_config = read_config(config_path)
         for group in backbone_config.instance_group:
             group.kind = model_config_pb2.ModelInstanceGroup.Kind.KIND_GPU
-        write_config(config_path, backbone_config, "backbone on GPU")
+    write_config(config_path, backbone_config, f"runtime {options.runtime}, backbone on {options.instance_kind}")
 
-    with step("checking ONNX Runtime against the reference forward"):
-        error = verify_backbone(checkpoint, onnx_path, options.atol)
-        say(f"max |ONNX Runtime - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
+    with step("checking the backbone runtimes against the reference forward"):
+        errors = verify_backbone(checkpoint, onnx_path if options.onnx else None, options.atol)
+        for name, error in errors.items():
+            say(f"max |{name} - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
     del checkpoint
 
-    if options.tensorrt:
+    if options.tensorrt and options.onnx:
         with step("TensorRT plan"):
             tensorrt_plan.build_if_available(onnx_path, backbone_dir / "model.plan", max_tokens)
     say(f"model repository ready: {output}")
     return output
 
 
-def verify_backbone(checkpoint: Checkpoint, onnx_path: Path, atol: float) -> float:
+def verify_backbone(checkpoint: Checkpoint, onnx_path: Path | None, atol: float) -> dict[str, float]:
+    """Both runtimes against the Hugging Face reference on the sample conversations (fp32, CPU).
+
+    The conversations include two responses to one prompt, so the packed runtime's prompt sharing
+    is exercised too.
+    """
     reference = ArmoRMReference(checkpoint)
     tokenizer: ConversationTokenizer = reference.tokenizer
     expected = []
@@ -118,6 +140,15 @@ def verify_backbone(checkpoint: Checkpoint, onnx_path: Path, atol: float) -> flo
         expected.append((tokens.input_ids, tokens.gate_position, tokens.reward_position,
                          gate.float().cpu().numpy(), reward.float().cpu().numpy()))
     del reference
-    return onnx_backbone.check_parity(onnx_path, expected, checkpoint.config.pad_token_id, atol)
-
-
+    errors = {}
+    packed = PackedBackbone(ArmoRMBackbone.from_state_dict(checkpoint.config, checkpoint.state, torch.float32))
+    gate, reward = packed.run([e[0] for e in expected], np.array([e[1] for e in expected]),
+                              np.array([e[2] for e in expected]))
+    errors["torch_packed"] = max(float(np.abs(gate.numpy() - np.stack([e[3] for e in expected])).max()),
+                                 float(np.abs(reward.numpy() - np.stack([e[4] for e in expected])).max()))
+    if errors["torch_packed"] > atol:
+        raise onnx_backbone.ExportParityError(
+            f"the packed runtime differs from the reference forward by {errors['torch_packed']:.3g} (> atol {atol:g})")
+    if onnx_path is not None:
+        errors["ONNX Runtime"] = onnx_backbone.check_parity(onnx_path, expected, checkpoint.config.pad_token_id, atol)
+    return errors

@@ -142,3 +142,18 @@ def test_client_reports_an_unreachable_server():
         assert not client.is_ready()
         with pytest.raises(ArmoRMError):
             client.score(varied_conversations()[0])
+
+
+def test_best_of_n_in_one_request_equals_scoring_each_alone(client, reference):
+    prompt = [{"role": "user", "content": "Suggest a name for a cat."}]
+    responses = ["Tom.", "Whiskers, because of the whiskers.", "Mr. Mittens the Third " * 10, "猫"]
+    results = client.score_responses(prompt, responses)
+    assert len(results) == len(responses)
+    for response, result in zip(responses, results):
+        assert_same(result, reference.score(prompt + [{"role": "assistant", "content": response}]), response)
+    assert all(np.array_equal(results[0].gating, r.gating) for r in results)
+
+
+def test_a_bad_response_fails_its_best_of_n_request_with_a_clear_message(client):
+    with pytest.raises(InvalidConversationError, match="must be a string"):
+        client.score_responses([{"role": "user", "content": "Hi"}], ["Hello", 42])  # type: ignore[list-item]

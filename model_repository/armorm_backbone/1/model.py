@@ -1,13 +1,15 @@
 """Triton glue for the backbone: ragged batches of token ids → the two hidden rows per conversation.
-The runtime (armorm.onnx_backbone) pads each token-budget group and runs the exported ONNX model."""
+
+Runtimes (config parameter `runtime`): `torch_packed` (armorm.packed: padding-free, shared prompts
+once) and `onnxruntime` (armorm.onnx_backbone: the exported ONNX model, right-padded groups).
+"""
 
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb
 
-from armorm.contract import BACKBONE_CONFIG, BACKBONE_ONNX
-from armorm.onnx_backbone import OnnxBackbone, onnx_session
+from armorm.contract import BACKBONE_CONFIG, BACKBONE_ONNX, BACKBONE_RUNTIMES, BACKBONE_WEIGHTS
 from armorm.triton_glue import ModelContext, RequestError, input_array, invalid_argument, tensors_response
 
 
@@ -26,21 +28,55 @@ def conversations(request):
     return [input_ids[row, : ends[row]] for row in range(input_ids.shape[0])], gate, reward
 
 
+def torch_packed_runner(context, config):
+    import torch
+    from safetensors.torch import load_file
+
+    from armorm.backbone import ArmoRMBackbone
+    from armorm.config import ArmoRMConfig
+    from armorm.packed import PackedBackbone
+
+    device = context.torch_device()
+    if device == "cpu" and context.instance_kind == "MODEL" and torch.cuda.is_available():
+        device = "cuda:0"
+    name = context.parameter("dtype", "auto")
+    dtype = (torch.bfloat16 if device.startswith("cuda") else torch.float32) if name == "auto" else getattr(torch, name)
+    threads = context.int_parameter("threads", 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    state = load_file(str(context.version_dir / BACKBONE_WEIGHTS))
+    module = ArmoRMBackbone.from_state_dict(ArmoRMConfig.from_dict(config), state, dtype).to(device)
+    runner = PackedBackbone(module, context.int_parameter("max_batch_tokens", 16384),
+                            attention=context.parameter("attention", "auto"))
+    share = context.parameter("share_prompts", "true").lower() in ("1", "true", "yes")
+
+    def run(ids, gate, reward):
+        gate_hidden, reward_hidden = runner.run(ids, gate, reward, share_prompts=share)
+        return gate_hidden.cpu().numpy(), reward_hidden.cpu().numpy()
+
+    pb.Logger.log_info(f"{context.name}: torch_packed on {device}, {dtype}, attention {runner.attention_name}")
+    return run
+
+
+def onnxruntime_runner(context, config):
+    from armorm.onnx_backbone import OnnxBackbone, onnx_session
+
+    session = onnx_session(context.version_dir / BACKBONE_ONNX, use_cuda=context.instance_kind != "CPU",
+                           threads=context.int_parameter("threads", 0))
+    runner = OnnxBackbone(session, int(config["pad_token_id"]), context.int_parameter("max_batch_tokens", 16384))
+    pb.Logger.log_info(f"{context.name}: onnxruntime with {runner.providers}")
+    return runner.run
+
+
 class TritonPythonModel:
     def initialize(self, args):
         context = ModelContext.from_args(args)
-        runtime = context.parameter("runtime", "onnxruntime")
-        if runtime != "onnxruntime":
-            raise ValueError(f"armorm_backbone: unknown runtime {runtime!r} (supported: onnxruntime)")
+        runtime = context.parameter("runtime", "torch_packed")
+        if runtime not in BACKBONE_RUNTIMES:
+            raise ValueError(f"{context.name}: unknown runtime {runtime!r}; use one of {', '.join(BACKBONE_RUNTIMES)}")
         config = json.loads((context.version_dir / BACKBONE_CONFIG).read_text())
-        session = onnx_session(
-            context.version_dir / BACKBONE_ONNX,
-            use_cuda=context.instance_kind != "CPU",
-            threads=context.int_parameter("intra_op_threads", 0),
-        )
-        self.backbone = OnnxBackbone(session, int(config["pad_token_id"]),
-                                     context.int_parameter("max_batch_tokens", 16384))
-        self.hidden_size = int(config["hidden_size"])
+        make = torch_packed_runner if runtime == "torch_packed" else onnxruntime_runner
+        self.run = make(context, config)
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -56,7 +92,7 @@ class TritonPythonModel:
             rewards.append(reward)
             owners.extend([index] * len(rows))
         if ids:
-            gate_hidden, reward_hidden = self.backbone.run(ids, np.concatenate(gates), np.concatenate(rewards))
+            gate_hidden, reward_hidden = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
             owners = np.asarray(owners)
             for index in np.unique(owners):
                 rows = owners == index

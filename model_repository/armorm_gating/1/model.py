@@ -1,5 +1,6 @@
 """Triton glue for ArmoRM's gating MLP; the math is armorm.heads.gating."""
 
+import numpy as np
 import torch
 import triton_python_backend_utils as pb
 
@@ -20,5 +21,7 @@ class TritonPythonModel:
 
     @torch.inference_mode()
     def compute(self, inputs):
-        hidden = torch.from_numpy(inputs["gate_hidden"]).to(self.device)
-        return {"gating": heads.gating(hidden, self.weights).cpu().numpy()}
+        # Responses to one prompt share their gate row bit for bit: compute each distinct row once.
+        unique, inverse = np.unique(inputs["gate_hidden"], axis=0, return_inverse=True)
+        gating = heads.gating(torch.from_numpy(unique).to(self.device), self.weights).cpu().numpy()
+        return {"gating": gating[inverse.reshape(-1)]}

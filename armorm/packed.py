@@ -1,0 +1,255 @@
+"""The packed, padding-free backbone runtime (PyTorch).
+
+All conversations of a batch are concatenated into one token stream with per-conversation positions;
+attention is causal within each conversation (varlen attention on GPU, a per-conversation SDPA loop
+on CPU), and only the two hidden rows each conversation needs are gathered.
+
+Shared prompts: conversations whose tokens agree up to and including the gate position (best-of-N
+responses to one prompt) have that prompt computed once. Its keys/values are kept per layer, and each
+response's tokens attend to them plus their own causal prefix, so the cost falls from Σ(P+R) to P+ΣR.
+Both phases are split into forwards of at most `max_batch_tokens` tokens; a longer conversation runs
+alone (never dropped).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from armorm.backbone import ArmoRMBackbone, rotary_tables
+
+
+@dataclass
+class Segment:
+    """One attention unit in a packed forward: `tokens` at positions `offset…`, optionally after a
+    cached prefix (a shared prompt's per-layer keys/values)."""
+
+    tokens: torch.Tensor  # int64 [length]
+    offset: int = 0
+    prefix: int | None = None  # index into the prefix cache
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class PrefixCache:
+    """Per prefix, per layer: (k, v) [prefix_len, kv_heads, head_dim]."""
+
+    layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SharingPlan:
+    prefixes: list[np.ndarray]  # token ids of each shared prompt (through the gate position)
+    prefix_of: list[int | None]  # per conversation: the prefix it shares, or None
+
+    @property
+    def saved_tokens(self) -> int:
+        """Prompt tokens not recomputed thanks to sharing."""
+        counts = np.bincount([p for p in self.prefix_of if p is not None], minlength=len(self.prefixes))
+        return int(sum((count - 1) * len(prefix) for count, prefix in zip(counts, self.prefixes)))
+
+
+def plan_sharing(input_ids: Sequence[np.ndarray], gate_positions: np.ndarray,
+                 reward_positions: np.ndarray) -> SharingPlan:
+    """Group conversations whose tokens match through the gate position; groups of ≥ 2 share."""
+    groups: dict[bytes, list[int]] = {}
+    for index, ids in enumerate(input_ids):
+        gate, reward = int(gate_positions[index]), int(reward_positions[index])
+        if reward > gate:  # the response must lie after the prompt to be split off
+            groups.setdefault(ids[: gate + 1].tobytes(), []).append(index)
+    prefixes: list[np.ndarray] = []
+    prefix_of: list[int | None] = [None] * len(input_ids)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        first = members[0]
+        prefixes.append(input_ids[first][: int(gate_positions[first]) + 1])
+        for index in members:
+            prefix_of[index] = len(prefixes) - 1
+    return SharingPlan(prefixes, prefix_of)
+
+
+def budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive indices grouped so each group's total length ≤ max_tokens (a longer one runs alone)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for index, length in enumerate(lengths):
+        if current and total + length > max_tokens:
+            chunks.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += length
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _varlen_kernel():
+    """torch's flash varlen attention where this build has it and a GPU is present, else None."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+class PackedBackbone:
+    def __init__(self, module: ArmoRMBackbone, max_batch_tokens: int = 16384, attention: str = "auto") -> None:
+        self.module = module
+        self.config = module.config
+        self.max_batch_tokens = max_batch_tokens
+        self.device = next(module.parameters()).device
+        self.dtype = next(module.parameters()).dtype
+        kernel = _varlen_kernel() if attention in ("auto", "varlen") and self.device.type == "cuda" else None
+        if attention == "varlen" and kernel is None:
+            raise RuntimeError("varlen attention needs a CUDA GPU and torch.nn.attention.varlen")
+        self.varlen = kernel
+        self.varlen_params = set(inspect.signature(kernel).parameters) if kernel is not None else set()
+        self.last_stats: dict[str, int] = {}
+
+    @property
+    def attention_name(self) -> str:
+        return "varlen (flash)" if self.varlen is not None else "sdpa per conversation"
+
+    # -- attention -------------------------------------------------------------------------
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Sequence[Segment],
+                layer: int, cache: PrefixCache) -> torch.Tensor:
+        """q [T, heads, d], k/v [T, kv_heads, d] (packed by segment) → [T, heads, d]."""
+        keys, values, k_lengths = [], [], []
+        start = 0
+        for segment in segments:
+            end = start + segment.length
+            if segment.prefix is not None:
+                pk, pv = cache.layers[segment.prefix][layer]
+                keys.append(torch.cat((pk, k[start:end])))
+                values.append(torch.cat((pv, v[start:end])))
+            else:
+                keys.append(k[start:end])
+                values.append(v[start:end])
+            k_lengths.append(keys[-1].shape[0])
+            start = end
+        if self.varlen is not None:
+            return self._varlen(q, keys, values, [s.length for s in segments], k_lengths)
+        return self._sdpa_loop(q, keys, values, segments)
+
+    def _varlen(self, q, keys, values, q_lengths, k_lengths) -> torch.Tensor:
+        k_all = keys[0] if len(keys) == 1 else torch.cat(keys)
+        v_all = values[0] if len(values) == 1 else torch.cat(values)
+        device = q.device
+        cu_q = torch.tensor(np.concatenate(([0], np.cumsum(q_lengths))), dtype=torch.int32, device=device)
+        cu_k = torch.tensor(np.concatenate(([0], np.cumsum(k_lengths))), dtype=torch.int32, device=device)
+        kwargs = {}
+        if "enable_gqa" in self.varlen_params:
+            kwargs["enable_gqa"] = True
+        else:
+            group = q.shape[1] // k_all.shape[1]
+            k_all, v_all = k_all.repeat_interleave(group, 1), v_all.repeat_interleave(group, 1)
+        # Causal, aligned bottom-right: a response token sees the whole cached prompt before it.
+        if "window_size" in self.varlen_params:
+            kwargs["window_size"] = (-1, 0)
+        else:
+            kwargs["is_causal"] = True
+        return self.varlen(q, k_all, v_all, cu_q, cu_k, max(q_lengths), max(k_lengths), **kwargs)
+
+    def _sdpa_loop(self, q, keys, values, segments) -> torch.Tensor:
+        outputs = []
+        start = 0
+        group = q.shape[1] // keys[0].shape[1]
+        for segment, key, value in zip(segments, keys, values):
+            query = q[start: start + segment.length].transpose(0, 1)  # [heads, Lq, d]
+            key = key.repeat_interleave(group, 1).transpose(0, 1)
+            value = value.repeat_interleave(group, 1).transpose(0, 1)
+            lq, lk = query.shape[1], key.shape[1]
+            if lq == lk:
+                out = nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True)
+            else:  # bottom-right causal: query j sees keys ≤ (lk - lq) + j
+                allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+                out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
+            outputs.append(out.transpose(0, 1))
+            start += segment.length
+        return torch.cat(outputs)
+
+    # -- forward ---------------------------------------------------------------------------
+    def _forward(self, segments: Sequence[Segment], cache: PrefixCache, keep_kv: bool) -> torch.Tensor:
+        """Packed forward of `segments` → hidden [T, hidden] after the final norm.
+
+        With keep_kv, each segment's per-layer k/v are appended to `cache` as a new prefix.
+        """
+        module = self.module
+        tokens = torch.cat([s.tokens for s in segments]).to(self.device)
+        positions = torch.cat([torch.arange(s.offset, s.offset + s.length) for s in segments]).to(self.device)
+        x = module.embed_tokens(tokens)
+        cos, sin = rotary_tables(self.config, positions, x.dtype)
+        first_new = len(cache.layers)
+        if keep_kv:
+            cache.layers.extend([] for _ in segments)
+        for index, layer in enumerate(module.layers):
+            attention = layer.self_attn
+            q, k, v = attention.qkv(layer.input_layernorm(x), cos, sin)
+            if keep_kv:
+                start = 0
+                for number, segment in enumerate(segments):
+                    end = start + segment.length
+                    cache.layers[first_new + number].append((k[start:end], v[start:end]))
+                    start = end
+            out = self._attend(q, k, v, segments, index, cache)
+            x = x + attention.o_proj(out.reshape(out.shape[0], -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return module.norm(x)
+
+    @torch.inference_mode()
+    def run(self, input_ids: Sequence[np.ndarray], gate_positions: np.ndarray, reward_positions: np.ndarray,
+            share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """One 1-D int64 array per conversation → (gate_hidden, reward_hidden) [n, hidden] fp32, on the device."""
+        count = len(input_ids)
+        gate_positions = np.asarray(gate_positions).reshape(-1)
+        reward_positions = np.asarray(reward_positions).reshape(-1)
+        plan = (plan_sharing(input_ids, gate_positions, reward_positions) if share_prompts
+                else SharingPlan([], [None] * count))
+        hidden_size = self.config.hidden_size
+        gate_out = torch.empty(count, hidden_size, dtype=torch.float32, device=self.device)
+        reward_out = torch.empty(count, hidden_size, dtype=torch.float32, device=self.device)
+
+        # Phase A: shared prompts, once each; their last token is the gate row of every member.
+        cache = PrefixCache()
+        prefix_gate: list[torch.Tensor] = []
+        prefix_segments = [Segment(torch.from_numpy(np.ascontiguousarray(p))) for p in plan.prefixes]
+        for chunk in budget_chunks([s.length for s in prefix_segments], self.max_batch_tokens):
+            segments = [prefix_segments[i] for i in chunk]
+            hidden = self._forward(segments, cache, keep_kv=True)
+            ends = np.cumsum([s.length for s in segments]) - 1
+            prefix_gate.extend(hidden[int(end)].float() for end in ends)
+
+        # Phase B: every conversation (or the part after its shared prompt).
+        segments, gate_rows, reward_rows = [], [], []
+        for index, ids in enumerate(input_ids):
+            prefix = plan.prefix_of[index]
+            offset = 0 if prefix is None else int(gate_positions[index]) + 1
+            segments.append(Segment(torch.from_numpy(np.ascontiguousarray(ids[offset:])), offset, prefix))
+            gate_rows.append(None if prefix is not None else int(gate_positions[index]))
+            reward_rows.append(int(reward_positions[index]) - offset)
+        for chunk in budget_chunks([s.length for s in segments], self.max_batch_tokens):
+            chunk_segments = [segments[i] for i in chunk]
+            hidden = self._forward(chunk_segments, cache, keep_kv=False)
+            starts = np.concatenate(([0], np.cumsum([s.length for s in chunk_segments])[:-1]))
+            for start, index in zip(starts, chunk):
+                reward_out[index] = hidden[int(start) + reward_rows[index]].float()
+                if gate_rows[index] is not None:
+                    gate_out[index] = hidden[int(start) + gate_rows[index]].float()
+                else:
+                    gate_out[index] = prefix_gate[plan.prefix_of[index]]
+        total = int(sum(len(ids) for ids in input_ids))
+        self.last_stats = {"conversations": count, "tokens": total, "computed_tokens": total - plan.saved_tokens,
+                           "shared_prompts": len(plan.prefixes)}
+        return gate_out, reward_out

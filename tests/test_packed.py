@@ -1,0 +1,80 @@
+"""The packed, padding-free runtime (armorm.packed) against the Hugging Face reference, fp32 on CPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from armorm.backbone import ArmoRMBackbone
+from armorm.checkpoint import Checkpoint
+from armorm.packed import PackedBackbone, budget_chunks, plan_sharing
+from tests.conversations import varied_conversations
+
+ATOL = 1e-4
+PROMPT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Describe the sea in one line."}]
+RESPONSES = ["Blue.", "Endless, restless and salty.", "It is wet " * 20, "🌊"]
+
+
+def best_of_n_conversations():
+    return [PROMPT + [{"role": "assistant", "content": r}] for r in RESPONSES]
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_checkpoint):
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    return ArmoRMBackbone.from_state_dict(checkpoint.config, checkpoint.state, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def cases(reference):
+    conversations = varied_conversations() + best_of_n_conversations()
+    rows = []
+    for messages in conversations:
+        tokens = reference.tokenizer.tokenize(messages)
+        gate, reward, _ = reference.hidden_rows(messages)
+        rows.append((tokens, gate.numpy(), reward.numpy()))
+    return rows
+
+
+def run(runner, rows, **kwargs):
+    return runner.run([t.input_ids for t, _, _ in rows], np.array([t.gate_position for t, _, _ in rows]),
+                      np.array([t.reward_position for t, _, _ in rows]), **kwargs)
+
+
+def max_error(result, rows):
+    gate, reward = result
+    return max(float(np.abs(gate.numpy() - np.stack([r[1] for r in rows])).max()),
+               float(np.abs(reward.numpy() - np.stack([r[2] for r in rows])).max()))
+
+
+@pytest.mark.parametrize("budget", [1 << 20, 2048, 300])
+@pytest.mark.parametrize("share", [True, False])
+def test_packed_matches_reference(backbone, cases, budget, share):
+    runner = PackedBackbone(backbone, max_batch_tokens=budget)
+    error = max_error(run(runner, cases, share_prompts=share), cases)
+    assert error <= ATOL, f"packed (budget {budget}, share {share}) vs reference: {error:.3g}"
+
+
+def test_shared_prompt_is_computed_once(backbone, cases):
+    runner = PackedBackbone(backbone)
+    group = cases[-len(RESPONSES):]
+    gate, _ = run(runner, group)
+    stats = runner.last_stats
+    prompt_tokens = group[0][0].gate_position + 1
+    assert stats["shared_prompts"] == 1
+    assert stats["computed_tokens"] == stats["tokens"] - (len(RESPONSES) - 1) * prompt_tokens
+    # One gate row for the prompt, bit-identical for every response.
+    assert all(torch.equal(gate[0], row) for row in gate)
+
+
+def test_sharing_plan_needs_identical_tokens_through_the_gate():
+    a = np.array([1, 2, 3, 9, 9])
+    b = np.array([1, 2, 3, 8])
+    c = np.array([1, 2, 4, 8])
+    plan = plan_sharing([a, b, c], np.array([2, 2, 2]), np.array([4, 3, 3]))
+    assert plan.prefix_of == [0, 0, None] and plan.prefixes[0].tolist() == [1, 2, 3]
+    assert plan.saved_tokens == 3
+
+
+def test_budget_chunks_bound_tokens_and_run_long_ones_alone():
+    chunks = budget_chunks([100, 200, 5000, 50, 50], 300)
+    assert chunks == [[0, 1], [2], [3, 4]]

@@ -1,0 +1,35 @@
+"""The same served ensemble with the backbone on the ONNX Runtime runtime (right-padded groups)."""
+
+import shutil
+
+import pytest
+
+from armorm import contract
+from armorm.server import TritonServer
+from armorm_client import ArmoRMClient
+from armorm_export.repository import read_config, set_parameter, write_config
+from tests.conversations import varied_conversations
+from tests.test_server import assert_same
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def onnx_client(exported_repository, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("onnx") / "repository"
+    shutil.copytree(exported_repository, repository)
+    path = repository / contract.BACKBONE.name / "config.pbtxt"
+    config = read_config(path)
+    set_parameter(config, "runtime", "onnxruntime")
+    set_parameter(config, "max_batch_tokens", "2048")  # several padded groups per batch
+    write_config(path, config, "test: onnxruntime")
+    with TritonServer(repository, log_path=repository.parent / "server.log") as server:
+        with ArmoRMClient(server.grpc_url) as client:
+            yield client
+
+
+def test_onnxruntime_backbone_serves_the_same_scores(onnx_client, reference):
+    conversations = varied_conversations()
+    results = onnx_client.score_batch(conversations, max_in_flight=len(conversations))
+    for index, (messages, result) in enumerate(zip(conversations, results)):
+        assert_same(result, reference.score(messages), f"onnxruntime conversation {index}")
