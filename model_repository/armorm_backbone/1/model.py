@@ -54,7 +54,8 @@ def torch_packed_runner(context, config):
         gate_hidden, reward_hidden = runner.run(ids, gate, reward, share_prompts=share)
         return gate_hidden.cpu().numpy(), reward_hidden.cpu().numpy()
 
-    pb.Logger.log_info(f"{context.name}: torch_packed on {device}, {dtype}, attention {runner.attention_name}")
+    pb.Logger.log_info(f"{context.name}: torch_packed on {device}, {dtype}, attention {runner.attention_name}, "
+                       f"{torch.get_num_threads()} threads")
     return run
 
 

@@ -11,6 +11,7 @@ from armorm.triton_glue import ModelContext, run_rowwise
 class TritonPythonModel:
     def initialize(self, args):
         context = ModelContext.from_args(args)
+        torch.set_num_threads(context.int_parameter("threads", 1))
         self.device = context.torch_device()
         self.weights = heads.TransformWeights.load(context.version_dir / TRANSFORM_WEIGHTS, self.device)
         self.widths = {"rewards": NUM_OBJECTIVES, "gating": NUM_OBJECTIVES}

@@ -1,0 +1,310 @@
+"""One-run benchmark: the model card pipeline vs the served system, on the same sampled conversations.
+
+(a) model card pipeline: in-process Hugging Face LlamaModel + heads, one conversation per forward;
+(b) the served ensemble through the gRPC client at a concurrency sweep;
+(c) best-of-N (N responses per prompt) both ways; served uses one request per prompt.
+Reports req/s, tokens/s, p50/p99 latency, served/(a) ratios, the fraction of the measured GEMM peak,
+and the largest |served - card| score difference over every benchmarked request. Prints a table,
+writes build/bench/results.json and build/bench/bench.png.
+
+CPU (default): a small random model. GPU (--shape llama3-8b): random weights in the exact 8B shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from armorm.random_checkpoint import TinySizes, write_random_checkpoint
+
+SHAPES = {
+    # name: (sizes, short mix, long mix, best-of-N prompt tokens, response range)
+    "cpu-small": (TinySizes(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
+                            num_key_value_heads=2, gating_hidden_dim=256), (32, 256), (256, 1024), 128, (32, 128)),
+    "llama3-8b": (TinySizes(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                            num_key_value_heads=8, gating_hidden_dim=1024), (128, 1024), (1024, 4096), 512, (128, 512)),
+}
+WORDS = ("the a reward model scores each answer for helpfulness safety style and truth while users "
+         "ask about code cooking travel history science music sport weather money health").split()
+
+
+@dataclass
+class Row:
+    workload: str
+    method: str
+    concurrency: int
+    requests: int
+    tokens: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def req_per_s(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def text_of(tokens: int, rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(max(1, tokens)))
+
+
+def mix(count: int, low: int, high: int, seed: int) -> list[list[dict[str, str]]]:
+    rng = random.Random(seed)
+    conversations = []
+    for _ in range(count):
+        total = rng.randint(low, high)
+        prompt = rng.randint(max(8, total // 8), max(9, total // 2))
+        conversations.append([{"role": "user", "content": text_of(prompt - 12, rng)},
+                              {"role": "assistant", "content": text_of(total - prompt, rng)}])
+    return conversations
+
+
+def best_of_n(prompts: int, n: int, prompt_tokens: int, response_range: tuple[int, int], seed: int):
+    rng = random.Random(seed)
+    groups = []
+    for _ in range(prompts):
+        prompt = [{"role": "user", "content": text_of(prompt_tokens - 10, rng)}]
+        groups.append((prompt, [text_of(rng.randint(*response_range), rng) for _ in range(n)]))
+    return groups
+
+
+def card_pipeline(reference, conversations) -> tuple[Row, list[float]]:
+    """The model card's loop: one conversation per forward, in process."""
+    latencies, scores, tokens = [], [], 0
+    start = time.perf_counter()
+    for messages in conversations:
+        t0 = time.perf_counter()
+        result = reference.score(messages)
+        if reference.device.type == "cuda":
+            torch.cuda.synchronize()
+        latencies.append(time.perf_counter() - t0)
+        scores.append(result.score)
+        tokens += result.num_tokens
+    seconds = time.perf_counter() - start
+    return Row("", "model card pipeline", 1, len(conversations), tokens, seconds,
+               *percentiles(latencies)), scores
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    return float(np.percentile(latencies, 50) * 1e3), float(np.percentile(latencies, 99) * 1e3)
+
+
+async def served(url: str, conversations, concurrency: int) -> tuple[Row, list[float]]:
+    from armorm_client import AsyncArmoRMClient
+
+    latencies: list[float] = []
+    scores: list[float] = [0.0] * len(conversations)
+    tokens = [0]
+    slots = asyncio.Semaphore(concurrency)
+    async with AsyncArmoRMClient(url, timeout_s=600) as client:
+        async def one(index, messages):
+            async with slots:
+                t0 = time.perf_counter()
+                result = await client.score(messages)
+                latencies.append(time.perf_counter() - t0)
+                scores[index] = result.score
+                tokens[0] += result.num_tokens
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i, m) for i, m in enumerate(conversations)))
+        seconds = time.perf_counter() - start
+    return Row("", "served (gRPC)", concurrency, len(conversations), tokens[0], seconds,
+               *percentiles(latencies)), scores
+
+
+async def served_best_of_n(url: str, groups, concurrency: int) -> tuple[Row, list[float]]:
+    from armorm_client import AsyncArmoRMClient
+
+    latencies: list[float] = []
+    scores: list[list[float]] = [[] for _ in groups]
+    tokens = [0]
+    slots = asyncio.Semaphore(concurrency)
+    async with AsyncArmoRMClient(url, timeout_s=600) as client:
+        async def one(index, prompt, responses):
+            async with slots:
+                t0 = time.perf_counter()
+                results = await client.score_responses(prompt, responses)
+                latencies.append(time.perf_counter() - t0)
+                scores[index] = [r.score for r in results]
+                tokens[0] += sum(r.num_tokens for r in results)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i, p, r) for i, (p, r) in enumerate(groups)))
+        seconds = time.perf_counter() - start
+    requests = sum(len(r) for _, r in groups)
+    return Row("", "served best-of-N request", concurrency, requests, tokens[0], seconds,
+               *percentiles(latencies)), [s for group in scores for s in group]
+
+
+def gemm_peak_flops(device: str, dtype: torch.dtype) -> float:
+    size = 8192 if device.startswith("cuda") else 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    repeats = 20 if device.startswith("cuda") else 5
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def flops_per_token(sizes: TinySizes) -> float:
+    h, i = sizes.hidden_size, sizes.intermediate_size
+    kv = sizes.num_key_value_heads * (h // sizes.num_attention_heads)
+    layer = h * h * 2 + h * kv * 2 + 3 * h * i
+    return 2.0 * layer * sizes.num_hidden_layers
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = sorted({r.workload for r in rows}, key=[r.workload for r in rows].index)
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
+    for axis, workload in zip(axes[0], workloads):
+        subset = [r for r in rows if r.workload == workload]
+        card = next(r for r in subset if r.method == "model card pipeline")
+        sweep = [r for r in subset if r.method != "model card pipeline"]
+        axis.plot([r.concurrency for r in sweep], [r.tok_per_s for r in sweep], "o-", label=sweep[0].method)
+        axis.axhline(card.tok_per_s, color="grey", linestyle="--", label="model card pipeline")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent requests")
+        axis.set_ylabel("tokens / s")
+        axis.set_title(workload)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--conversations", type=int, default=32)
+    parser.add_argument("--long-conversations", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=4, help="best-of-N prompts")
+    parser.add_argument("--n", type=int, default=8, help="responses per prompt")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--output", type=Path, default=Path("build/bench"))
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    args = parser.parse_args()
+    sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
+    args.output.mkdir(parents=True, exist_ok=True)
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+
+    def say(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    checkpoint = args.output / f"checkpoint-{args.shape}"
+    if not (checkpoint / "config.json").exists():
+        say(f"writing a random {args.shape} checkpoint")
+        write_random_checkpoint(checkpoint, seed=7, sizes=sizes)
+    repository = args.output / f"repository-{args.shape}"
+    from armorm_export.repository import ExportOptions, export_repository, read_config, set_parameter, write_config
+
+    say("exporting (torch_packed runtime)")
+    kind = "gpu" if args.device.startswith("cuda") else "cpu"
+    export_repository(checkpoint, repository, ExportOptions(instance_kind=kind, onnx=False, atol=1e-3 if kind == "gpu"
+                                                            else 1e-4))
+    config_path = repository / "armorm_backbone" / "config.pbtxt"
+    config = read_config(config_path)
+    set_parameter(config, "max_batch_tokens", str(args.max_batch_tokens))
+    write_config(config_path, config, "bench")
+
+    workloads = {
+        f"short mix {short_range[0]}-{short_range[1]}": mix(args.conversations, *short_range, seed=1),
+        f"long mix {long_range[0]}-{long_range[1]}": mix(args.long_conversations, *long_range, seed=2),
+    }
+    groups = best_of_n(args.prompts, args.n, prompt_tokens, response_range, seed=3)
+    bon_name = f"best-of-{args.n} (prompt {prompt_tokens}, responses {response_range[0]}-{response_range[1]})"
+
+    from armorm.reference import ArmoRMReference
+
+    say(f"model card pipeline on {args.device} ({dtype})")
+    reference = ArmoRMReference(checkpoint, device=args.device, dtype=dtype)
+    rows: list[Row] = []
+    card_scores: dict[str, list[float]] = {}
+    reference.score(workloads[next(iter(workloads))][0])  # warm-up
+    for name, conversations in workloads.items():
+        row, card_scores[name] = card_pipeline(reference, conversations)
+        row.workload = name
+        rows.append(row)
+        say(f"  {name}: {row.req_per_s:.2f} req/s")
+    flat = [p + [{"role": "assistant", "content": r}] for p, responses in groups for r in responses]
+    row, card_scores[bon_name] = card_pipeline(reference, flat)
+    row.workload = bon_name
+    rows.append(row)
+    del reference
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    from armorm.server import TritonServer
+
+    worst = 0.0
+    with TritonServer(repository, log_path=args.output / "tritonserver.log", startup_timeout=900) as server:
+        say(f"server ready on {server.grpc_url}")
+        asyncio.run(served(server.grpc_url, workloads[next(iter(workloads))][:4], 4))  # warm-up
+        for name, conversations in workloads.items():
+            for c in concurrency:
+                row, scores = asyncio.run(served(server.grpc_url, conversations, c))
+                row.workload = name
+                rows.append(row)
+                worst = max(worst, float(np.abs(np.array(scores) - np.array(card_scores[name])).max()))
+                say(f"  {name} @ {c}: {row.req_per_s:.2f} req/s")
+        for c in concurrency:
+            row, scores = asyncio.run(served_best_of_n(server.grpc_url, groups, c))
+            row.workload = bon_name
+            rows.append(row)
+            worst = max(worst, float(np.abs(np.array(scores) - np.array(card_scores[bon_name])).max()))
+            say(f"  {bon_name} @ {c}: {row.req_per_s:.2f} req/s")
+
+    peak = gemm_peak_flops(args.device, dtype)
+    per_token = flops_per_token(sizes)
+    lines = [f"device {args.device}, dtype {str(dtype).removeprefix('torch.')}, shape {args.shape}; measured GEMM peak "
+             f"{peak / 1e12:.2f} TFLOP/s; {per_token / 1e9:.3f} GFLOP/token",
+             f"{'workload':<44} {'method':<26} {'conc':>4} {'req/s':>8} {'tok/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'vs card':>7} {'% peak':>6}"]
+    summary = []
+    for row in rows:
+        card = next(r for r in rows if r.workload == row.workload and r.method == "model card pipeline")
+        ratio = row.req_per_s / card.req_per_s
+        fraction = row.tok_per_s * per_token / peak
+        lines.append(f"{row.workload:<44} {row.method:<26} {row.concurrency:>4} {row.req_per_s:>8.2f} "
+                     f"{row.tok_per_s:>9.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {ratio:>6.2f}x {fraction:>6.1%}")
+        summary.append({**asdict(row), "req_per_s": row.req_per_s, "tok_per_s": row.tok_per_s,
+                        "ratio_vs_card": ratio, "fraction_of_gemm_peak": fraction})
+    tolerance = 5e-2 if args.device.startswith("cuda") else 1e-4
+    lines.append(f"max |served score - card score| over every benchmarked request: {worst:.3g} "
+                 f"(tolerance {tolerance:g}) -> {'OK' if worst <= tolerance else 'MISMATCH'}")
+    (args.output / "results.json").write_text(json.dumps(
+        {"device": args.device, "shape": args.shape, "gemm_peak_flops": peak, "flops_per_token": per_token,
+         "max_score_difference": worst, "rows": summary}, indent=2))
+    plot(rows, args.output / "bench.png")
+    print("\n".join(lines))
+    print(f"plot: {args.output / 'bench.png'}; data: {args.output / 'results.json'}")
+    return 0 if worst <= tolerance else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
