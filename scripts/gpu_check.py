@@ -1,0 +1,121 @@
+"""GPU check: parity and throughput of the packed runtime against the model card pipeline, in one
+process, on random weights in the exact Llama-3-8B shape (bf16). Meant for the device machine:
+
+    ARMORM_LLAMA3_TOKENIZER_JSON=build/gpu/tokenizer.json python scripts/gpu_check.py
+
+(`make gpu-check-prepare` writes build/gpu/ here; carry it.) Runs on CPU too with
+`--shape cpu-small --device cpu`. What it does not cover: the Triton hop (gRPC, ensemble, Python
+stubs), which needs the pip tritonserver on the device; `make bench` measures that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import SHAPES, best_of_n, flops_per_token, gemm_peak_flops, mix  # noqa: E402
+
+from armorm import heads  # noqa: E402
+from armorm.backbone import ArmoRMBackbone  # noqa: E402
+from armorm.checkpoint import Checkpoint  # noqa: E402
+from armorm.conversation import InputLimits  # noqa: E402
+from armorm.packed import PackedBackbone  # noqa: E402
+from armorm.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
+from armorm.reference import ArmoRMReference  # noqa: E402
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def score_hidden(head_weights, gate, reward) -> np.ndarray:
+    rewards = heads.regression(reward, head_weights.regression)
+    gating = heads.gating(gate, head_weights.gating)
+    return heads.transform(rewards, gating, head_weights.transform)[0].float().cpu().numpy()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--short", type=int, default=64)
+    parser.add_argument("--long", type=int, default=24)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--tolerance", type=float, default=None, help="max |score| difference (bf16 default 0.05)")
+    args = parser.parse_args()
+    device = args.device
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    tolerance = args.tolerance or (5e-2 if dtype == torch.bfloat16 else 1e-4)
+    sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
+    config = tiny_config(sizes)
+    t0 = time.perf_counter()
+    state = random_parameters(config, seed=11, device=device)
+    directory = Path(tempfile.mkdtemp(prefix="armorm-gpu-check-"))
+    write_tokenizer(directory, config)
+    checkpoint = Checkpoint(directory, config, state)
+    reference = ArmoRMReference(checkpoint, device=device, dtype=dtype)
+    reference.tokenizer.limits = InputLimits(max_tokens=config.max_position_embeddings)
+    packed = PackedBackbone(ArmoRMBackbone.from_state_dict(config, state, dtype).to(device), args.max_batch_tokens)
+    print(f"[gpu-check] {args.shape} weights on {device} ({dtype}) in {time.perf_counter() - t0:.1f}s; "
+          f"attention {packed.attention_name}", file=sys.stderr, flush=True)
+
+    groups = best_of_n(args.prompts, args.n, prompt_tokens, response_range, seed=3)
+    workloads = {
+        f"short {short_range[0]}-{short_range[1]}": mix(args.short, *short_range, seed=1),
+        f"long {long_range[0]}-{long_range[1]}": mix(args.long, *long_range, seed=2),
+        f"best-of-{args.n}": [p + [{"role": "assistant", "content": r}] for p, rs in groups for r in rs],
+    }
+    peak = gemm_peak_flops(device, dtype)
+    per_token = flops_per_token(sizes)
+    rows, worst = [], 0.0
+    reference.score(workloads[next(iter(workloads))][0])  # warm-up
+    for name, conversations in workloads.items():
+        sync(device)
+        start = time.perf_counter()
+        card = np.array([reference.score(m).score for m in conversations])
+        sync(device)
+        card_s = time.perf_counter() - start
+        tokens = [reference.tokenizer.tokenize(m) for m in conversations]
+        total = sum(t.num_tokens for t in tokens)
+        ids = [t.input_ids for t in tokens]
+        gates = np.array([t.gate_position for t in tokens])
+        rewards = np.array([t.reward_position for t in tokens])
+        packed.run(ids[:2], gates[:2], rewards[:2])  # warm-up of this shape mix
+        sync(device)
+        start = time.perf_counter()
+        gate, reward = packed.run(ids, gates, rewards)
+        served = score_hidden(reference.heads, gate, reward)
+        sync(device)
+        packed_s = time.perf_counter() - start
+        difference = float(np.abs(served - card).max())
+        worst = max(worst, difference)
+        rows.append((name, len(conversations), total, card_s, packed_s, difference, packed.last_stats))
+        print(f"[gpu-check] {name}: card {len(conversations) / card_s:.1f} req/s, packed "
+              f"{len(conversations) / packed_s:.1f} req/s", file=sys.stderr, flush=True)
+
+    print(f"device {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}; torch {torch.__version__}; "
+          f"GEMM peak {peak / 1e12:.2f} TFLOP/s; {per_token / 1e9:.2f} GFLOP/token; budget {args.max_batch_tokens}")
+    print(f"{'workload':<16} {'reqs':>5} {'tokens':>7} {'card req/s':>10} {'card tok/s':>10} {'packed req/s':>12} "
+          f"{'packed tok/s':>12} {'ratio':>6} {'% peak':>7} {'computed':>8} {'max|Δscore|':>11}")
+    for name, count, total, card_s, packed_s, difference, stats in rows:
+        print(f"{name:<16} {count:>5} {total:>7} {count / card_s:>10.1f} {total / card_s:>10.0f} "
+              f"{count / packed_s:>12.1f} {total / packed_s:>12.0f} {card_s / packed_s:>5.2f}x "
+              f"{stats['computed_tokens'] / packed_s * per_token / peak:>7.1%} "
+              f"{stats['computed_tokens'] / total:>8.0%} {difference:>11.3g}")
+    verdict = "OK" if worst <= tolerance else "MISMATCH"
+    print(f"parity: max |packed score - card score| = {worst:.3g} (tolerance {tolerance:g}, {dtype}) -> {verdict}")
+    return 0 if worst <= tolerance else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
