@@ -19,7 +19,14 @@ GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n
 
 
 class ConversationError(ValueError):
-    """A request that cannot be scored; the message tells the caller what to fix."""
+    """A request that cannot be scored; the message tells the caller what to fix.
+
+    `reason` is a short label for metrics: encoding, json, schema, too_large, too_long, no_prompt.
+    """
+
+    def __init__(self, message: str, reason: str = "schema") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -45,17 +52,18 @@ def parse_messages(raw: bytes | str, limits: InputLimits = InputLimits()) -> lis
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
     if len(raw) > limits.max_bytes:
-        raise ConversationError(f"messages is {len(raw)} bytes; the limit is {limits.max_bytes} bytes")
+        raise ConversationError(f"messages is {len(raw)} bytes; the limit is {limits.max_bytes} bytes", "too_large")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConversationError(f"messages is not valid UTF-8 (bad byte at offset {err.start})") from None
+        raise ConversationError(f"messages is not valid UTF-8 (bad byte at offset {err.start})", "encoding") from None
     try:
         messages = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConversationError(
             f"messages is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
-            'send a JSON list like [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
+            'send a JSON list like [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]',
+            "json",
         ) from None
     return validate_messages(messages, limits)
 
@@ -68,7 +76,7 @@ def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> lis
     if not messages:
         raise ConversationError("messages is an empty list; send at least a user turn and an assistant turn")
     if len(messages) > limits.max_messages:
-        raise ConversationError(f"messages has {len(messages)} turns; the limit is {limits.max_messages}")
+        raise ConversationError(f"messages has {len(messages)} turns; the limit is {limits.max_messages}", "too_large")
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise ConversationError(f"messages[{index}] must be an object with role and content, got a JSON "
@@ -103,11 +111,13 @@ def find_gate_position(input_ids: Sequence[int] | np.ndarray, pattern: Sequence[
     ids = np.asarray(input_ids)
     width = len(pattern)
     if width == 0 or ids.shape[0] < width:
-        raise ConversationError("token pattern not found: the conversation has no assistant turn after a prompt")
+        raise ConversationError("token pattern not found: the conversation has no assistant turn after a prompt",
+                                "no_prompt")
     windows = np.lib.stride_tricks.sliding_window_view(ids, width)
     hits = np.flatnonzero((windows == np.asarray(pattern)).all(axis=1))
     if hits.size == 0:
-        raise ConversationError("token pattern not found: the conversation has no assistant turn after a prompt")
+        raise ConversationError("token pattern not found: the conversation has no assistant turn after a prompt",
+                                "no_prompt")
     return int(hits[-1])
 
 
@@ -153,7 +163,8 @@ class ConversationTokenizer:
         if len(ids) > self.limits.max_tokens:
             return ConversationError(
                 f"the conversation is {len(ids)} tokens long; the limit is {self.limits.max_tokens} tokens "
-                "(shorten the prompt or the response)"
+                "(shorten the prompt or the response)",
+                "too_long",
             )
         input_ids = np.asarray(ids, dtype=np.int64)
         try:

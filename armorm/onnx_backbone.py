@@ -33,6 +33,7 @@ class OnnxBackbone:
         self.session = session
         self.pad_token_id = pad_token_id
         self.max_batch_tokens = max_batch_tokens
+        self.last_stats: dict[str, int] = {}
 
     @property
     def providers(self) -> list[str]:
@@ -45,13 +46,20 @@ class OnnxBackbone:
         count = len(input_ids)
         gate_out: list[np.ndarray | None] = [None] * count
         reward_out: list[np.ndarray | None] = [None] * count
-        for group in token_budget_groups([row.shape[0] for row in input_ids], self.max_batch_tokens):
+        groups = token_budget_groups([row.shape[0] for row in input_ids], self.max_batch_tokens)
+        tokens = int(sum(row.shape[0] for row in input_ids))
+        computed = 0
+        for group in groups:
+            padded = pad_right([input_ids[i] for i in group], self.pad_token_id)
+            computed += padded.size
             feeds = {
-                "input_ids": pad_right([input_ids[i] for i in group], self.pad_token_id),
+                "input_ids": padded,
                 "gate_position": np.asarray(gate_positions[group], dtype=np.int64),
                 "reward_position": np.asarray(reward_positions[group], dtype=np.int64),
             }
             gate, reward = self.session.run(list(ONNX_OUTPUTS), feeds)
             for row, index in enumerate(group):
                 gate_out[index], reward_out[index] = gate[row], reward[row]
+        self.last_stats = {"conversations": count, "tokens": tokens, "computed_tokens": computed,
+                           "padding_tokens": computed - tokens, "forwards": len(groups)}
         return np.stack(gate_out).astype(np.float32), np.stack(reward_out).astype(np.float32)

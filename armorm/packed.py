@@ -222,12 +222,14 @@ class PackedBackbone:
         reward_out = torch.empty(count, hidden_size, dtype=torch.float32, device=self.device)
 
         # Phase A: shared prompts, once each; their last token is the gate row of every member.
+        forwards = 0
         cache = PrefixCache()
         prefix_gate: list[torch.Tensor] = []
         prefix_segments = [Segment(torch.from_numpy(np.ascontiguousarray(p))) for p in plan.prefixes]
         for chunk in budget_chunks([s.length for s in prefix_segments], self.max_batch_tokens):
             segments = [prefix_segments[i] for i in chunk]
             hidden = self._forward(segments, cache, keep_kv=True)
+            forwards += 1
             ends = np.cumsum([s.length for s in segments]) - 1
             prefix_gate.extend(hidden[int(end)].float() for end in ends)
 
@@ -242,6 +244,7 @@ class PackedBackbone:
         for chunk in budget_chunks([s.length for s in segments], self.max_batch_tokens):
             chunk_segments = [segments[i] for i in chunk]
             hidden = self._forward(chunk_segments, cache, keep_kv=False)
+            forwards += 1
             starts = np.concatenate(([0], np.cumsum([s.length for s in chunk_segments])[:-1]))
             for start, index in zip(starts, chunk):
                 reward_out[index] = hidden[int(start) + reward_rows[index]].float()
@@ -251,5 +254,5 @@ class PackedBackbone:
                     gate_out[index] = prefix_gate[plan.prefix_of[index]]
         total = int(sum(len(ids) for ids in input_ids))
         self.last_stats = {"conversations": count, "tokens": total, "computed_tokens": total - plan.saved_tokens,
-                           "shared_prompts": len(plan.prefixes)}
+                           "shared_prompts": len(plan.prefixes), "forwards": forwards}
         return gate_out, reward_out

@@ -66,7 +66,8 @@ def request(**inputs: np.ndarray) -> InferenceRequest:
 
 def module() -> ModuleType:
     fake = ModuleType("triton_python_backend_utils")
-    for name in ("TritonError", "Tensor", "InferenceRequest", "InferenceResponse", "get_input_tensor_by_name"):
+    for name in ("TritonError", "Tensor", "InferenceRequest", "InferenceResponse", "get_input_tensor_by_name",
+                 "MetricFamily", "Logger"):
         setattr(fake, name, globals()[name])
     return fake
 
@@ -91,3 +92,34 @@ def load_model(repository: Path, model_name: str, monkeypatch) -> object:
         "model_instance_device_id": "0",
     })
     return model
+
+
+class MetricFamily:
+    """Records increments: families[name].values[labels] = total."""
+
+    COUNTER, GAUGE = "counter", "gauge"
+    families: dict[str, MetricFamily] = {}
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.kind = name, kind
+        self.values: dict[tuple, float] = {}
+        MetricFamily.families[name] = self
+
+    def Metric(self, labels: dict[str, str] | None = None):  # noqa: N802 - Triton's spelling
+        family, key = self, tuple(sorted((labels or {}).items()))
+
+        class _Metric:
+            def increment(self, value: float) -> None:
+                family.values[key] = family.values.get(key, 0.0) + value
+
+        return _Metric()
+
+
+class Logger:
+    messages: list[str] = []
+
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls.messages.append(message)
+
+    log_warn = log_error = log_verbose = log_info

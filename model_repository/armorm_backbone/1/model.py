@@ -10,6 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb
 
 from armorm.contract import BACKBONE_CONFIG, BACKBONE_ONNX, BACKBONE_RUNTIMES, BACKBONE_WEIGHTS
+from armorm.metrics import BackboneMetrics
 from armorm.triton_glue import ModelContext, RequestError, input_array, invalid_argument, tensors_response
 
 
@@ -52,7 +53,7 @@ def torch_packed_runner(context, config):
 
     def run(ids, gate, reward):
         gate_hidden, reward_hidden = runner.run(ids, gate, reward, share_prompts=share)
-        return gate_hidden.cpu().numpy(), reward_hidden.cpu().numpy()
+        return gate_hidden.cpu().numpy(), reward_hidden.cpu().numpy(), runner.last_stats
 
     pb.Logger.log_info(f"{context.name}: torch_packed on {device}, {dtype}, attention {runner.attention_name}, "
                        f"{torch.get_num_threads()} threads")
@@ -66,7 +67,12 @@ def onnxruntime_runner(context, config):
                            threads=context.int_parameter("threads", 0))
     runner = OnnxBackbone(session, int(config["pad_token_id"]), context.int_parameter("max_batch_tokens", 16384))
     pb.Logger.log_info(f"{context.name}: onnxruntime with {runner.providers}")
-    return runner.run
+
+    def run(ids, gate, reward):
+        gate_hidden, reward_hidden = runner.run(ids, gate, reward)
+        return gate_hidden, reward_hidden, runner.last_stats
+
+    return run
 
 
 class TritonPythonModel:
@@ -78,6 +84,7 @@ class TritonPythonModel:
         config = json.loads((context.version_dir / BACKBONE_CONFIG).read_text())
         make = torch_packed_runner if runtime == "torch_packed" else onnxruntime_runner
         self.run = make(context, config)
+        self.metrics = BackboneMetrics(pb)
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -93,7 +100,8 @@ class TritonPythonModel:
             rewards.append(reward)
             owners.extend([index] * len(rows))
         if ids:
-            gate_hidden, reward_hidden = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
+            gate_hidden, reward_hidden, stats = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
+            self.metrics.record(stats)
             owners = np.asarray(owners)
             for index in np.unique(owners):
                 rows = owners == index

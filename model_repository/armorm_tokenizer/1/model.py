@@ -6,6 +6,7 @@ import triton_python_backend_utils as pb
 from armorm.checkpoint import load_tokenizer
 from armorm.codec import bytes_items
 from armorm.contract import TOKENIZER_DIR
+from armorm.metrics import TokenizerMetrics
 from armorm.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
 from armorm.triton_glue import ModelContext, RequestError, input_array, invalid_argument, tensors_response
 
@@ -19,6 +20,7 @@ class TritonPythonModel:
             max_tokens=context.int_parameter("max_tokens", InputLimits.max_tokens),
         )
         self.tokenizer = ConversationTokenizer(load_tokenizer(context.version_dir / TOKENIZER_DIR), limits)
+        self.metrics = TokenizerMetrics(pb)
 
     def execute(self, requests):
         rows = []
@@ -33,7 +35,10 @@ class TritonPythonModel:
         for row in rows:
             result = row if isinstance(row, RequestError) else next(tokenized)
             if isinstance(result, (RequestError, ConversationError)):
+                self.metrics.rejected.add(1, reason=getattr(result, "reason", "input"))
                 responses.append(invalid_argument(pb, str(result)))
             else:
+                self.metrics.conversations.add(len(result["num_tokens"]))
+                self.metrics.tokens.add(int(result["num_tokens"].sum()))
                 responses.append(tensors_response(pb, result))
         return responses
