@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SHM_PREFIX = "triton_python_backend_shm_region_"
+# Closed unless the caller sends the admin header: model control/repository, shared memory, trace and
+# logging. Inference, health and the read-only metadata, model-config and statistics stay open:
+# perf_analyzer needs the last three and cannot send gRPC headers.
+ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_HEADER = "armorm-admin-key"
+API_KEY_HEADER = "armorm-api-key"
+# Triton expects restricted-protocol keys as gRPC metadata under this prefix (HTTP: the bare name).
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 
 
 class ServerStartError(RuntimeError):
@@ -86,6 +95,34 @@ def shm_segments() -> set[str]:
     return {p.name for p in shm.glob(SHM_PREFIX + "*")} if shm.exists() else set()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for gRPC TLS; with client_ca set, clients must present a certificate it signed (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def flags(self) -> list[str]:
+        flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        if self.client_ca is not None:
+            flags += [f"--grpc-root-cert={self.client_ca}", "--grpc-use-ssl-mutual=true"]
+        return flags
+
+
+def security_flags(admin_key: str | None, api_key: str | None) -> list[str]:
+    """Restricted-API flags for gRPC and HTTP: admin APIs behind `admin_key` (or closed when None),
+    inference behind `api_key` when one is given."""
+    admin = admin_key or secrets.token_hex(16)  # no key given: nobody can call the admin APIs
+    groups = [(",".join(ADMIN_APIS), ADMIN_HEADER, admin)]
+    if api_key:
+        groups.append(("inference", API_KEY_HEADER, api_key))
+    flags = []
+    for apis, header, value in groups:
+        flags += [f"--grpc-restricted-protocol={apis}:{header}={value}", f"--http-restricted-api={apis}:{header}={value}"]
+    return flags
+
+
 @dataclass
 class TritonServer:
     """A tritonserver process on loopback. Use as a context manager."""
@@ -98,6 +135,10 @@ class TritonServer:
     extra_args: Sequence[str] = ()
     startup_timeout: float = 180.0
     host: str = "127.0.0.1"
+    admin_key: str | None = None  # header value for the restricted admin APIs; None: they stay closed
+    api_key: str | None = None  # when set, inference needs the armorm-api-key header too
+    tls: TlsFiles | None = None
+    restrict_apis: bool = True
     process: subprocess.Popen | None = field(default=None, init=False)
     _shm_before: set[str] = field(default_factory=set, init=False)
 
@@ -125,8 +166,23 @@ class TritonServer:
             "--model-control-mode=none",
             "--exit-on-error=true",
             "--log-verbose=0",
+            *(security_flags(self.admin_key, self.api_key) if self.restrict_apis else []),
+            *(self.tls.flags() if self.tls else []),
             *self.extra_args,
         ]
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC metadata that opens the admin APIs (HTTP callers send `armorm-admin-key` instead)."""
+        return {GRPC_HEADER_PREFIX + ADMIN_HEADER: self.admin_key} if self.admin_key else {}
+
+    def grpc_client(self):
+        """A tritonclient gRPC client for this server (TLS as configured)."""
+        import tritonclient.grpc as grpcclient
+
+        if self.tls is None:
+            return grpcclient.InferenceServerClient(self.grpc_url)
+        return grpcclient.InferenceServerClient(self.grpc_url, ssl=True, root_certificates=str(self.tls.cert))
 
     def start(self) -> TritonServer:
         install = TritonInstall.find()
@@ -149,10 +205,8 @@ class TritonServer:
         return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
 
     def wait_ready(self) -> None:
-        import tritonclient.grpc as grpcclient
-
         deadline = time.monotonic() + self.startup_timeout
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        client = self.grpc_client()
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
@@ -204,13 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    parser.add_argument("--open-admin-apis", action="store_true",
+                        help="do not restrict model control, shared memory, trace and logging")
     parser.add_argument("extra", nargs="*", help="extra tritonserver flags, after --")
     args = parser.parse_args(argv)
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     if not (args.repository / "armorm" / "config.pbtxt").exists():
         print(f"{args.repository} is not an exported repository: run `make export` first", file=sys.stderr)
         return 2
+    # Secrets come from the environment, never from the command line (visible in `ps`).
     server = TritonServer(args.repository, args.grpc_port, args.http_port, args.metrics_port,
-                          log_path=Path("build/tritonserver.log"), extra_args=args.extra, host=args.host)
+                          log_path=Path("build/tritonserver.log"), extra_args=args.extra, host=args.host,
+                          admin_key=os.environ.get("ARMORM_ADMIN_KEY"), api_key=os.environ.get("ARMORM_API_KEY"),
+                          tls=tls, restrict_apis=not args.open_admin_apis)
     Path("build").mkdir(exist_ok=True)
     print(f"starting tritonserver on {args.repository} (log: {server.log_path}) ...", file=sys.stderr, flush=True)
     server.start()

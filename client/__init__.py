@@ -5,13 +5,22 @@ from armorm_client.client import (
     ArmoRMClient,
     ArmoRMError,
     AsyncArmoRMClient,
+    DeadlineExceededError,
     InvalidConversationError,
+    PermissionDeniedError,
+    RetriesExhaustedError,
     ServerError,
     ServerUnavailableError,
 )
+from armorm_client.retry import NO_RETRIES, RetryPolicy
 
 __all__ = [
+    "NO_RETRIES",
     "ArmoRMClient",
+    "DeadlineExceededError",
+    "PermissionDeniedError",
+    "RetriesExhaustedError",
+    "RetryPolicy",
     "ArmoRMError",
     "ArmoRMScore",
     "AsyncArmoRMClient",

@@ -1,7 +1,10 @@
 """Score conversations on a Triton server that serves the `armorm` ensemble.
 
 `score` sends one conversation; `score_batch` keeps up to `max_in_flight` requests in flight so the
-server's dynamic batcher can group them; `AsyncArmoRMClient` does the same under asyncio.
+server's dynamic batcher can group them; `score_responses` sends N responses to one prompt as one
+request (the server computes the shared prompt once); `AsyncArmoRMClient` does the same under asyncio.
+Every call has a deadline; UNAVAILABLE answers (overload, restart, shutdown) are retried with
+exponential backoff and jitter; nothing else is retried.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from tritonclient.utils import InferenceServerException
 
 from armorm import contract
 from armorm.result import ArmoRMScore
+from armorm_client.retry import RetryPolicy, call_with_retries, call_with_retries_async
 
 Messages = Sequence[dict[str, str]]
+Conversation = Messages | str | bytes
 OUTPUTS = tuple(t.name for t in contract.ENSEMBLE.outputs)
+# The server's --grpc-restricted-protocol=inference:armorm-api-key=… checks this gRPC metadata key.
+API_KEY_HEADER = "triton-grpc-protocol-armorm-api-key"
 
 
 class ArmoRMError(Exception):
@@ -39,6 +46,18 @@ class ServerUnavailableError(ArmoRMError):
     """The server is overloaded, shutting down or unreachable (UNAVAILABLE); retrying later may work."""
 
 
+class RetriesExhaustedError(ServerUnavailableError):
+    """Still UNAVAILABLE after every attempt the retry policy allows."""
+
+
+class DeadlineExceededError(ArmoRMError):
+    """No answer within the call's deadline (timeout_s)."""
+
+
+class PermissionDeniedError(ArmoRMError):
+    """The server restricts this API: a missing or wrong API key (see api_key)."""
+
+
 class ServerError(ArmoRMError):
     """Any other server-side failure."""
 
@@ -46,14 +65,22 @@ class ServerError(ArmoRMError):
 def to_error(err: InferenceServerException) -> ArmoRMError:
     status = str(err.status() or "")
     message = err.message() or str(err)
-    if status.endswith("INVALID_ARGUMENT"):
-        return InvalidConversationError(message, status)
-    if status.endswith("UNAVAILABLE"):
-        return ServerUnavailableError(message, status)
+    if "protocol is restricted" in message or "API is restricted" in message:
+        # Triton answers a missing/wrong key with UNAVAILABLE; retrying cannot help.
+        return PermissionDeniedError(f"{message} (pass api_key=...)", status)
+    for suffix, kind in (("INVALID_ARGUMENT", InvalidConversationError), ("UNAVAILABLE", ServerUnavailableError),
+                         ("DEADLINE_EXCEEDED", DeadlineExceededError),
+                         ("PERMISSION_DENIED", PermissionDeniedError), ("UNAUTHENTICATED", PermissionDeniedError)):
+        if status.endswith(suffix):
+            return kind(message, status)
     return ServerError(f"{status or 'error'}: {message}", status)
 
 
-def encode_messages(messages: Messages | str | bytes) -> bytes:
+def exhausted(err: Exception, attempts: int) -> RetriesExhaustedError:
+    return RetriesExhaustedError(f"{err} (still unavailable after {attempts} attempts)", getattr(err, "status", None))
+
+
+def encode_messages(messages: Conversation) -> bytes:
     """A conversation as the `messages` tensor carries it (JSON text; raw strings pass through)."""
     if isinstance(messages, bytes):
         return messages
@@ -62,24 +89,20 @@ def encode_messages(messages: Messages | str | bytes) -> bytes:
     return json.dumps(list(messages), ensure_ascii=False).encode("utf-8")
 
 
-def build_inputs(messages: Messages | str | bytes, module: Any = grpcclient) -> list[Any]:
-    return build_batch_inputs([messages], module)
-
-
-def build_batch_inputs(conversations: Sequence[Messages | str | bytes], module: Any = grpcclient) -> list[Any]:
-    """Several conversations as one request (a [n, 1] BYTES tensor)."""
+def build_inputs(conversations: Sequence[Conversation], module: Any = grpcclient) -> list[Any]:
+    """Conversations as one request: a [n, 1] BYTES tensor."""
     tensor = module.InferInput(contract.MESSAGES.name, [len(conversations), 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[encode_messages(m)] for m in conversations], dtype=object))
     return [tensor]
 
 
+def build_outputs(module: Any = grpcclient) -> list[Any]:
+    return [module.InferRequestedOutput(name) for name in OUTPUTS]
+
+
 def best_of_n(prompt: Messages, responses: Sequence[str]) -> list[list[dict[str, str]]]:
     """The conversations `prompt + [assistant response]`, one per response."""
     return [[*prompt, {"role": "assistant", "content": response}] for response in responses]
-
-
-def build_outputs(module: Any = grpcclient) -> list[Any]:
-    return [module.InferRequestedOutput(name) for name in OUTPUTS]
 
 
 def decode_results(result: Any) -> list[ArmoRMScore]:
@@ -95,16 +118,30 @@ def decode_results(result: Any) -> list[ArmoRMScore]:
     ]
 
 
-def decode_result(result: Any) -> ArmoRMScore:
-    return decode_results(result)[0]
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start: start + size] for start in range(0, len(items), size)]
+
+
+class _Options:
+    """What both clients share: model, deadline, retry policy, headers, TLS."""
+
+    def __init__(self, url: str, model: str, timeout_s: float | None, retry: RetryPolicy, api_key: str | None,
+                 api_key_header: str, ssl: bool, root_certificates: str | None, client_options: dict) -> None:
+        self.url, self.model, self.timeout_s, self.retry = url, model, timeout_s, retry
+        self.headers = {api_key_header: api_key} if api_key else None
+        self.connect = dict(client_options)
+        if ssl:
+            self.connect.update(ssl=True, root_certificates=root_certificates)
 
 
 class ArmoRMClient:
     def __init__(self, url: str = "localhost:8001", model: str = contract.ENSEMBLE.name,
-                 timeout_s: float | None = 120.0, **client_options: Any) -> None:
-        self.model = model
-        self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url, **client_options)
+                 timeout_s: float | None = 120.0, retry: RetryPolicy = RetryPolicy(), api_key: str | None = None,
+                 api_key_header: str = API_KEY_HEADER, ssl: bool = False, root_certificates: str | None = None,
+                 **client_options: Any) -> None:
+        self._options = _Options(url, model, timeout_s, retry, api_key, api_key_header, ssl, root_certificates,
+                                 client_options)
+        self._client = grpcclient.InferenceServerClient(url, **self._options.connect)
 
     def close(self) -> None:
         self._client.close()
@@ -116,38 +153,36 @@ class ArmoRMClient:
         self.close()
 
     def is_ready(self) -> bool:
+        """Server live and the ensemble ready (health APIs stay open when the others are restricted)."""
         try:
-            return bool(self._client.is_server_ready() and self._client.is_model_ready(self.model))
+            return bool(self._client.is_server_ready(headers=self._options.headers)
+                        and self._client.is_model_ready(self._options.model, headers=self._options.headers))
         except InferenceServerException:
             return False
 
-    def score(self, messages: Messages | str | bytes) -> ArmoRMScore:
+    def _infer_once(self, conversations: Sequence[Conversation]) -> list[ArmoRMScore]:
         try:
-            result = self._client.infer(self.model, build_inputs(messages), outputs=build_outputs(),
-                                        client_timeout=self.timeout_s)
+            result = self._client.infer(self._options.model, build_inputs(conversations), outputs=build_outputs(),
+                                        client_timeout=self._options.timeout_s, headers=self._options.headers)
         except InferenceServerException as err:
             raise to_error(err) from None
-        return decode_result(result)
+        return decode_results(result)
 
-    def score_responses(self, prompt: Messages, responses: Sequence[str],
-                        max_rows: int = 64) -> list[ArmoRMScore]:
-        """Best-of-N: score several responses to one prompt in one request (chunks of `max_rows`).
+    def _infer(self, conversations: Sequence[Conversation]) -> list[ArmoRMScore]:
+        return call_with_retries(lambda: self._infer_once(conversations), self._options.retry,
+                                 ServerUnavailableError, exhausted)
+
+    def score(self, messages: Conversation) -> ArmoRMScore:
+        return self._infer([messages])[0]
+
+    def score_responses(self, prompt: Messages, responses: Sequence[str], max_rows: int = 64) -> list[ArmoRMScore]:
+        """Best-of-N: several responses to one prompt in one request (chunks of `max_rows`).
 
         The server computes the shared prompt once. A bad response fails its whole request.
         """
-        conversations = best_of_n(prompt, responses)
-        results: list[ArmoRMScore] = []
-        for start in range(0, len(conversations), max_rows):
-            chunk = conversations[start: start + max_rows]
-            try:
-                answer = self._client.infer(self.model, build_batch_inputs(chunk), outputs=build_outputs(),
-                                            client_timeout=self.timeout_s)
-            except InferenceServerException as err:
-                raise to_error(err) from None
-            results.extend(decode_results(answer))
-        return results
+        return [r for chunk in chunks(best_of_n(prompt, responses), max_rows) for r in self._infer(chunk)]
 
-    def score_batch(self, conversations: Iterable[Messages | str | bytes], max_in_flight: int = 64,
+    def score_batch(self, conversations: Iterable[Conversation], max_in_flight: int = 64,
                     return_exceptions: bool = False) -> list[ArmoRMScore | ArmoRMError]:
         """Score many conversations concurrently; results come back in input order.
 
@@ -159,6 +194,7 @@ class ArmoRMClient:
         done = threading.Event()
         remaining = [len(items)]
         lock = threading.Lock()
+        policy = self._options.retry
 
         def finish(index: int, value: ArmoRMScore | ArmoRMError) -> None:
             results[index] = value
@@ -168,25 +204,37 @@ class ArmoRMClient:
                 if remaining[0] == 0:
                     done.set()
 
-        def callback(index: int, result: Any, error: InferenceServerException | None) -> None:
-            if error is not None:
-                finish(index, to_error(error))
-                return
+        def submit(index: int, attempt: int) -> None:
             try:
-                finish(index, decode_result(result))
-            except Exception as err:  # noqa: BLE001 - a malformed answer fails its own slot
-                finish(index, ServerError(f"could not decode the response: {err}"))
+                self._client.async_infer(
+                    self._options.model, build_inputs([items[index]]),
+                    callback=lambda result, error: answered(index, attempt, result, error),
+                    outputs=build_outputs(), client_timeout=self._options.timeout_s, headers=self._options.headers)
+            except InferenceServerException as err:
+                answered(index, attempt, None, err)
+
+        def answered(index: int, attempt: int, result: Any, error: InferenceServerException | None) -> None:
+            if error is None:
+                try:
+                    finish(index, decode_results(result)[0])
+                except Exception as err:  # noqa: BLE001 - a malformed answer fails its own slot
+                    finish(index, ServerError(f"could not decode the response: {err}"))
+                return
+            failure = to_error(error)
+            if isinstance(failure, ServerUnavailableError) and attempt < policy.max_attempts:
+                timer = threading.Timer(policy.delay(attempt), submit, (index, attempt + 1))
+                timer.daemon = True
+                timer.start()
+            elif isinstance(failure, ServerUnavailableError) and policy.max_attempts > 1:
+                finish(index, exhausted(failure, attempt))
+            else:
+                finish(index, failure)
 
         if not items:
             return []
-        for index, messages in enumerate(items):
+        for index in range(len(items)):
             slots.acquire()
-            try:
-                self._client.async_infer(self.model, build_inputs(messages),
-                                         callback=lambda result, error, i=index: callback(i, result, error),
-                                         outputs=build_outputs(), client_timeout=self.timeout_s)
-            except InferenceServerException as err:
-                finish(index, to_error(err))
+            submit(index, 1)
         done.wait()
         if not return_exceptions:
             for value in results:
@@ -196,16 +244,18 @@ class ArmoRMClient:
 
 
 class AsyncArmoRMClient:
-    """The asyncio variant: `await score(...)`, `await score_batch(...)`."""
+    """The asyncio variant: `await score(...)`, `await score_batch(...)`, `await score_responses(...)`."""
 
     def __init__(self, url: str = "localhost:8001", model: str = contract.ENSEMBLE.name,
-                 timeout_s: float | None = 120.0, **client_options: Any) -> None:
+                 timeout_s: float | None = 120.0, retry: RetryPolicy = RetryPolicy(), api_key: str | None = None,
+                 api_key_header: str = API_KEY_HEADER, ssl: bool = False, root_certificates: str | None = None,
+                 **client_options: Any) -> None:
         import tritonclient.grpc.aio as aioclient
 
         self._module = aioclient
-        self.model = model
-        self.timeout_s = timeout_s
-        self._client = aioclient.InferenceServerClient(url, **client_options)
+        self._options = _Options(url, model, timeout_s, retry, api_key, api_key_header, ssl, root_certificates,
+                                 client_options)
+        self._client = aioclient.InferenceServerClient(url, **self._options.connect)
 
     async def close(self) -> None:
         await self._client.close()
@@ -216,33 +266,34 @@ class AsyncArmoRMClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def score(self, messages: Messages | str | bytes) -> ArmoRMScore:
+    async def _infer_once(self, conversations: Sequence[Conversation]) -> list[ArmoRMScore]:
         try:
-            result = await self._client.infer(self.model, build_inputs(messages, self._module),
-                                              outputs=build_outputs(self._module), client_timeout=self.timeout_s)
+            result = await self._client.infer(self._options.model, build_inputs(conversations, self._module),
+                                              outputs=build_outputs(self._module),
+                                              client_timeout=self._options.timeout_s, headers=self._options.headers)
         except InferenceServerException as err:
             raise to_error(err) from None
-        return decode_result(result)
+        return decode_results(result)
+
+    async def _infer(self, conversations: Sequence[Conversation]) -> list[ArmoRMScore]:
+        return await call_with_retries_async(lambda: self._infer_once(conversations), self._options.retry,
+                                             ServerUnavailableError, exhausted)
+
+    async def score(self, messages: Conversation) -> ArmoRMScore:
+        return (await self._infer([messages]))[0]
 
     async def score_responses(self, prompt: Messages, responses: Sequence[str],
                               max_rows: int = 64) -> list[ArmoRMScore]:
-        conversations = best_of_n(prompt, responses)
         results: list[ArmoRMScore] = []
-        for start in range(0, len(conversations), max_rows):
-            chunk = conversations[start: start + max_rows]
-            try:
-                answer = await self._client.infer(self.model, build_batch_inputs(chunk, self._module),
-                                                  outputs=build_outputs(self._module), client_timeout=self.timeout_s)
-            except InferenceServerException as err:
-                raise to_error(err) from None
-            results.extend(decode_results(answer))
+        for chunk in chunks(best_of_n(prompt, responses), max_rows):
+            results.extend(await self._infer(chunk))
         return results
 
-    async def score_batch(self, conversations: Iterable[Messages | str | bytes], max_in_flight: int = 64,
+    async def score_batch(self, conversations: Iterable[Conversation], max_in_flight: int = 64,
                           return_exceptions: bool = False) -> list[ArmoRMScore | ArmoRMError]:
         slots = asyncio.Semaphore(max(1, max_in_flight))
 
-        async def one(messages: Messages | str | bytes) -> ArmoRMScore:
+        async def one(messages: Conversation) -> ArmoRMScore:
             async with slots:
                 return await self.score(messages)
 

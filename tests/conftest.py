@@ -36,7 +36,7 @@ def server(exported_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     from armorm.server import TritonServer
 
     log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    with TritonServer(exported_repository, log_path=log) as running:
+    with TritonServer(exported_repository, log_path=log, admin_key="test-admin-key") as running:
         yield running
 
 

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
 from armorm_client import ArmoRMClient, AsyncArmoRMClient, InvalidConversationError
 from tests.conversations import TEST_MAX_TOKENS, varied_conversations
@@ -57,8 +56,8 @@ def test_responses_to_one_prompt_share_the_gating(client):
 
 
 def backbone_counts(server) -> tuple[int, int]:
-    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
-        "armorm_backbone", as_json=True)["model_stats"][0]
+    stats = server.grpc_client().get_inference_statistics(
+        "armorm_backbone", as_json=True, headers=server.admin_headers)["model_stats"][0]
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
