@@ -84,6 +84,22 @@ class TritonInstall:
         return env
 
 
+def process_group(pgid: int) -> dict[int, str]:
+    """pid → command line of every live (non-zombie) process in a process group."""
+    members = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+    return members
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -192,15 +208,43 @@ class TritonServer:
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self._shm_before = shm_segments()
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command(install), stdout=log, stderr=subprocess.STDOUT,
+        to_stdout = str(self.log_path) == "-"  # containers: let the runtime collect the log
+        log = None if to_stdout else open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.command(install), stdout=log, stderr=None if to_stdout else subprocess.STDOUT,
                                         env=install.environment(), start_new_session=True)
-        log.close()
+        if log is not None:
+            log.close()
         self.wait_ready()
         return self
 
+    def stubs(self) -> dict[int, str]:
+        """pid → model instance name of each Python-backend stub process of this server."""
+        if self.process is None:
+            return {}
+        found = {}
+        for pid, command in process_group(self.process.pid).items():
+            if "triton_python_backend_stub" in command:
+                parts = command.split()
+                found[pid] = parts[-2] if len(parts) >= 2 else command
+        return found
+
+    def problem(self, expected_stubs: dict[int, str]) -> str | None:
+        """Why this server can no longer serve correctly, or None.
+
+        Triton 2.51 does not restart a Python-backend stub that died: it answers every later request
+        for that model with INTERNAL "Stub process ... is not healthy" while still reporting ready.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return f"tritonserver exited (code {None if self.process is None else self.process.returncode})"
+        alive = self.stubs()
+        dead = [name for pid, name in expected_stubs.items() if pid not in alive]
+        if dead:
+            return f"model process died: {', '.join(dead)}"
+        expected_stubs.update(alive)  # a stub that registered late is watched from now on
+        return None
+
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path or not Path(self.log_path).exists():
+        if not self.log_path or str(self.log_path) == "-" or not Path(self.log_path).exists():
             return ""
         return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
 
@@ -263,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
     parser.add_argument("--open-admin-apis", action="store_true",
                         help="do not restrict model control, shared memory, trace and logging")
+    parser.add_argument("--log-file", default="build/tritonserver.log", help="tritonserver's log; - for stdout")
+    parser.add_argument("--max-restarts", type=int, default=3,
+                        help="restarts after a crash (server or model process) before exiting with code 1")
+    parser.add_argument("--restart-window", type=float, default=600.0, help="seconds over which restarts are counted")
     parser.add_argument("extra", nargs="*", help="extra tritonserver flags, after --")
     args = parser.parse_args(argv)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
@@ -271,14 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Secrets come from the environment, never from the command line (visible in `ps`).
     server = TritonServer(args.repository, args.grpc_port, args.http_port, args.metrics_port,
-                          log_path=Path("build/tritonserver.log"), extra_args=args.extra, host=args.host,
+                          log_path=Path(args.log_file), extra_args=args.extra, host=args.host,
                           admin_key=os.environ.get("ARMORM_ADMIN_KEY"), api_key=os.environ.get("ARMORM_API_KEY"),
                           tls=tls, restrict_apis=not args.open_admin_apis)
-    Path("build").mkdir(exist_ok=True)
-    print(f"starting tritonserver on {args.repository} (log: {server.log_path}) ...", file=sys.stderr, flush=True)
-    server.start()
-    print(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; Ctrl-C stops",
-          file=sys.stderr, flush=True)
+    if args.log_file != "-":
+        Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
     stop = False
 
     def request_stop(*_: object) -> None:
@@ -287,11 +332,31 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    while not stop and server.process.poll() is None:
-        time.sleep(0.5)
-    code = server.stop()
-    print(f"tritonserver stopped (exit code {code})", file=sys.stderr)
-    return 0 if stop else 1
+    restarts: list[float] = []
+    while True:
+        print(f"starting tritonserver on {args.repository} (log: {server.log_path}) ...", file=sys.stderr, flush=True)
+        server.start()
+        time.sleep(1.0)  # the last stubs may still be registering when the server turns ready
+        stubs = server.stubs()
+        print(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
+              f"model processes {', '.join(sorted(stubs.values()))}; Ctrl-C stops", file=sys.stderr, flush=True)
+        problem = None
+        while not stop and problem is None:
+            time.sleep(0.5)
+            problem = server.problem(stubs)
+        # After a crash the dead model never unloads: don't wait the full drain for it.
+        code = server.stop(timeout=30.0 if stop else 5.0)
+        if stop:
+            print(f"tritonserver stopped (exit code {code})", file=sys.stderr)
+            return 0
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < args.restart_window] + [now]
+        if len(restarts) > args.max_restarts:
+            print(f"{problem}; {len(restarts) - 1} restarts within {args.restart_window:.0f}s already: giving up "
+                  "so that the orchestrator replaces this instance", file=sys.stderr, flush=True)
+            return 1
+        print(f"{problem}: restarting tritonserver (restart {len(restarts)} of at most {args.max_restarts} "
+              f"per {args.restart_window:.0f}s)", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

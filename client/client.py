@@ -68,6 +68,10 @@ def to_error(err: InferenceServerException) -> ArmoRMError:
     if "protocol is restricted" in message or "API is restricted" in message:
         # Triton answers a missing/wrong key with UNAVAILABLE; retrying cannot help.
         return PermissionDeniedError(f"{message} (pass api_key=...)", status)
+    if "is not healthy" in message or "has no available versions" in message:
+        # A model process died, or the models are unloading for a shutdown or restart (armorm-serve
+        # restarts a crashed server): transient, retry later.
+        return ServerUnavailableError(message, status)
     for suffix, kind in (("INVALID_ARGUMENT", InvalidConversationError), ("UNAVAILABLE", ServerUnavailableError),
                          ("DEADLINE_EXCEEDED", DeadlineExceededError),
                          ("PERMISSION_DENIED", PermissionDeniedError), ("UNAUTHENTICATED", PermissionDeniedError)):

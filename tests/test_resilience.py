@@ -1,0 +1,224 @@
+"""Overload, crashes, shutdown and a soak, against real servers on loopback. Every load loop is bounded
+in count and time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from armorm.result import ArmoRMScore
+from armorm.server import TritonServer, free_port, process_group, shm_segments
+from armorm_client import (
+    NO_RETRIES,
+    ArmoRMClient,
+    ArmoRMError,
+    InvalidConversationError,
+    RetryPolicy,
+    ServerUnavailableError,
+)
+from tests.conversations import varied_conversations
+from tests.repositories import derive
+from tests.test_server import assert_same
+
+pytestmark = pytest.mark.integration
+PATIENT = RetryPolicy(max_attempts=60, initial_backoff_s=0.05, max_backoff_s=0.5)
+
+
+def long_conversations(count: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": f"Request {i}: " + "tell me more " * 120},
+             {"role": "assistant", "content": "Here is more. " * (100 + i)}] for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def expected(reference):
+    return {i: reference.score(m) for i, m in enumerate(long_conversations(8))}
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(exported_repository, tmp_path_factory):
+    """Backbone batches at most 2 and queues at most 2: a burst must overflow."""
+
+    def edit(name, config):
+        if name in ("armorm", "armorm_backbone"):
+            config.max_batch_size = 2
+        if name == "armorm_backbone":
+            config.dynamic_batching.max_queue_delay_microseconds = 0
+            config.dynamic_batching.default_queue_policy.max_queue_size = 2
+
+    directory = tmp_path_factory.mktemp("small-queue")
+    repository = derive(exported_repository, directory / "repository", edit)
+    with TritonServer(repository, log_path=directory / "server.log") as server:
+        yield server
+
+
+def burst(server, retry, count=40, expected=None):
+    conversations = long_conversations(8)
+    requests = [conversations[i % 8] for i in range(count)]
+    start = time.monotonic()
+    with ArmoRMClient(server.grpc_url, retry=retry, timeout_s=60) as client:
+        results = client.score_batch(requests, max_in_flight=count, return_exceptions=True)
+    return results, time.monotonic() - start
+
+
+def test_a_burst_beyond_the_queue_gets_fast_unavailable_and_correct_scores(small_queue_server, expected):
+    results, seconds = burst(small_queue_server, NO_RETRIES)
+    assert seconds < 60, "every request must end within the bound"
+    rejected = [r for r in results if isinstance(r, ServerUnavailableError)]
+    scored = [(i, r) for i, r in enumerate(results) if isinstance(r, ArmoRMScore)]
+    assert len(rejected) + len(scored) == len(results), [r for r in results if isinstance(r, ArmoRMError)
+                                                         and not isinstance(r, ServerUnavailableError)]
+    assert rejected, "a burst 10x the queue must be refused in part"
+    assert len(scored) >= 2
+    for index, result in scored:
+        assert_same(result, expected[index % 8], f"accepted request {index}")
+
+
+def test_retries_with_backoff_ride_over_the_overload(small_queue_server, expected):
+    results, seconds = burst(small_queue_server, PATIENT)
+    assert seconds < 120
+    for index, result in enumerate(results):
+        assert isinstance(result, ArmoRMScore), result
+        assert_same(result, expected[index % 8], f"retried request {index}")
+
+
+def start_cli(repository: Path, log: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    command = [sys.executable, "-m", "armorm.server", str(repository), "--grpc-port", str(port),
+               "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-file", str(log)]
+    cli = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(".cli"), "wb"))
+    deadline = time.monotonic() + 120
+    with ArmoRMClient(f"127.0.0.1:{port}", retry=NO_RETRIES, timeout_s=2) as probe:
+        while not probe.is_ready():
+            assert cli.poll() is None and time.monotonic() < deadline, log.with_suffix(".cli").read_text()
+            time.sleep(0.3)
+    return cli, port
+
+
+def backbone_stub(repository: Path) -> int:
+    for pid, command in process_group_of_any(repository).items():
+        if "triton_python_backend_stub" in command and "armorm_backbone" in command:
+            return pid
+    raise AssertionError("no backbone stub found")
+
+
+def process_group_of_any(repository: Path) -> dict[int, str]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(repository) in command:
+                found[int(entry.name)] = command
+    return found
+
+
+def test_a_killed_model_process_fails_fast_and_the_supervisor_restarts_the_server(exported_repository, tmp_path,
+                                                                                   expected):
+    shm_before = shm_segments()
+    cli, port = start_cli(exported_repository, tmp_path / "server.log")
+    try:
+        conversation = long_conversations(8)[0]
+        with ArmoRMClient(f"127.0.0.1:{port}", retry=NO_RETRIES, timeout_s=10) as impatient:
+            assert_same(impatient.score(conversation), expected[0], "before the crash")
+            victim = backbone_stub(exported_repository)
+            os.kill(victim, signal.SIGKILL)
+            start = time.monotonic()
+            with pytest.raises(ServerUnavailableError):
+                impatient.score(conversation)
+            assert time.monotonic() - start < 10, "the failure must be fast, not a hang"
+        with ArmoRMClient(f"127.0.0.1:{port}", retry=PATIENT, timeout_s=10) as patient:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    result = patient.score(conversation)
+                    break
+                except ServerUnavailableError:
+                    assert time.monotonic() < deadline, "the server did not come back"
+        assert_same(result, expected[0], "after the restart")
+        assert backbone_stub(exported_repository) != victim
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(60) == 0
+    assert not process_group_of_any(exported_repository), "processes left behind"
+    assert not (shm_segments() - shm_before), "shared memory left behind"
+
+
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(exported_repository, tmp_path, expected):
+    shm_before = shm_segments()
+    server = TritonServer(exported_repository, log_path=tmp_path / "server.log").start()
+    group = server.process.pid
+    results: list = []
+    conversations = long_conversations(8)
+
+    def load():
+        with ArmoRMClient(server.grpc_url, retry=NO_RETRIES, timeout_s=60) as client:
+            results.extend(client.score_batch([conversations[i % 8] for i in range(24)], max_in_flight=24,
+                                              return_exceptions=True))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    time.sleep(0.5)  # requests are in flight
+    server.process.send_signal(signal.SIGTERM)
+    worker.join(90)
+    assert not worker.is_alive(), "a request hung through shutdown"
+    assert server.process.wait(60) is not None
+    scored = [(i, r) for i, r in enumerate(results) if isinstance(r, ArmoRMScore)]
+    refused = [r for r in results if isinstance(r, ServerUnavailableError)]
+    assert len(scored) + len(refused) == 24, results
+    assert scored, "in-flight requests must finish"
+    for index, result in scored:
+        assert_same(result, expected[index % 8], f"request {index} during shutdown")
+    with ArmoRMClient(server.grpc_url, retry=NO_RETRIES, timeout_s=5) as late:
+        with pytest.raises(ServerUnavailableError):
+            late.score(conversations[0])
+    server.stop()
+    assert not process_group(group)
+    assert not (shm_segments() - shm_before)
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for member in [pid, *process_group(pid)]:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def test_soak_mixed_lengths_with_invalid_requests(server, reference):
+    count = int(os.environ.get("ARMORM_SOAK_REQUESTS", "2000"))
+    valid = varied_conversations()
+    invalid = [b"not json", b"[]", b'[{"role": "user", "content": "no answer"}]']
+    pool = valid + invalid
+    expected = {i: reference.score(m) for i, m in enumerate(valid)}
+    requests = [pool[i % len(pool)] for i in range(count)]
+    with ArmoRMClient(server.grpc_url, timeout_s=120) as client:
+        client.score_batch(valid * 4, max_in_flight=32)  # warm-up before the memory baseline
+        baseline = rss_bytes(server.process.pid)
+        start = time.monotonic()
+        results = client.score_batch(requests, max_in_flight=32, return_exceptions=True)
+        seconds = time.monotonic() - start
+    grown = rss_bytes(server.process.pid) - baseline
+    for index, result in enumerate(results):
+        slot = index % len(pool)
+        if slot >= len(valid):
+            assert isinstance(result, InvalidConversationError), (index, result)
+        else:
+            assert isinstance(result, ArmoRMScore), (index, result)
+            assert_same(result, expected[slot], f"soak request {index}")
+    bound = max(64 << 20, baseline // 10)
+    print(f"soak: {count} requests in {seconds:.1f}s ({count / seconds:.0f} req/s); RSS {baseline / 2**20:.0f} MiB, "
+          f"grew {grown / 2**20:.1f} MiB (bound {bound / 2**20:.0f} MiB)")
+    assert grown <= bound, f"server memory grew by {grown / 2**20:.1f} MiB over {count} requests"
