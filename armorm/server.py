@@ -100,6 +100,19 @@ def process_group(pgid: int) -> dict[int, str]:
     return members
 
 
+def python_instances(repository: Path) -> int:
+    """How many Python-backend stub processes the repository's configs ask for."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    total = 0
+    for path in Path(repository).glob("*/config.pbtxt"):
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        if config.backend == "python":
+            total += sum(max(group.count, 1) for group in config.instance_group) or 1
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -241,6 +254,9 @@ class TritonServer:
         if dead:
             return f"model process died: {', '.join(dead)}"
         expected_stubs.update(alive)  # a stub that registered late is watched from now on
+        wanted = python_instances(self.repository)
+        if len(alive) < wanted:
+            return f"{wanted - len(alive)} of {wanted} model processes are missing"
         return None
 
     def log_tail(self, lines: int = 40) -> str:
@@ -340,10 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         stubs = server.stubs()
         print(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
               f"model processes {', '.join(sorted(stubs.values()))}; Ctrl-C stops", file=sys.stderr, flush=True)
-        problem = None
-        while not stop and problem is None:
+        problem, strikes = None, 0
+        # A problem must persist over several polls: /proc can miss a busy process for an instant.
+        while not stop and strikes < 4:
             time.sleep(0.5)
             problem = server.problem(stubs)
+            strikes = strikes + 1 if problem else 0
+            if server.process.poll() is not None:
+                break
         # After a crash the dead model never unloads: don't wait the full drain for it.
         code = server.stop(timeout=30.0 if stop else 5.0)
         if stop:
