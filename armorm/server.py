@@ -40,17 +40,26 @@ class ServerStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class TritonInstall:
-    root: Path  # .../site-packages/pytriton/tritonserver
-    libs: Path  # .../site-packages/nvidia_pytriton.libs
+    """Where tritonserver lives: the nvidia-pytriton wheel (pip) or a system install (the NGC image)."""
+
+    root: Path  # holds bin/tritonserver, backends/, caches/
+    libs: Path | None = None  # pip: .../site-packages/nvidia_pytriton.libs
 
     @classmethod
     def find(cls) -> TritonInstall:
+        explicit = os.environ.get("ARMORM_TRITON_ROOT")
+        if explicit:
+            return cls(root=Path(explicit))
         try:
             import pytriton
-        except ImportError as err:
+        except ImportError:
+            system = Path("/opt/tritonserver")
+            if (system / "bin" / "tritonserver").exists():
+                return cls(root=system)
             raise ServerStartError(
-                "tritonserver is not installed: pip install 'nvidia-pytriton==0.7.0' (or `pip install -e .[server]`)"
-            ) from err
+                "tritonserver is not installed: pip install 'nvidia-pytriton==0.7.0' (or `pip install -e .[server]`),"
+                " or set ARMORM_TRITON_ROOT to a Triton install"
+            ) from None
         root = Path(pytriton.__file__).resolve().parent / "tritonserver"
         return cls(root=root, libs=root.parent.parent / "nvidia_pytriton.libs")
 
@@ -59,7 +68,10 @@ class TritonInstall:
         return self.root / "bin" / "tritonserver"
 
     def backend_directory(self) -> Path:
-        """A copy of the backends tree with the stub for this Python, in a per-user cache (built once)."""
+        """System installs as they are; the wheel needs a copy of its backends tree holding the stub
+        built for this Python (in a per-user cache, built once)."""
+        if self.libs is None:
+            return self.root / "backends"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         stub = self.root / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.exists():
@@ -79,8 +91,9 @@ class TritonInstall:
         env = dict(os.environ if base is None else base)
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
-        libdirs = [str(self.libs), sysconfig.get_config_var("LIBDIR") or ""]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs + [env.get("LD_LIBRARY_PATH", "")] if d])
+        if self.libs is not None:
+            libdirs = [str(self.libs), sysconfig.get_config_var("LIBDIR") or ""]
+            env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs + [env.get("LD_LIBRARY_PATH", "")] if d])
         return env
 
 
@@ -295,11 +308,14 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
-        # Stubs are in the server's session: make sure none outlives it.
+        # Stubs are in the server's session: make sure none outlives it, and wait until they are gone.
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        deadline = time.monotonic() + 10
+        while process_group(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for name in shm_segments() - self._shm_before:
             Path("/dev/shm", name).unlink(missing_ok=True)
         return self.process.returncode

@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="backbone runtime the config selects (both artifacts are written unless --no-onnx)")
     parser.add_argument("--no-onnx", action="store_true",
                         help="skip the ONNX export (torch_packed only; saves disk and time for the 8B model)")
+    parser.add_argument("--triton-backend", choices=("python", "onnxruntime", "tensorrt"), default="python",
+                        help="serve the backbone with Triton's native ONNX Runtime or TensorRT backend (NGC container)")
     parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT plan where tensorrt is installed")
     args = parser.parse_args(argv)
     kind = args.instance_kind
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_repository(args.checkpoint, args.output,
                           ExportOptions(instance_kind=kind, max_tokens=args.max_tokens, atol=args.atol,
-                                        tensorrt=args.tensorrt, runtime=args.runtime, onnx=not args.no_onnx))
+                                        tensorrt=args.tensorrt, runtime=args.runtime, onnx=not args.no_onnx,
+                                        triton_backend=args.triton_backend))
     except (ExportParityError, ValueError) as err:
         print(f"[export] FAILED: {err}", file=sys.stderr)
         return 1

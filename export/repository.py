@@ -23,7 +23,7 @@ from armorm.heads import HeadWeights
 from armorm.packed import PackedBackbone
 from armorm.reference import ArmoRMReference
 from armorm.samples import parity_conversations
-from armorm_export import onnx_backbone, tensorrt_plan
+from armorm_export import native_backbone, onnx_backbone, tensorrt_plan
 from armorm_export.progress import say, step
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
@@ -37,6 +37,7 @@ class ExportOptions:
     atol: float = 1e-4
     tensorrt: bool = False
     runtime: str = "torch_packed"  # the backbone runtime the config selects (contract.BACKBONE_RUNTIMES)
+    triton_backend: str = "python"  # or "onnxruntime" / "tensorrt": Triton's native backends (NGC container)
     onnx: bool = True  # export and check the ONNX backbone (needed by runtime onnxruntime)
 
 
@@ -118,9 +119,21 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
             say(f"max |{name} - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
     del checkpoint
 
-    if options.tensorrt and options.onnx:
+    if (options.tensorrt or options.triton_backend == "tensorrt") and options.onnx:
         with step("TensorRT plan"):
             tensorrt_plan.build_if_available(onnx_path, backbone_dir / "model.plan", max_tokens)
+    if options.triton_backend != "python":
+        if not options.onnx:
+            raise ValueError(f"the native {options.triton_backend} backbone needs the ONNX export (drop --no-onnx)")
+        path = native_backbone.write_native_backbone(output, options.triton_backend, options.instance_kind == "gpu",
+                                                     read_config, write_config)
+        say(f"wrote {path} for Triton's native {options.triton_backend} backend (NGC container; the pip server "
+            "has only the Python backend)")
+        if options.triton_backend == "tensorrt" and not (backbone_dir / "model.plan").exists():
+            say("no TensorRT here: build the plan on the serving GPU, e.g. trtexec --onnx=model.onnx "
+                f"--saveEngine=model.plan --minShapes=input_ids:1x1,gate_position:1,reward_position:1 "
+                f"--optShapes=input_ids:8x512,gate_position:8,reward_position:8 "
+                f"--maxShapes=input_ids:64x{max_tokens},gate_position:64,reward_position:64")
     say(f"model repository ready: {output}")
     return output
 

@@ -82,3 +82,22 @@ def test_objective_names_ship_with_the_models(exported_repository):
     for spec in (contract.REGRESSION, contract.ENSEMBLE):
         names = json.loads((exported_repository / spec.name / "1" / contract.OBJECTIVES_FILE).read_text())
         assert tuple(names) == contract.OBJECTIVES and len(names) == 19
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_native_backbone_configs_match_the_contract(backend, exported_repository):
+    from armorm_export.native_backbone import PLATFORMS, native_backbone_config
+
+    python_config = load(exported_repository, contract.BACKBONE.name)
+    config = native_backbone_config(python_config, backend, gpu=True)
+    parsed = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())  # round trip as Triton reads it
+    assert parsed.platform == PLATFORMS[backend][0] and parsed.default_model_filename == PLATFORMS[backend][1]
+    assert parsed.max_batch_size == python_config.max_batch_size
+    assert parsed.dynamic_batching.default_queue_policy.max_queue_size > 0
+    native = contract.ModelSpec(contract.BACKBONE.name, "", tuple(
+        contract.TensorSpec(t.name, t.data_type, t.dims) for t in contract.BACKBONE.inputs), contract.BACKBONE.outputs)
+    check_tensors(native.inputs, parsed.input, "native backbone", "input")
+    check_tensors(native.outputs, parsed.output, "native backbone", "output")
+    positions = [t for t in parsed.input if t.name != "input_ids"]
+    assert all(t.HasField("reshape") and list(t.reshape.shape) == [] for t in positions)
+    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.Kind.KIND_GPU

@@ -109,6 +109,7 @@ def backbone_stub(repository: Path) -> int:
 
 
 def process_group_of_any(repository: Path) -> dict[int, str]:
+    """Every process whose command line names `repository` (its server and stubs)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -123,13 +124,15 @@ def process_group_of_any(repository: Path) -> dict[int, str]:
 
 def test_a_killed_model_process_fails_fast_and_the_supervisor_restarts_the_server(exported_repository, tmp_path,
                                                                                    expected):
+    # A private copy: its path tells this server's processes apart from every other test server's.
+    repository = derive(exported_repository, tmp_path / "repository", lambda name, config: None)
     shm_before = shm_segments()
-    cli, port = start_cli(exported_repository, tmp_path / "server.log")
+    cli, port = start_cli(repository, tmp_path / "server.log")
     try:
         conversation = long_conversations(8)[0]
         with ArmoRMClient(f"127.0.0.1:{port}", retry=NO_RETRIES, timeout_s=10) as impatient:
             assert_same(impatient.score(conversation), expected[0], "before the crash")
-            victim = backbone_stub(exported_repository)
+            victim = backbone_stub(repository)
             os.kill(victim, signal.SIGKILL)
             start = time.monotonic()
             with pytest.raises(ServerUnavailableError):
@@ -144,11 +147,11 @@ def test_a_killed_model_process_fails_fast_and_the_supervisor_restarts_the_serve
                 except ServerUnavailableError:
                     assert time.monotonic() < deadline, "the server did not come back"
         assert_same(result, expected[0], "after the restart")
-        assert backbone_stub(exported_repository) != victim
+        assert backbone_stub(repository) != victim
     finally:
         cli.send_signal(signal.SIGTERM)
         assert cli.wait(60) == 0
-    assert not process_group_of_any(exported_repository), "processes left behind"
+    assert not process_group_of_any(repository), "processes left behind"
     assert not (shm_segments() - shm_before), "shared memory left behind"
 
 
