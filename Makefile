@@ -68,7 +68,8 @@ demo: install checkpoint ## export the default checkpoint, serve it, score the m
 	$(BIN)/armorm-export $(DEFAULT_MODEL) build/demo-repository
 	$(BIN)/python scripts/demo.py build/demo-repository --random-weights
 
-test: install system-deps tools ## the full test suite (real tritonserver on loopback)
+test: install system-deps tools ## lint, then the full test suite (real tritonserver on loopback)
+	$(BIN)/ruff check armorm export client model_repository tests scripts
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install system-deps ## heavy checks (real weights need ARMORM_CHECKPOINT)
@@ -87,7 +88,7 @@ gpu-check-prepare: install ## write build/gpu/ (tokenizer.json) to carry to a GP
 gpu-check: gpu-check-prepare ## packed runtime vs model card pipeline, parity + throughput (8B shape on a GPU)
 	ARMORM_LLAMA3_TOKENIZER_JSON=build/gpu/tokenizer.json $(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
-lint: install
+lint: install ## ruff
 	$(BIN)/ruff check armorm export client model_repository tests scripts
 
 docker: ## build the serving image (needs a Docker engine): REPO is baked in

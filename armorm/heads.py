@@ -93,12 +93,13 @@ class HeadWeights:
         ]
         if missing:
             raise KeyError(f"checkpoint lacks head parameters: {', '.join(missing)}")
-        layers = tuple((state[f"gating.layers.{i}.weight"], state[f"gating.layers.{i}.bias"]) for i in range(layer_count))
+        layers = tuple(
+            (state[f"gating.layers.{i}.weight"], state[f"gating.layers.{i}.bias"]) for i in range(layer_count)
+        )
+        logit_scale = float(state["gating.logit_scale"].float().item())
         return cls(
             RegressionWeights(state["regression_layer.weight"]).to("cpu"),
-            GatingWeights(layers, float(state["gating.logit_scale"].float().item()), float(config.gating_temperature)).to(
-                "cpu"
-            ),
+            GatingWeights(layers, logit_scale, float(config.gating_temperature)).to("cpu"),
             TransformWeights(state["reward_transform_matrix"]).to("cpu"),
         )
 

@@ -174,7 +174,8 @@ def write_random_checkpoint(directory: Path, seed: int = 0, sizes: TinySizes = T
     shards = {"model-00001-of-00002.safetensors": first, "model-00002-of-00002.safetensors": second}
     weight_map = {}
     for file_name, tensors in shards.items():
-        save_file({n: t.contiguous() for n, t in tensors.items()}, str(directory / file_name), metadata={"format": "pt"})
+        contiguous = {n: t.contiguous() for n, t in tensors.items()}
+        save_file(contiguous, str(directory / file_name), metadata={"format": "pt"})
         weight_map.update({name: file_name for name in tensors})
     total = sum(t.numel() * t.element_size() for t in params.values())
     (directory / SHARD_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},

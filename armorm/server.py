@@ -76,7 +76,8 @@ class TritonInstall:
         stub = self.root / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.exists():
             raise ServerStartError(f"pytriton ships no Python-backend stub for Python {version}")
-        cache = Path(os.environ.get("ARMORM_TRITON_CACHE", Path(tempfile.gettempdir()) / f"armorm-triton-{os.getuid()}"))
+        default_cache = Path(tempfile.gettempdir()) / f"armorm-triton-{os.getuid()}"
+        cache = Path(os.environ.get("ARMORM_TRITON_CACHE", default_cache))
         target = cache / f"backends-py{version}"
         if not (target / "python" / stub.name).exists():
             staging = cache / f".staging-{os.getpid()}"
@@ -107,7 +108,8 @@ def process_group(pgid: int) -> dict[int, str]:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
             if int(fields[2]) == pgid and fields[0] != "Z":
-                members[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                members[int(entry.name)] = command.decode(errors="replace")
         except (OSError, ValueError):
             continue
     return members
@@ -161,7 +163,8 @@ def security_flags(admin_key: str | None, api_key: str | None) -> list[str]:
         groups.append(("inference", API_KEY_HEADER, api_key))
     flags = []
     for apis, header, value in groups:
-        flags += [f"--grpc-restricted-protocol={apis}:{header}={value}", f"--http-restricted-api={apis}:{header}={value}"]
+        rule = f"{apis}:{header}={value}"
+        flags += [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
     return flags
 
 
@@ -236,7 +239,8 @@ class TritonServer:
         self._shm_before = shm_segments()
         to_stdout = str(self.log_path) == "-"  # containers: let the runtime collect the log
         log = None if to_stdout else open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command(install), stdout=log, stderr=None if to_stdout else subprocess.STDOUT,
+        self.process = subprocess.Popen(self.command(install), stdout=log,
+                                        stderr=None if to_stdout else subprocess.STDOUT,
                                         env=install.environment(), start_new_session=True)
         if log is not None:
             log.close()
@@ -295,7 +299,8 @@ class TritonServer:
         finally:
             client.close()
         self.stop()
-        raise ServerStartError(f"tritonserver not ready after {self.startup_timeout:.0f}s; log tail:\n" + self.log_tail())
+        raise ServerStartError(
+            f"tritonserver not ready after {self.startup_timeout:.0f}s; log tail:\n" + self.log_tail())
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (Triton drains in-flight work), then SIGKILL the whole process group after `timeout`."""

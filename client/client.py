@@ -28,6 +28,7 @@ Conversation = Messages | str | bytes
 OUTPUTS = tuple(t.name for t in contract.ENSEMBLE.outputs)
 # The server's --grpc-restricted-protocol=inference:armorm-api-key=… checks this gRPC metadata key.
 API_KEY_HEADER = "triton-grpc-protocol-armorm-api-key"
+DEFAULT_RETRY = RetryPolicy()
 
 
 class ArmoRMError(Exception):
@@ -140,7 +141,7 @@ class _Options:
 
 class ArmoRMClient:
     def __init__(self, url: str = "localhost:8001", model: str = contract.ENSEMBLE.name,
-                 timeout_s: float | None = 120.0, retry: RetryPolicy = RetryPolicy(), api_key: str | None = None,
+                 timeout_s: float | None = 120.0, retry: RetryPolicy = DEFAULT_RETRY, api_key: str | None = None,
                  api_key_header: str = API_KEY_HEADER, ssl: bool = False, root_certificates: str | None = None,
                  **client_options: Any) -> None:
         self._options = _Options(url, model, timeout_s, retry, api_key, api_key_header, ssl, root_certificates,
@@ -251,7 +252,7 @@ class AsyncArmoRMClient:
     """The asyncio variant: `await score(...)`, `await score_batch(...)`, `await score_responses(...)`."""
 
     def __init__(self, url: str = "localhost:8001", model: str = contract.ENSEMBLE.name,
-                 timeout_s: float | None = 120.0, retry: RetryPolicy = RetryPolicy(), api_key: str | None = None,
+                 timeout_s: float | None = 120.0, retry: RetryPolicy = DEFAULT_RETRY, api_key: str | None = None,
                  api_key_header: str = API_KEY_HEADER, ssl: bool = False, root_certificates: str | None = None,
                  **client_options: Any) -> None:
         import tritonclient.grpc.aio as aioclient

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the ONNX export (torch_packed only; saves disk and time for the 8B model)")
     parser.add_argument("--triton-backend", choices=("python", "onnxruntime", "tensorrt"), default="python",
                         help="serve the backbone with Triton's native ONNX Runtime or TensorRT backend (NGC container)")
-    parser.add_argument("--tensorrt", action="store_true", help="also build a TensorRT plan where tensorrt is installed")
+    parser.add_argument("--tensorrt", action="store_true",
+                        help="also build a TensorRT plan where tensorrt is installed")
     args = parser.parse_args(argv)
     kind = args.instance_kind
     if kind == "auto":

@@ -74,7 +74,8 @@ def test_head_weights_round_trip_through_files(weights, tmp_path):
     weights.transform.save(tmp_path / "t.safetensors")
     gating = heads.GatingWeights.load(tmp_path / "g.safetensors")
     assert gating.logit_scale == 2.5 and gating.temperature == 10.0 and len(gating.layers) == 4
-    torch.testing.assert_close(heads.RegressionWeights.load(tmp_path / "r.safetensors").weight, weights.regression.weight)
+    regression = heads.RegressionWeights.load(tmp_path / "r.safetensors")
+    torch.testing.assert_close(regression.weight, weights.regression.weight)
     torch.testing.assert_close(heads.TransformWeights.load(tmp_path / "t.safetensors").matrix, weights.transform.matrix)
 
 

@@ -20,7 +20,7 @@ def test_metrics_count_what_was_sent(server, client):
     good = varied_conversations()[:6]
     results = client.score_batch(good)
     bad = {"json": b"nope", "schema": b"[]", "too_long": None}
-    for reason, raw in bad.items():
+    for raw in bad.values():
         payload = raw if raw is not None else [{"role": "user", "content": "word " * 1500},
                                               {"role": "assistant", "content": "x"}]
         with pytest.raises(InvalidConversationError):

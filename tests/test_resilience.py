@@ -43,9 +43,12 @@ def expected(reference):
 
 @pytest.fixture(scope="module")
 def small_queue_server(exported_repository, tmp_path_factory):
-    """Backbone batches at most 2 and queues at most 2: a burst must overflow."""
+    """Backbone batches at most 2 and queues at most 2: a burst must overflow. Small input limits too."""
 
     def edit(name, config):
+        if name == "armorm_tokenizer":
+            config.parameters["max_messages"].string_value = "4"
+            config.parameters["max_bytes"].string_value = "4096"
         if name in ("armorm", "armorm_backbone"):
             config.max_batch_size = 2
         if name == "armorm_backbone":
@@ -86,6 +89,16 @@ def test_retries_with_backoff_ride_over_the_overload(small_queue_server, expecte
     for index, result in enumerate(results):
         assert isinstance(result, ArmoRMScore), result
         assert_same(result, expected[index % 8], f"retried request {index}")
+
+
+@pytest.mark.parametrize(("messages", "fragment"), [
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 3, "6 turns; the limit is 4"),
+    ([{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "a"}], "the limit is 4096 bytes"),
+])
+def test_input_limits_are_configurable_and_enforced(small_queue_server, messages, fragment):
+    with ArmoRMClient(small_queue_server.grpc_url, retry=NO_RETRIES) as client:
+        with pytest.raises(InvalidConversationError, match=fragment):
+            client.score(messages)
 
 
 def start_cli(repository: Path, log: Path) -> tuple[subprocess.Popen, int]:

@@ -31,7 +31,8 @@ def failing(errors):
 def test_unavailable_is_retried_until_success():
     call, calls = failing([ServerUnavailableError("busy")] * 3)
     sleeps = []
-    assert call_with_retries(call, RetryPolicy(max_attempts=5), ServerUnavailableError, exhausted, sleeps.append) == "ok"
+    policy = RetryPolicy(max_attempts=5)
+    assert call_with_retries(call, policy, ServerUnavailableError, exhausted, sleeps.append) == "ok"
     assert len(calls) == 4 and len(sleeps) == 3
 
 

@@ -60,7 +60,7 @@ def test_inference_needs_the_api_key(secured_server):
 
 
 def test_plaintext_client_cannot_talk_to_a_tls_server(secured_server):
-    from armorm_client import ArmoRMError, NO_RETRIES
+    from armorm_client import NO_RETRIES, ArmoRMError
 
     with ArmoRMClient(secured_server.grpc_url, api_key="s3cret", timeout_s=5, retry=NO_RETRIES) as plaintext:
         with pytest.raises(ArmoRMError):

@@ -6,8 +6,8 @@ import triton_python_backend_utils as pb
 from armorm.checkpoint import load_tokenizer
 from armorm.codec import bytes_items
 from armorm.contract import TOKENIZER_DIR
-from armorm.metrics import TokenizerMetrics
 from armorm.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
+from armorm.metrics import TokenizerMetrics
 from armorm.triton_glue import ModelContext, RequestError, input_array, invalid_argument, tensors_response
 
 
