@@ -47,6 +47,7 @@ class Row:
     seconds: float
     p50_ms: float
     p99_ms: float
+    computed_tokens: int = 0  # tokens the backbone computed (fewer than `tokens` when prompts are shared)
 
     @property
     def req_per_s(self) -> float:
@@ -95,58 +96,39 @@ def card_pipeline(reference, conversations) -> tuple[Row, list[float]]:
         tokens += result.num_tokens
     seconds = time.perf_counter() - start
     return Row("", "model card pipeline", 1, len(conversations), tokens, seconds,
-               *percentiles(latencies)), scores
+               *percentiles(latencies), computed_tokens=tokens), scores
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
     return float(np.percentile(latencies, 50) * 1e3), float(np.percentile(latencies, 99) * 1e3)
 
 
-async def served(url: str, conversations, concurrency: int) -> tuple[Row, list[float]]:
+async def served(url: str, batches, concurrency: int, method: str) -> tuple[Row, list[float]]:
+    """Each batch is one request: a single conversation (score) or (prompt, responses) (score_responses).
+
+    Returns the row and every conversation's score, in input order.
+    """
     from armorm_client import AsyncArmoRMClient
 
     latencies: list[float] = []
-    scores: list[float] = [0.0] * len(conversations)
-    tokens = [0]
+    results: list[list] = [[] for _ in batches]
     slots = asyncio.Semaphore(concurrency)
     async with AsyncArmoRMClient(url, timeout_s=600) as client:
-        async def one(index, messages):
+        async def one(index, batch):
             async with slots:
                 t0 = time.perf_counter()
-                result = await client.score(messages)
+                if isinstance(batch, tuple):
+                    results[index] = await client.score_responses(*batch)
+                else:
+                    results[index] = [await client.score(batch)]
                 latencies.append(time.perf_counter() - t0)
-                scores[index] = result.score
-                tokens[0] += result.num_tokens
 
         start = time.perf_counter()
-        await asyncio.gather(*(one(i, m) for i, m in enumerate(conversations)))
+        await asyncio.gather(*(one(i, b) for i, b in enumerate(batches)))
         seconds = time.perf_counter() - start
-    return Row("", "served (gRPC)", concurrency, len(conversations), tokens[0], seconds,
-               *percentiles(latencies)), scores
-
-
-async def served_best_of_n(url: str, groups, concurrency: int) -> tuple[Row, list[float]]:
-    from armorm_client import AsyncArmoRMClient
-
-    latencies: list[float] = []
-    scores: list[list[float]] = [[] for _ in groups]
-    tokens = [0]
-    slots = asyncio.Semaphore(concurrency)
-    async with AsyncArmoRMClient(url, timeout_s=600) as client:
-        async def one(index, prompt, responses):
-            async with slots:
-                t0 = time.perf_counter()
-                results = await client.score_responses(prompt, responses)
-                latencies.append(time.perf_counter() - t0)
-                scores[index] = [r.score for r in results]
-                tokens[0] += sum(r.num_tokens for r in results)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i, p, r) for i, (p, r) in enumerate(groups)))
-        seconds = time.perf_counter() - start
-    requests = sum(len(r) for _, r in groups)
-    return Row("", "served best-of-N request", concurrency, requests, tokens[0], seconds,
-               *percentiles(latencies)), [s for group in scores for s in group]
+    flat = [r for group in results for r in group]
+    return Row("", method, concurrency, len(flat), sum(r.num_tokens for r in flat), seconds,
+               *percentiles(latencies)), [r.score for r in flat]
 
 
 def gemm_peak_flops(device: str, dtype: torch.dtype) -> float:
@@ -259,37 +241,37 @@ def main() -> int:
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
 
+    from armorm import metrics
+    from armorm.prometheus import scrape, total
     from armorm.server import TritonServer
 
     worst = 0.0
     with TritonServer(repository, log_path=args.output / "tritonserver.log", startup_timeout=900) as server:
         say(f"server ready on {server.grpc_url}")
-        asyncio.run(served(server.grpc_url, workloads[next(iter(workloads))][:4], 4))  # warm-up
-        for name, conversations in workloads.items():
+        asyncio.run(served(server.grpc_url, workloads[next(iter(workloads))][:4], 4, "warm-up"))
+        sweeps = [(name, conversations, "served (gRPC)") for name, conversations in workloads.items()]
+        sweeps.append((bon_name, groups, "served best-of-N request"))
+        for name, batches, method in sweeps:
             for c in concurrency:
-                row, scores = asyncio.run(served(server.grpc_url, conversations, c))
+                before = total(scrape(server.metrics_url), metrics.BACKBONE_COMPUTED)
+                row, scores = asyncio.run(served(server.grpc_url, batches, c, method))
+                row.computed_tokens = int(total(scrape(server.metrics_url), metrics.BACKBONE_COMPUTED) - before)
                 row.workload = name
                 rows.append(row)
                 worst = max(worst, float(np.abs(np.array(scores) - np.array(card_scores[name])).max()))
                 say(f"  {name} @ {c}: {row.req_per_s:.2f} req/s")
-        for c in concurrency:
-            row, scores = asyncio.run(served_best_of_n(server.grpc_url, groups, c))
-            row.workload = bon_name
-            rows.append(row)
-            worst = max(worst, float(np.abs(np.array(scores) - np.array(card_scores[bon_name])).max()))
-            say(f"  {bon_name} @ {c}: {row.req_per_s:.2f} req/s")
 
     peak = gemm_peak_flops(args.device, dtype)
     per_token = flops_per_token(sizes)
     lines = [f"device {args.device}, dtype {str(dtype).removeprefix('torch.')}, shape {args.shape}; measured GEMM peak "
              f"{peak / 1e12:.2f} TFLOP/s; {per_token / 1e9:.3f} GFLOP/token",
              f"{'workload':<44} {'method':<26} {'conc':>4} {'req/s':>8} {'tok/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-             f"{'vs card':>7} {'% peak':>6}"]
+             f"{'vs card':>7} {'% peak':>6}  (% peak: backbone-computed tokens × FLOP/token ÷ GEMM peak)"]
     summary = []
     for row in rows:
         card = next(r for r in rows if r.workload == row.workload and r.method == "model card pipeline")
         ratio = row.req_per_s / card.req_per_s
-        fraction = row.tok_per_s * per_token / peak
+        fraction = row.computed_tokens / row.seconds * per_token / peak
         lines.append(f"{row.workload:<44} {row.method:<26} {row.concurrency:>4} {row.req_per_s:>8.2f} "
                      f"{row.tok_per_s:>9.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {ratio:>6.2f}x {fraction:>6.1%}")
         summary.append({**asdict(row), "req_per_s": row.req_per_s, "tok_per_s": row.tok_per_s,
