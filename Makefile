@@ -81,9 +81,10 @@ perf: install system-deps ## perf_analyzer against a running server at HOST:GRPC
 bench: install ## one-run benchmark: model card pipeline vs served (sweep, best-of-N); table + build/bench/bench.png
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
-gpu-check-prepare: install ## write build/gpu/ (tokenizer.json) to carry to a GPU machine for scripts/gpu_check.py
+gpu-check-prepare: install ## write build/gpu/ (tokenizer.json, pytest) to carry for scripts/device_check.sh
 	mkdir -p build/gpu
 	$(BIN)/python -c "import json, armorm.random_checkpoint as r; json.dump(r.llama3_tokenizer_json(), open('build/gpu/tokenizer.json', 'w'))"
+	$(BIN)/pip install -q --no-deps --target build/gpu/site pytest==7.3.1 pluggy iniconfig pytest-timeout
 
 gpu-check: gpu-check-prepare ## packed runtime vs model card pipeline, parity + throughput (8B shape on a GPU)
 	ARMORM_LLAMA3_TOKENIZER_JSON=build/gpu/tokenizer.json $(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
