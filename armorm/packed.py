@@ -111,9 +111,11 @@ class PackedBackbone:
         self.max_batch_tokens = max_batch_tokens
         self.device = next(module.parameters()).device
         self.dtype = next(module.parameters()).dtype
-        kernel = _varlen_kernel() if attention in ("auto", "varlen") and self.device.type == "cuda" else None
+        flash_ok = (self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16)
+                    and torch.cuda.get_device_capability(self.device) >= (8, 0))
+        kernel = _varlen_kernel() if attention in ("auto", "varlen") and flash_ok else None
         if attention == "varlen" and kernel is None:
-            raise RuntimeError("varlen attention needs a CUDA GPU and torch.nn.attention.varlen")
+            raise RuntimeError("varlen attention needs torch.nn.attention.varlen, an SM80+ GPU and fp16/bf16")
         self.varlen = kernel
         self.varlen_params = set(inspect.signature(kernel).parameters) if kernel is not None else set()
         self.last_stats: dict[str, int] = {}
@@ -241,7 +243,10 @@ class PackedBackbone:
             segments.append(Segment(torch.from_numpy(np.ascontiguousarray(ids[offset:])), offset, prefix))
             gate_rows.append(None if prefix is not None else int(gate_positions[index]))
             reward_rows.append(int(reward_positions[index]) - offset)
-        for chunk in budget_chunks([s.length for s in segments], self.max_batch_tokens):
+        # A response's cost includes the prompt keys/values it attends to (copied per response per layer).
+        prefix_lengths = [len(p) for p in plan.prefixes]
+        costs = [s.length + (prefix_lengths[s.prefix] if s.prefix is not None else 0) for s in segments]
+        for chunk in budget_chunks(costs, self.max_batch_tokens):
             chunk_segments = [segments[i] for i in chunk]
             hidden = self._forward(chunk_segments, cache, keep_kv=False)
             forwards += 1

@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SHM_PREFIX = "triton_python_backend_shm_region_"
+# Each server names its Python-backend shared-memory regions SHM_PREFIX + a token of its own, so cleanup
+# after it never touches another server's segments.
+SHM_PREFIX = "armorm_"
 # Closed unless the caller sends the admin header: model control/repository, shared memory, trace and
 # logging. Inference, health and the read-only metadata, model-config and statistics stay open:
 # perf_analyzer needs the last three and cannot send gRPC headers.
@@ -134,9 +136,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def shm_segments() -> set[str]:
+def shm_segments(prefix: str = SHM_PREFIX) -> set[str]:
     shm = Path("/dev/shm")
-    return {p.name for p in shm.glob(SHM_PREFIX + "*")} if shm.exists() else set()
+    return {p.name for p in shm.glob(prefix + "*")} if shm.exists() else set()
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ class TritonServer:
     tls: TlsFiles | None = None
     restrict_apis: bool = True
     process: subprocess.Popen | None = field(default=None, init=False)
-    _shm_before: set[str] = field(default_factory=set, init=False)
+    shm_prefix: str = field(default_factory=lambda: f"{SHM_PREFIX}{secrets.token_hex(4)}_", init=False)
 
     @property
     def grpc_url(self) -> str:
@@ -211,6 +213,7 @@ class TritonServer:
             "--model-control-mode=none",
             "--exit-on-error=true",
             "--log-verbose=0",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *(security_flags(self.admin_key, self.api_key) if self.restrict_apis else []),
             *(self.tls.flags() if self.tls else []),
             *self.extra_args,
@@ -236,9 +239,11 @@ class TritonServer:
         self.metrics_port = self.metrics_port or free_port()
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
-        self._shm_before = shm_segments()
         to_stdout = str(self.log_path) == "-"  # containers: let the runtime collect the log
-        log = None if to_stdout else open(self.log_path, "wb")
+        log = None if to_stdout else open(self.log_path, "ab")  # appended: a restart keeps the crash's log
+        if log is not None:
+            log.write(f"==== armorm-serve: starting tritonserver at {time.ctime()} ====\n".encode())
+            log.flush()
         self.process = subprocess.Popen(self.command(install), stdout=log,
                                         stderr=None if to_stdout else subprocess.STDOUT,
                                         env=install.environment(), start_new_session=True)
@@ -287,6 +292,7 @@ class TritonServer:
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
+                    self.stop()  # its model processes and shared memory must not outlive it
                     raise ServerStartError(
                         f"tritonserver exited with code {self.process.returncode} during start-up; log tail:\n"
                         + self.log_tail())
@@ -321,7 +327,7 @@ class TritonServer:
         deadline = time.monotonic() + 10
         while process_group(self.process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        for name in shm_segments() - self._shm_before:
+        for name in shm_segments(self.shm_prefix):
             Path("/dev/shm", name).unlink(missing_ok=True)
         return self.process.returncode
 
@@ -370,9 +376,29 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     restarts: list[float] = []
+
+    def restart_allowed(problem: str) -> bool:
+        now = time.monotonic()
+        restarts[:] = [t for t in restarts if now - t < args.restart_window] + [now]
+        if len(restarts) > args.max_restarts:
+            print(f"{problem}; {len(restarts) - 1} restarts within {args.restart_window:.0f}s already: giving up "
+                  "so that the orchestrator replaces this instance", file=sys.stderr, flush=True)
+            return False
+        print(f"{problem}: restarting tritonserver (restart {len(restarts)} of at most {args.max_restarts} "
+              f"per {args.restart_window:.0f}s)", file=sys.stderr, flush=True)
+        return True
+
     while True:
         print(f"starting tritonserver on {args.repository} (log: {server.log_path}) ...", file=sys.stderr, flush=True)
-        server.start()
+        try:
+            server.start()
+        except ServerStartError as err:
+            if stop:
+                return 0
+            problem = f"start-up failed: {err}"
+            if not restart_allowed(problem):
+                return 1
+            continue
         time.sleep(1.0)  # the last stubs may still be registering when the server turns ready
         stubs = server.stubs()
         print(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
@@ -390,14 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         if stop:
             print(f"tritonserver stopped (exit code {code})", file=sys.stderr)
             return 0
-        now = time.monotonic()
-        restarts = [t for t in restarts if now - t < args.restart_window] + [now]
-        if len(restarts) > args.max_restarts:
-            print(f"{problem}; {len(restarts) - 1} restarts within {args.restart_window:.0f}s already: giving up "
-                  "so that the orchestrator replaces this instance", file=sys.stderr, flush=True)
+        if not restart_allowed(problem):
             return 1
-        print(f"{problem}: restarting tritonserver (restart {len(restarts)} of at most {args.max_restarts} "
-              f"per {args.restart_window:.0f}s)", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -217,6 +217,8 @@ class ArmoRMClient:
                     outputs=build_outputs(), client_timeout=self._options.timeout_s, headers=self._options.headers)
             except InferenceServerException as err:
                 answered(index, attempt, None, err)
+            except Exception as err:  # noqa: BLE001 - e.g. a conversation json cannot encode: fail its slot only
+                finish(index, ArmoRMError(f"could not send request {index}: {err}"))
 
         def answered(index: int, attempt: int, result: Any, error: InferenceServerException | None) -> None:
             if error is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,38 +35,36 @@ def export_backbone(config: ArmoRMConfig, state: dict[str, torch.Tensor], path: 
     module = ArmoRMBackbone.from_state_dict(config, state, torch.float32)
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_suffix(".tmp.onnx")
-    # The TorchScript exporter on purpose: torch.export trips on Llama mask code (platform.md).
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            example_inputs(config),
-            str(scratch),
-            dynamo=False,
-            input_names=list(ONNX_INPUTS),
-            output_names=list(ONNX_OUTPUTS),
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "tokens"},
-                "gate_position": {0: "batch"},
-                "reward_position": {0: "batch"},
-                "gate_hidden": {0: "batch"},
-                "reward_hidden": {0: "batch"},
-            },
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
-    del module
-    model = onnx.load(str(scratch), load_external_data=True)
+    # Trace into a scratch folder: over 2 GB the exporter writes one external file per tensor there.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as scratch_dir:
+        scratch = Path(scratch_dir) / "model.onnx"
+        # The TorchScript exporter on purpose: torch.export trips on Llama mask code (platform.md).
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                module,
+                example_inputs(config),
+                str(scratch),
+                dynamo=False,
+                input_names=list(ONNX_INPUTS),
+                output_names=list(ONNX_OUTPUTS),
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "tokens"},
+                    "gate_position": {0: "batch"},
+                    "reward_position": {0: "batch"},
+                    "gate_hidden": {0: "batch"},
+                    "reward_hidden": {0: "batch"},
+                },
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
+        del module
+        model = onnx.load(str(scratch), load_external_data=True)
     external = weight_bytes >= PROTOBUF_LIMIT - (64 << 20)
     data_name = path.name + ".data"
-    if (path.parent / data_name).exists():
-        os.remove(path.parent / data_name)
+    (path.parent / data_name).unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
                     location=data_name, size_threshold=1024)
-    for leftover in path.parent.glob(scratch.name + "*"):
-        leftover.unlink()
-    scratch.unlink(missing_ok=True)
     onnx.checker.check_model(str(path))
     return path
 

@@ -51,7 +51,9 @@ def write_config(path: Path, config: model_config_pb2.ModelConfig, note: str) ->
 
 
 def copy_templates(output: Path) -> None:
+    """Fresh model folders: artifacts of an earlier export (an old plan, other weights) must not survive."""
     for spec in contract.ALL_MODELS:
+        shutil.rmtree(output / spec.name, ignore_errors=True)
         shutil.copytree(TEMPLATES / spec.name, output / spec.name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".gitkeep"))
         (output / spec.name / "1").mkdir(exist_ok=True)
@@ -63,6 +65,8 @@ def set_parameter(config: model_config_pb2.ModelConfig, key: str, value: str) ->
 
 def export_repository(checkpoint_name: str | Path, output: Path, options: ExportOptions = ExportOptions()) -> Path:
     output = Path(output)
+    if output.resolve() == TEMPLATES.resolve():
+        raise ValueError(f"{output} holds the templates; export into another folder (e.g. build/repository)")
     with step(f"loading checkpoint {checkpoint_name}"):
         checkpoint = Checkpoint.load(checkpoint_name, progress=True)
     config = checkpoint.config

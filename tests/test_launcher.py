@@ -10,14 +10,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_stop_leaves_no_processes_or_shared_memory(exported_repository, tmp_path):
-    before = shm_segments()
     server = TritonServer(exported_repository, log_path=tmp_path / "server.log").start()
     group = server.process.pid
-    assert shm_segments() - before, "the Python backend should hold shared memory while serving"
+    assert shm_segments(server.shm_prefix), "the Python backend should hold its own shared memory while serving"
     server.stop()
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)
-    assert not (shm_segments() - before)
+    assert not shm_segments(server.shm_prefix)
 
 
 def test_a_broken_repository_fails_fast_with_the_log(tmp_path):

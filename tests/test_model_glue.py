@@ -51,3 +51,18 @@ def test_tokenizer_model_answers_each_request(exported_repository, monkeypatch):
     assert int(responses[0].output("num_tokens")[0, 0]) == responses[0].output("input_ids").shape[1]
     assert "empty list" in responses[1].error.message()
     assert "input 'messages' is missing" in responses[2].error.message()
+
+
+def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monkeypatch):
+    model = fake_pb.load_model(exported_repository, "armorm_backbone", monkeypatch)
+    good = np.array([[128000, 128006, 882, 128007, 271, 13347, 128009, 128006, 78191, 128007, 271, 9906, 128009]])
+    positions = {"gate_position": np.array([[6]]), "reward_position": np.array([[12]])}
+    bad = good.copy()
+    bad[0, 3] = 200000
+    responses = model.execute([fake_pb.request(input_ids=good, **positions),
+                               fake_pb.request(input_ids=bad, **positions),
+                               fake_pb.request(input_ids=good, gate_position=np.array([[40]]),
+                                               reward_position=np.array([[12]]))])
+    assert not responses[0].has_error() and responses[0].output("reward_hidden").shape == (1, 64)
+    assert "input_ids must lie in [0, 128257)" in responses[1].error.message()
+    assert "must lie in [0, 13)" in responses[2].error.message()

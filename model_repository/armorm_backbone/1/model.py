@@ -11,11 +11,22 @@ import triton_python_backend_utils as pb
 
 from armorm.contract import BACKBONE_CONFIG, BACKBONE_ONNX, BACKBONE_RUNTIMES, BACKBONE_WEIGHTS
 from armorm.metrics import BackboneMetrics
-from armorm.triton_glue import ModelContext, RequestError, input_array, invalid_argument, tensors_response
+from armorm.triton_glue import (
+    ModelContext,
+    RequestError,
+    input_array,
+    internal_error,
+    invalid_argument,
+    tensors_response,
+)
 
 
-def conversations(request):
-    """A request's rows → (list of unpadded 1-D token arrays, gate positions, reward positions)."""
+def conversations(request, vocab_size):
+    """A request's rows → (list of unpadded 1-D token arrays, gate positions, reward positions).
+
+    The backbone is callable directly, not only through the ensemble: ids are range-checked, since an
+    out-of-range id would trip a device-side assert that breaks the GPU context for every later request.
+    """
     input_ids = input_array(pb, request, "input_ids")
     gate = input_array(pb, request, "gate_position").reshape(-1)
     reward = input_array(pb, request, "reward_position").reshape(-1)
@@ -24,6 +35,8 @@ def conversations(request):
     length = input_ids.shape[1]
     if ((gate < 0) | (gate >= length) | (reward < 0) | (reward >= length)).any():
         raise RequestError(f"gate_position and reward_position must lie in [0, {length})")
+    if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise RequestError(f"input_ids must lie in [0, {vocab_size})")
     # Rows were padded to the request's longest; a row needs tokens up to its furthest position only.
     ends = np.maximum(gate, reward) + 1
     return [input_ids[row, : ends[row]] for row in range(input_ids.shape[0])], gate, reward
@@ -84,6 +97,7 @@ class TritonPythonModel:
         config = json.loads((context.version_dir / BACKBONE_CONFIG).read_text())
         make = torch_packed_runner if runtime == "torch_packed" else onnxruntime_runner
         self.run = make(context, config)
+        self.vocab_size = int(config["vocab_size"])
         self.metrics = BackboneMetrics(pb)
 
     def execute(self, requests):
@@ -91,7 +105,7 @@ class TritonPythonModel:
         ids, gates, rewards, owners = [], [], [], []
         for index, request in enumerate(requests):
             try:
-                rows, gate, reward = conversations(request)
+                rows, gate, reward = conversations(request, self.vocab_size)
             except RequestError as err:
                 responses[index] = invalid_argument(pb, str(err))
                 continue
@@ -100,7 +114,12 @@ class TritonPythonModel:
             rewards.append(reward)
             owners.extend([index] * len(rows))
         if ids:
-            gate_hidden, reward_hidden, stats = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
+            try:
+                gate_hidden, reward_hidden, stats = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory: fail this batch, keep serving
+                pb.Logger.log_error(f"armorm_backbone: forward failed for {len(ids)} conversations: {err!r}")
+                message = f"the backbone failed on this batch ({type(err).__name__}); retry with fewer tokens"
+                return [r if r is not None else internal_error(pb, message) for r in responses]
             self.metrics.record(stats)
             owners = np.asarray(owners)
             for index in np.unique(owners):
