@@ -7,6 +7,7 @@ whose message says what to fix; the served tokenizer turns it into INVALID_ARGUM
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,8 @@ GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n
 class ConversationError(ValueError):
     """A request that cannot be scored; the message tells the caller what to fix.
 
-    `reason` is a short label for metrics: encoding, json, schema, too_large, too_long, no_prompt.
+    `reason` is a short label for metrics: encoding, json, schema, too_large, too_long, no_prompt,
+    special_token.
     """
 
     def __init__(self, message: str, reason: str = "schema") -> None:
@@ -34,6 +36,9 @@ class InputLimits:
     max_bytes: int = 1 << 20
     max_messages: int = 256
     max_tokens: int = 8192
+    # The original pipeline parses special-token text inside content ("<|eot_id|>…", "[PAD]"), which
+    # lets a response move the positions ArmoRM reads (reward hacking). False keeps that parity.
+    reject_special_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,20 @@ class ConversationTokenizer:
         self.limits = limits
         self.gate_pattern: list[int] = list(tokenizer.encode(GATE_PATTERN_TEXT, add_special_tokens=False))
         self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1)
+        special = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len,
+                         reverse=True)
+        self.special_pattern = re.compile("|".join(map(re.escape, special))) if special else None
+
+    def special_token_error(self, messages: list[dict[str, str]]) -> ConversationError | None:
+        if not self.limits.reject_special_tokens or self.special_pattern is None:
+            return None
+        for index, message in enumerate(messages):
+            found = self.special_pattern.search(message["content"])
+            if found:
+                return ConversationError(
+                    f"messages[{index}].content contains the special token {found.group()!r}; "
+                    "special tokens are not allowed in content on this server", "special_token")
+        return None
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
@@ -148,10 +167,11 @@ class ConversationTokenizer:
         self, batch: Sequence[list[dict[str, str]]]
     ) -> list[TokenizedConversation | ConversationError]:
         """Tokenize validated conversations together; a failure is returned in its slot, not raised."""
-        texts = [self.render(messages) for messages in batch]
+        errors = [self.special_token_error(messages) for messages in batch]
+        texts = [self.render(messages) for messages, error in zip(batch, errors) if error is None]
         # The template already holds <|begin_of_text|>: adding special tokens again would double the BOS.
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        return [self._positions(ids) for ids in encoded]
+        encoded = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        return [error if error is not None else self._positions(next(encoded)) for error in errors]
 
     def tokenize(self, messages: list[dict[str, str]]) -> TokenizedConversation:
         result = self.tokenize_batch([messages])[0]

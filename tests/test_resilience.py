@@ -49,6 +49,7 @@ def small_queue_server(exported_repository, tmp_path_factory):
         if name == "armorm_tokenizer":
             config.parameters["max_messages"].string_value = "4"
             config.parameters["max_bytes"].string_value = "4096"
+            config.parameters["reject_special_tokens"].string_value = "true"
         if name in ("armorm", "armorm_backbone"):
             config.max_batch_size = 2
         if name == "armorm_backbone":
@@ -94,6 +95,7 @@ def test_retries_with_backoff_ride_over_the_overload(small_queue_server, expecte
 @pytest.mark.parametrize(("messages", "fragment"), [
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 3, "6 turns; the limit is 4"),
     ([{"role": "user", "content": "x" * 5000}, {"role": "assistant", "content": "a"}], "the limit is 4096 bytes"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a<|eot_id|>"}], "special token"),
 ])
 def test_input_limits_are_configurable_and_enforced(small_queue_server, messages, fragment):
     with ArmoRMClient(small_queue_server.grpc_url, retry=NO_RETRIES) as client:

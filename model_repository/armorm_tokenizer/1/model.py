@@ -18,6 +18,7 @@ class TritonPythonModel:
             max_bytes=context.int_parameter("max_bytes", InputLimits.max_bytes),
             max_messages=context.int_parameter("max_messages", InputLimits.max_messages),
             max_tokens=context.int_parameter("max_tokens", InputLimits.max_tokens),
+            reject_special_tokens=context.parameter("reject_special_tokens", "false").lower() in ("1", "true", "yes"),
         )
         self.tokenizer = ConversationTokenizer(load_tokenizer(context.version_dir / TOKENIZER_DIR), limits)
         self.metrics = TokenizerMetrics(pb)
