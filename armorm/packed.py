@@ -232,8 +232,8 @@ class PackedBackbone:
             segments = [prefix_segments[i] for i in chunk]
             hidden = self._forward(segments, cache, keep_kv=True)
             forwards += 1
-            ends = np.cumsum([s.length for s in segments]) - 1
-            prefix_gate.extend(hidden[int(end)].float() for end in ends)
+            ends = torch.as_tensor(np.cumsum([s.length for s in segments]) - 1, device=self.device)
+            prefix_gate.extend(hidden[ends].float().unbind(0))
 
         # Phase B: every conversation (or the part after its shared prompt).
         segments, gate_rows, reward_rows = [], [], []
@@ -250,13 +250,19 @@ class PackedBackbone:
             chunk_segments = [segments[i] for i in chunk]
             hidden = self._forward(chunk_segments, cache, keep_kv=False)
             forwards += 1
+            # One gather per chunk (not two tiny device ops per conversation).
             starts = np.concatenate(([0], np.cumsum([s.length for s in chunk_segments])[:-1]))
-            for start, index in zip(starts, chunk):
-                reward_out[index] = hidden[int(start) + reward_rows[index]].float()
-                if gate_rows[index] is not None:
-                    gate_out[index] = hidden[int(start) + gate_rows[index]].float()
-                else:
-                    gate_out[index] = prefix_gate[plan.prefix_of[index]]
+            rows = torch.as_tensor(chunk, device=self.device)
+            reward_at = torch.as_tensor(starts + np.array([reward_rows[i] for i in chunk]), device=self.device)
+            reward_out[rows] = hidden[reward_at].float()
+            own = [(slot, i) for slot, i in enumerate(chunk) if gate_rows[i] is not None]
+            if own:
+                gate_at = torch.as_tensor([int(starts[slot]) + gate_rows[i] for slot, i in own], device=self.device)
+                gate_out[torch.as_tensor([i for _, i in own], device=self.device)] = hidden[gate_at].float()
+            shared = [i for i in chunk if gate_rows[i] is None]
+            if shared:
+                gate_out[torch.as_tensor(shared, device=self.device)] = torch.stack(
+                    [prefix_gate[plan.prefix_of[i]] for i in shared])
         total = int(sum(len(ids) for ids in input_ids))
         self.last_stats = {"conversations": count, "tokens": total, "computed_tokens": total - plan.saved_tokens,
                            "shared_prompts": len(plan.prefixes), "forwards": forwards}
