@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,24 +287,26 @@ class TritonServer:
             return ""
         return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
 
+    def is_ready(self) -> bool:
+        """HTTP /v2/health/ready: always open and never TLS here, so it works whatever gRPC requires."""
+        try:
+            url = f"http://{self.host}:{self.http_port}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback server
+                return response.status == 200
+        except OSError:
+            return False
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        client = self.grpc_client()
-        try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    self.stop()  # its model processes and shared memory must not outlive it
-                    raise ServerStartError(
-                        f"tritonserver exited with code {self.process.returncode} during start-up; log tail:\n"
-                        + self.log_tail())
-                try:
-                    if client.is_server_ready():
-                        return
-                except Exception:  # noqa: BLE001 - not listening yet
-                    pass
-                time.sleep(0.25)
-        finally:
-            client.close()
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()  # its model processes and shared memory must not outlive it
+                raise ServerStartError(
+                    f"tritonserver exited with code {self.process.returncode} during start-up; log tail:\n"
+                    + self.log_tail())
+            if self.is_ready():
+                return
+            time.sleep(0.25)
         self.stop()
         raise ServerStartError(
             f"tritonserver not ready after {self.startup_timeout:.0f}s; log tail:\n" + self.log_tail())

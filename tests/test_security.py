@@ -65,3 +65,34 @@ def test_plaintext_client_cannot_talk_to_a_tls_server(secured_server):
     with ArmoRMClient(secured_server.grpc_url, api_key="s3cret", timeout_s=5, retry=NO_RETRIES) as plaintext:
         with pytest.raises(ArmoRMError):
             plaintext.score(varied_conversations()[0])
+
+
+def make_ca_signed(directory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return directory
+
+
+def test_mutual_tls_requires_a_client_certificate(exported_repository, tmp_path):
+    from armorm_client import NO_RETRIES, ArmoRMError
+
+    certs = make_ca_signed(tmp_path)
+    tls = TlsFiles(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
+    with TritonServer(exported_repository, log_path=tmp_path / "server.log", tls=tls) as server:
+        ca = str(certs / "ca.pem")
+        with ArmoRMClient(server.grpc_url, ssl=True, root_certificates=ca, private_key=str(certs / "client.key"),
+                          certificate_chain=str(certs / "client.pem")) as trusted:
+            assert trusted.score(varied_conversations()[0]).num_tokens > 0
+        with ArmoRMClient(server.grpc_url, ssl=True, root_certificates=ca, retry=NO_RETRIES, timeout_s=5) as anonymous:
+            with pytest.raises(ArmoRMError):
+                anonymous.score(varied_conversations()[0])
