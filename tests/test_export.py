@@ -77,7 +77,7 @@ def test_parity_failure_reports_the_measured_error(exported_repository, expected
         exporter.check_parity(path, wrong, 128256, ATOL)
 
 
-def test_tensorrt_is_optional(tmp_path, capsys):
+def test_tensorrt_is_optional(tmp_path):
     pytest.importorskip("onnx")
     try:
         import tensorrt  # noqa: F401
@@ -87,5 +87,4 @@ def test_tensorrt_is_optional(tmp_path, capsys):
     from armorm_export.tensorrt_plan import build_if_available
 
     assert build_if_available(tmp_path / "model.onnx", tmp_path / "model.plan", 1024) is None
-    assert "skipping the plan" in capsys.readouterr().err
     assert not (tmp_path / "model.plan").exists()
