@@ -44,6 +44,20 @@ class PrefixCache:
 
     layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
 
+    def length(self, prefix: int) -> int:
+        return int(self.layers[prefix][0][0].shape[0])
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Query and key lengths per segment (keys include a cached prompt), for one packed forward."""
+
+    q_lengths: list[int]
+    k_lengths: list[int]
+    cu_q: torch.Tensor | None  # int32 cumulative offsets on the device, for the varlen kernel
+    cu_k: torch.Tensor | None
+    has_prefix: bool
+
 
 @dataclass(frozen=True)
 class SharingPlan:
@@ -125,61 +139,67 @@ class PackedBackbone:
         return "varlen (flash)" if self.varlen is not None else "sdpa per conversation"
 
     # -- attention -------------------------------------------------------------------------
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Sequence[Segment],
-                layer: int, cache: PrefixCache) -> torch.Tensor:
-        """q [T, heads, d], k/v [T, kv_heads, d] (packed by segment) → [T, heads, d]."""
-        keys, values, k_lengths = [], [], []
-        start = 0
-        for segment in segments:
-            end = start + segment.length
-            if segment.prefix is not None:
-                pk, pv = cache.layers[segment.prefix][layer]
-                keys.append(torch.cat((pk, k[start:end])))
-                values.append(torch.cat((pv, v[start:end])))
-            else:
-                keys.append(k[start:end])
-                values.append(v[start:end])
-            k_lengths.append(keys[-1].shape[0])
-            start = end
+    def _layout(self, segments: Sequence[Segment], cache: PrefixCache) -> Layout:
+        """What every layer's attention needs about the segments, computed once per forward."""
+        q_lengths = [s.length for s in segments]
+        k_lengths = [s.length + (cache.length(s.prefix) if s.prefix is not None else 0) for s in segments]
+        cu_q = cu_k = None
         if self.varlen is not None:
-            return self._varlen(q, keys, values, [s.length for s in segments], k_lengths)
-        return self._sdpa_loop(q, keys, values, segments)
+            cu_q = torch.tensor(np.concatenate(([0], np.cumsum(q_lengths))), dtype=torch.int32, device=self.device)
+            cu_k = torch.tensor(np.concatenate(([0], np.cumsum(k_lengths))), dtype=torch.int32, device=self.device)
+        return Layout(q_lengths, k_lengths, cu_q, cu_k, any(s.prefix is not None for s in segments))
 
-    def _varlen(self, q, keys, values, q_lengths, k_lengths) -> torch.Tensor:
-        k_all = keys[0] if len(keys) == 1 else torch.cat(keys)
-        v_all = values[0] if len(values) == 1 else torch.cat(values)
-        device = q.device
-        cu_q = torch.tensor(np.concatenate(([0], np.cumsum(q_lengths))), dtype=torch.int32, device=device)
-        cu_k = torch.tensor(np.concatenate(([0], np.cumsum(k_lengths))), dtype=torch.int32, device=device)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Sequence[Segment],
+                layout: Layout, layer: int, cache: PrefixCache) -> torch.Tensor:
+        """q [T, heads, d], k/v [T, kv_heads, d] (packed by segment) → [T, heads, d]."""
+        if layout.has_prefix:  # each response's keys: its cached prompt's, then its own
+            keys, values = [], []
+            start = 0
+            for segment in segments:
+                end = start + segment.length
+                if segment.prefix is not None:
+                    pk, pv = cache.layers[segment.prefix][layer]
+                    keys += [pk, k[start:end]]
+                    values += [pv, v[start:end]]
+                else:
+                    keys.append(k[start:end])
+                    values.append(v[start:end])
+                start = end
+            k, v = torch.cat(keys), torch.cat(values)
+        if self.varlen is not None:
+            return self._varlen(q, k, v, layout)
+        return self._sdpa_loop(q, k, v, layout)
+
+    def _varlen(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
         kwargs = {}
         if "enable_gqa" in self.varlen_params:
             kwargs["enable_gqa"] = True
         else:
-            group = q.shape[1] // k_all.shape[1]
-            k_all, v_all = k_all.repeat_interleave(group, 1), v_all.repeat_interleave(group, 1)
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
         # Causal, aligned bottom-right: a response token sees the whole cached prompt before it.
         if "window_size" in self.varlen_params:
             kwargs["window_size"] = (-1, 0)
         else:
             kwargs["is_causal"] = True
-        return self.varlen(q, k_all, v_all, cu_q, cu_k, max(q_lengths), max(k_lengths), **kwargs)
+        return self.varlen(q, k, v, layout.cu_q, layout.cu_k, max(layout.q_lengths), max(layout.k_lengths), **kwargs)
 
-    def _sdpa_loop(self, q, keys, values, segments) -> torch.Tensor:
+    def _sdpa_loop(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
         outputs = []
-        start = 0
-        group = q.shape[1] // keys[0].shape[1]
-        for segment, key, value in zip(segments, keys, values):
-            query = q[start: start + segment.length].transpose(0, 1)  # [heads, Lq, d]
-            key = key.repeat_interleave(group, 1).transpose(0, 1)
-            value = value.repeat_interleave(group, 1).transpose(0, 1)
-            lq, lk = query.shape[1], key.shape[1]
+        q_start = k_start = 0
+        group = q.shape[1] // k.shape[1]
+        for lq, lk in zip(layout.q_lengths, layout.k_lengths):
+            query = q[q_start: q_start + lq].transpose(0, 1)  # [heads, Lq, d]
+            key = k[k_start: k_start + lk].repeat_interleave(group, 1).transpose(0, 1)
+            value = v[k_start: k_start + lk].repeat_interleave(group, 1).transpose(0, 1)
             if lq == lk:
                 out = nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True)
             else:  # bottom-right causal: query j sees keys ≤ (lk - lq) + j
                 allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
                 out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
             outputs.append(out.transpose(0, 1))
-            start += segment.length
+            q_start += lq
+            k_start += lk
         return torch.cat(outputs)
 
     # -- forward ---------------------------------------------------------------------------
@@ -193,6 +213,7 @@ class PackedBackbone:
         positions = torch.cat([torch.arange(s.offset, s.offset + s.length) for s in segments]).to(self.device)
         x = module.embed_tokens(tokens)
         cos, sin = rotary_tables(self.config, positions, x.dtype)
+        layout = self._layout(segments, cache)
         first_new = len(cache.layers)
         if keep_kv:
             cache.layers.extend([] for _ in segments)
@@ -205,7 +226,7 @@ class PackedBackbone:
                     end = start + segment.length
                     cache.layers[first_new + number].append((k[start:end], v[start:end]))
                     start = end
-            out = self._attend(q, k, v, segments, index, cache)
+            out = self._attend(q, k, v, segments, layout, index, cache)
             x = x + attention.o_proj(out.reshape(out.shape[0], -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return module.norm(x)
@@ -244,8 +265,7 @@ class PackedBackbone:
             gate_rows.append(None if prefix is not None else int(gate_positions[index]))
             reward_rows.append(int(reward_positions[index]) - offset)
         # A response's cost includes the prompt keys/values it attends to (copied per response per layer).
-        prefix_lengths = [len(p) for p in plan.prefixes]
-        costs = [s.length + (prefix_lengths[s.prefix] if s.prefix is not None else 0) for s in segments]
+        costs = [s.length + (cache.length(s.prefix) if s.prefix is not None else 0) for s in segments]
         for chunk in budget_chunks(costs, self.max_batch_tokens):
             chunk_segments = [segments[i] for i in chunk]
             hidden = self._forward(chunk_segments, cache, keep_kv=False)
