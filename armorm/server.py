@@ -118,17 +118,25 @@ def process_group(pgid: int) -> dict[int, str]:
     return members
 
 
-def python_instances(repository: Path) -> int:
-    """How many Python-backend stub processes the repository's configs ask for."""
+def python_instances(repository: Path) -> set[str]:
+    """Names of the Python-backend instances the configs ask for, as Triton names them
+    (`<group name or model_groupindex>_<instance index>`, e.g. armorm_backbone_0_0)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    total = 0
+    names = set()
     for path in Path(repository).glob("*/config.pbtxt"):
-        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-        if config.backend == "python":
-            total += sum(max(group.count, 1) for group in config.instance_group) or 1
-    return total
+        try:
+            config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        except text_format.ParseError:
+            continue  # tritonserver refuses it at start-up and says why in its log
+        if config.backend != "python":
+            continue
+        groups = config.instance_group or [model_config_pb2.ModelInstanceGroup(count=1)]
+        for index, group in enumerate(groups):
+            prefix = group.name or f"{config.name}_{index}"
+            names.update(f"{prefix}_{number}" for number in range(max(group.count, 1)))
+    return names
 
 
 def free_port() -> int:
@@ -189,6 +197,7 @@ class TritonServer:
     restrict_apis: bool = True
     process: subprocess.Popen | None = field(default=None, init=False)
     shm_prefix: str = field(default_factory=lambda: f"{SHM_PREFIX}{secrets.token_hex(4)}_", init=False)
+    expected_instances: set[str] = field(default_factory=set, init=False)
 
     @property
     def grpc_url(self) -> str:
@@ -235,6 +244,7 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         install = TritonInstall.find()
+        self.expected_instances = python_instances(self.repository)
         self.grpc_port = self.grpc_port or free_port()
         self.http_port = self.http_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
@@ -264,7 +274,7 @@ class TritonServer:
                 found[pid] = parts[-2] if len(parts) >= 2 else command
         return found
 
-    def problem(self, expected_stubs: dict[int, str]) -> str | None:
+    def problem(self) -> str | None:
         """Why this server can no longer serve correctly, or None.
 
         Triton 2.51 does not restart a Python-backend stub that died: it answers every later request
@@ -272,15 +282,10 @@ class TritonServer:
         """
         if self.process is None or self.process.poll() is not None:
             return f"tritonserver exited (code {None if self.process is None else self.process.returncode})"
-        alive = self.stubs()
-        dead = [name for pid, name in expected_stubs.items() if pid not in alive]
-        if dead:
-            return f"model process died: {', '.join(dead)}"
-        expected_stubs.update(alive)  # a stub that registered late is watched from now on
-        wanted = python_instances(self.repository)
-        if len(alive) < wanted:
-            return f"{wanted - len(alive)} of {wanted} model processes are missing"
-        return None
+        alive = set(self.stubs().values())
+        self.expected_instances |= alive  # e.g. one instance per GPU: watched once seen
+        missing = self.expected_instances - alive
+        return f"model process died: {', '.join(sorted(missing))}" if missing else None
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path or str(self.log_path) == "-" or not Path(self.log_path).exists():
@@ -402,15 +407,14 @@ def main(argv: list[str] | None = None) -> int:
             if not restart_allowed(problem):
                 return 1
             continue
-        time.sleep(1.0)  # the last stubs may still be registering when the server turns ready
-        stubs = server.stubs()
         print(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
-              f"model processes {', '.join(sorted(stubs.values()))}; Ctrl-C stops", file=sys.stderr, flush=True)
+              f"watching model processes {', '.join(sorted(server.expected_instances))}; Ctrl-C stops",
+              file=sys.stderr, flush=True)
         problem, strikes = None, 0
         # A problem must persist over several polls: /proc can miss a busy process for an instant.
         while not stop and strikes < 4:
             time.sleep(0.5)
-            problem = server.problem(stubs)
+            problem = server.problem()
             strikes = strikes + 1 if problem else 0
             if server.process.poll() is not None:
                 break
