@@ -49,8 +49,15 @@ class ModelContext:
             raise ValueError(f"{self.name}: parameter {key}={value!r} must be an integer") from None
 
     def torch_device(self) -> str:
-        """The instance's GPU when Triton placed it on one (KIND_GPU), otherwise the CPU."""
-        return f"cuda:{self.device_id}" if self.instance_kind == "GPU" else "cpu"
+        """The instance's GPU when Triton placed it on one (KIND_GPU); KIND_MODEL lets the model choose:
+        the first GPU where there is one; otherwise the CPU."""
+        if self.instance_kind == "GPU":
+            return f"cuda:{self.device_id}"
+        if self.instance_kind == "MODEL":
+            import torch
+
+            return "cuda:0" if torch.cuda.is_available() else "cpu"
+        return "cpu"
 
 
 class RequestError(ValueError):

@@ -25,7 +25,6 @@ from bench import SHAPES, best_of_n, flops_per_token, gemm_peak_flops, mix  # no
 from armorm import heads  # noqa: E402
 from armorm.backbone import ArmoRMBackbone  # noqa: E402
 from armorm.checkpoint import Checkpoint  # noqa: E402
-from armorm.conversation import InputLimits  # noqa: E402
 from armorm.packed import PackedBackbone  # noqa: E402
 from armorm.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
 from armorm.reference import ArmoRMReference  # noqa: E402
@@ -64,7 +63,6 @@ def main() -> int:
     write_tokenizer(directory, config)
     checkpoint = Checkpoint(directory, config, state)
     reference = ArmoRMReference(checkpoint, device=device, dtype=dtype)
-    reference.tokenizer.limits = InputLimits(max_tokens=config.max_position_embeddings)
     packed = PackedBackbone(ArmoRMBackbone.from_state_dict(config, state, dtype).to(device), args.max_batch_tokens)
     print(f"[gpu-check] {args.shape} weights on {device} ({dtype}) in {time.perf_counter() - t0:.1f}s; "
           f"attention {packed.attention_name}", file=sys.stderr, flush=True)

@@ -1,5 +1,6 @@
 """perf_analyzer from tritonclient[all]==2.51.0 against the live server."""
 
+import re
 import subprocess
 
 import pytest
@@ -15,4 +16,5 @@ def test_perf_analyzer_smoke_run(server, tmp_path):
                                                    "--max-trials", "3", "--stability-percentage", "100"])
     done = subprocess.run(command, env=perf_environment(), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "Throughput" in done.stdout
+    throughput = re.search(r"Throughput: ([0-9.]+) infer/sec", done.stdout)
+    assert throughput and float(throughput.group(1)) > 0, done.stdout[-2000:]

@@ -51,8 +51,6 @@ def torch_packed_runner(context, config):
     from armorm.packed import PackedBackbone
 
     device = context.torch_device()
-    if device == "cpu" and context.instance_kind == "MODEL" and torch.cuda.is_available():
-        device = "cuda:0"
     name = context.parameter("dtype", "auto")
     dtype = (torch.bfloat16 if device.startswith("cuda") else torch.float32) if name == "auto" else getattr(torch, name)
     threads = context.int_parameter("threads", 0)
