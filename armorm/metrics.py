@@ -18,6 +18,11 @@ BACKBONE_TOKENS = "armorm_backbone_tokens_total"
 BACKBONE_COMPUTED = "armorm_backbone_computed_tokens_total"
 BACKBONE_SAVED = "armorm_backbone_saved_tokens_total"
 BACKBONE_PADDING = "armorm_backbone_padding_tokens_total"
+# Requests through the pipeline (the launcher's drain reads these; see armorm.drain).
+ADMITTED = "armorm_requests_admitted_total"
+COMPLETED = "armorm_requests_completed_total"
+ABORTED = "armorm_requests_aborted_total"
+REFUSED_DRAINING = "armorm_requests_refused_draining_total"
 
 
 class Counter:
@@ -39,9 +44,36 @@ class Counter:
 
 class TokenizerMetrics:
     def __init__(self, pb: Any) -> None:
+        self.admitted = Counter(pb, ADMITTED, "Requests passed on into the pipeline (valid, not draining)")
+        self.refused_draining = Counter(pb, REFUSED_DRAINING, "Requests refused with UNAVAILABLE while draining")
         self.conversations = Counter(pb, CONVERSATIONS, "Conversations accepted for scoring")
         self.tokens = Counter(pb, TOKENS, "Tokens in accepted conversations (chat template applied)")
         self.rejected = Counter(pb, REJECTED, "Requests rejected with INVALID_ARGUMENT, by reason")
+
+
+class AbortedRequests:
+    """Error responses a later step sends for admitted requests, labelled by model: the drain needs
+    them to know when nothing is left in the pipeline."""
+
+    def __init__(self, pb: Any, model: str) -> None:
+        self._counter = Counter(pb, ABORTED, "Admitted requests that a later step answered with an error")
+        self._model = model
+        self._invalid = pb.TritonError.INVALID_ARG
+
+    def count(self, responses: Any) -> None:
+        # INVALID_ARGUMENT only answers direct callers: the ensemble never sends a malformed request.
+        failed = sum(1 for r in responses if r.has_error() and r.error().code() != self._invalid)
+        self._counter.add(failed, model=self._model)
+
+
+class CompletedRequests:
+    """Responses of the pipeline's last step, success or error."""
+
+    def __init__(self, pb: Any) -> None:
+        self._counter = Counter(pb, COMPLETED, "Requests that left the pipeline's last step")
+
+    def count(self, responses: Any) -> None:
+        self._counter.add(len(responses))
 
 
 class BackboneMetrics:

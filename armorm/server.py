@@ -20,9 +20,12 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from armorm.drain import DRAIN_FLAG_ENV, requests_in_pipeline
+from armorm.prometheus import scrape
 
 # Each server names its Python-backend shared-memory regions SHM_PREFIX + a token of its own, so cleanup
 # after it never touches another server's segments.
@@ -35,6 +38,8 @@ ADMIN_HEADER = "armorm-admin-key"
 API_KEY_HEADER = "armorm-api-key"
 # Triton expects restricted-protocol keys as gRPC metadata under this prefix (HTTP: the bare name).
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
+# A drain lasts at least this long, so that admissions already under way are counted.
+DRAIN_SETTLE_S = 0.25
 
 
 class ServerStartError(RuntimeError):
@@ -211,6 +216,11 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    @property
+    def drain_flag(self) -> Path:
+        """Created to drain: the tokenizer then refuses new requests (see armorm.drain)."""
+        return Path(tempfile.gettempdir()) / f"{self.shm_prefix}draining"
+
     def command(self, install: TritonInstall) -> list[str]:
         return [
             str(install.binary),
@@ -255,9 +265,12 @@ class TritonServer:
         if log is not None:
             log.write(f"==== armorm-serve: starting tritonserver at {time.ctime()} ====\n".encode())
             log.flush()
+        self.drain_flag.unlink(missing_ok=True)
+        environment = install.environment()
+        environment[DRAIN_FLAG_ENV] = str(self.drain_flag)  # model processes inherit it
         self.process = subprocess.Popen(self.command(install), stdout=log,
                                         stderr=None if to_stdout else subprocess.STDOUT,
-                                        env=install.environment(), start_new_session=True)
+                                        env=environment, start_new_session=True)
         if log is not None:
             log.close()
         self.wait_ready()
@@ -305,22 +318,59 @@ class TritonServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self.stop()  # its model processes and shared memory must not outlive it
+                self.stop(drain_timeout=0)  # its model processes and shared memory must not outlive it
                 raise ServerStartError(
                     f"tritonserver exited with code {self.process.returncode} during start-up; log tail:\n"
                     + self.log_tail())
             if self.is_ready():
                 return
             time.sleep(0.25)
-        self.stop()
+        self.stop(drain_timeout=0)
         raise ServerStartError(
             f"tritonserver not ready after {self.startup_timeout:.0f}s; log tail:\n" + self.log_tail())
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (Triton drains in-flight work), then SIGKILL the whole process group after `timeout`."""
+    def drain(self, timeout: float, report: Callable[[str], None] | None = None) -> float | None:
+        """Refuse new requests, then wait until every admitted one has left the pipeline.
+
+        Returns how many were still inside at the end (0: drained), or None when /metrics cannot be
+        read (metrics turned off, server gone): then Triton's own shutdown is all there is.
+        """
+        self.drain_flag.touch()
+        start = time.monotonic()
+        last_report, zero_readings = start, 0
+        while True:
+            try:
+                left = max(requests_in_pipeline(scrape(self.metrics_url, timeout=2.0)), 0.0)
+            except OSError:
+                return None
+            now = time.monotonic()
+            # Two empty readings, the last well after the flag: a tokenizer batch that was already
+            # past its second flag check has had time to count its admissions.
+            zero_readings = zero_readings + 1 if left == 0 else 0
+            if (zero_readings >= 2 and now - start >= DRAIN_SETTLE_S) or now - start >= timeout:
+                return left
+            if self.process.poll() is not None:
+                return left
+            if report is not None and now - last_report >= 2.0:
+                report(f"draining: {left:.0f} requests still in the pipeline ({now - start:.0f}s)")
+                last_report = now
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30.0, drain_timeout: float = 30.0,
+             report: Callable[[str], None] | None = None) -> int | None:
+        """Drain (at most `drain_timeout` s; 0 skips it), SIGTERM, then SIGKILL the whole process group
+        after `timeout`."""
         if self.process is None:
             return None
         if self.process.poll() is None:
+            if drain_timeout > 0:
+                start = time.monotonic()
+                left = self.drain(drain_timeout, report)
+                if report is not None:
+                    seconds = time.monotonic() - start
+                    report("drain skipped: /metrics unreadable, so in-flight requests cannot be counted" if left is None
+                           else f"drained in {seconds:.1f}s" if left == 0
+                           else f"drain timed out after {seconds:.0f}s with {left:.0f} requests in the pipeline")
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
@@ -337,6 +387,7 @@ class TritonServer:
             time.sleep(0.05)
         for name in shm_segments(self.shm_prefix):
             Path("/dev/shm", name).unlink(missing_ok=True)
+        self.drain_flag.unlink(missing_ok=True)
         return self.process.returncode
 
     def __enter__(self) -> TritonServer:
@@ -362,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-restarts", type=int, default=3,
                         help="restarts after a crash (server or model process) before exiting with code 1")
     parser.add_argument("--restart-window", type=float, default=600.0, help="seconds over which restarts are counted")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="on SIGTERM, seconds to let admitted requests finish before stopping tritonserver")
     parser.add_argument("extra", nargs="*", help="extra tritonserver flags, after --")
     args = parser.parse_args(argv)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
@@ -418,8 +471,12 @@ def main(argv: list[str] | None = None) -> int:
             strikes = strikes + 1 if problem else 0
             if server.process.poll() is not None:
                 break
-        # After a crash the dead model never unloads: don't wait the full drain for it.
-        code = server.stop(timeout=30.0 if stop else 5.0)
+        if stop:
+            print("stopping: new requests are refused, admitted ones finish ...", file=sys.stderr, flush=True)
+            code = server.stop(timeout=30.0, drain_timeout=args.drain_timeout,
+                               report=lambda line: print(line, file=sys.stderr, flush=True))
+        else:  # after a crash the dead model never unloads: no drain, no long wait
+            code = server.stop(timeout=5.0, drain_timeout=0)
         if stop:
             print(f"tritonserver stopped (exit code {code})", file=sys.stderr)
             return 0

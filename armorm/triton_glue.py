@@ -72,6 +72,10 @@ def internal_error(pb: Any, message: str) -> Any:
     return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.INTERNAL))
 
 
+def unavailable(pb: Any, message: str) -> Any:
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.UNAVAILABLE))
+
+
 def tensors_response(pb: Any, outputs: Mapping[str, np.ndarray]) -> Any:
     return pb.InferenceResponse(output_tensors=[pb.Tensor(name, np.ascontiguousarray(value))
                                                 for name, value in outputs.items()])
@@ -116,7 +120,12 @@ def run_rowwise(
             gathered[name].append(array)
     if valid:
         sizes = batch_sizes(gathered[next(iter(widths))])
-        outputs = compute({name: np.concatenate(arrays) for name, arrays in gathered.items()})
+        try:
+            outputs = compute({name: np.concatenate(arrays) for name, arrays in gathered.items()})
+        except Exception as err:  # noqa: BLE001 - fail this batch with a clear answer, keep serving
+            pb.Logger.log_error(f"computation failed for {len(valid)} requests: {err!r}")
+            message = f"the model failed on this batch ({type(err).__name__}); see the server log"
+            return [r if r is not None else internal_error(pb, message) for r in responses]
         per_output = {name: split_rows(value, sizes) for name, value in outputs.items()}
         for slot, index in enumerate(valid):
             responses[index] = tensors_response(pb, {name: parts[slot] for name, parts in per_output.items()})

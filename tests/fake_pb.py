@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -44,13 +44,16 @@ class InferenceRequest:
     inputs: list[Tensor]
 
 
-@dataclass
 class InferenceResponse:
-    output_tensors: list[Tensor] = field(default_factory=list)
-    error: TritonError | None = None
+    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None) -> None:
+        self.output_tensors = output_tensors or []
+        self._error = error
 
     def has_error(self) -> bool:
-        return self.error is not None
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
 
     def output(self, name: str) -> np.ndarray:
         return next(t.as_numpy() for t in self.output_tensors if t.name() == name)

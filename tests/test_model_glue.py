@@ -21,8 +21,8 @@ def test_regression_model_fails_only_the_malformed_request(exported_repository, 
                 fake_pb.request(reward_hidden=hidden[1])]
     responses = model.execute(requests)
     assert len(responses) == 3
-    assert responses[1].has_error() and "shape [batch, 64]" in responses[1].error.message()
-    assert responses[1].error.code() == fake_pb.TritonError.INVALID_ARG
+    assert responses[1].has_error() and "shape [batch, 64]" in responses[1].error().message()
+    assert responses[1].error().code() == fake_pb.TritonError.INVALID_ARG
     for response, rows in ((responses[0], hidden[0]), (responses[2], hidden[1])):
         assert not response.has_error()
         expected = heads.regression(torch.from_numpy(rows), weights.regression).numpy()
@@ -49,8 +49,8 @@ def test_tokenizer_model_answers_each_request(exported_repository, monkeypatch):
     assert not responses[0].has_error()
     assert responses[0].output("input_ids")[0, 0] == 128000
     assert int(responses[0].output("num_tokens")[0, 0]) == responses[0].output("input_ids").shape[1]
-    assert "empty list" in responses[1].error.message()
-    assert "input 'messages' is missing" in responses[2].error.message()
+    assert "empty list" in responses[1].error().message()
+    assert "input 'messages' is missing" in responses[2].error().message()
 
 
 def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monkeypatch):
@@ -64,5 +64,44 @@ def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monk
                                fake_pb.request(input_ids=good, gate_position=np.array([[40]]),
                                                reward_position=np.array([[12]]))])
     assert not responses[0].has_error() and responses[0].output("reward_hidden").shape == (1, 64)
-    assert "input_ids must lie in [0, 128257)" in responses[1].error.message()
-    assert "must lie in [0, 13)" in responses[2].error.message()
+    assert "input_ids must lie in [0, 128257)" in responses[1].error().message()
+    assert "must lie in [0, 13)" in responses[2].error().message()
+
+
+def test_tokenizer_refuses_new_requests_once_draining(exported_repository, monkeypatch, tmp_path):
+    from armorm import metrics
+    from armorm.drain import DRAIN_FLAG_ENV
+
+    model = fake_pb.load_model(exported_repository, "armorm_tokenizer", monkeypatch)
+    good = json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]).encode()
+    flag = tmp_path / "draining"
+    monkeypatch.setenv(DRAIN_FLAG_ENV, str(flag))
+    admitted = fake_pb.MetricFamily.families[metrics.ADMITTED]
+    (before,) = model.execute([fake_pb.request(messages=np.array([[good]], dtype=object))])
+    assert not before.has_error() and admitted.values[()] == 1
+    flag.touch()
+    responses = model.execute([fake_pb.request(messages=np.array([[good]], dtype=object))] * 2)
+    assert [r.error().code() for r in responses] == [fake_pb.TritonError.UNAVAILABLE] * 2
+    assert "shutting down" in responses[0].error().message()
+    assert admitted.values[()] == 1
+    assert fake_pb.MetricFamily.families[metrics.REFUSED_DRAINING].values[()] == 2
+
+
+def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exported_repository, monkeypatch):
+    from armorm import metrics
+
+    model = fake_pb.load_model(exported_repository, "armorm_regression", monkeypatch)
+
+    def broken(inputs):
+        raise RuntimeError("simulated device failure")
+
+    monkeypatch.setattr(model, "compute", broken)
+    hidden = np.zeros((2, 64), np.float32)
+    responses = model.execute([fake_pb.request(reward_hidden=hidden),
+                               fake_pb.request(reward_hidden=np.zeros((1, 63), np.float32)),
+                               fake_pb.request(reward_hidden=hidden)])
+    codes = [r.error().code() for r in responses]
+    assert codes == [fake_pb.TritonError.INTERNAL, fake_pb.TritonError.INVALID_ARG, fake_pb.TritonError.INTERNAL]
+    assert "RuntimeError" in responses[0].error().message()
+    # Only the two valid requests count: INVALID_ARGUMENT answers a direct caller, never the ensemble.
+    assert fake_pb.MetricFamily.families[metrics.ABORTED].values[(("model", "armorm_regression"),)] == 2

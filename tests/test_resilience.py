@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from armorm import metrics
+from armorm.drain import requests_in_pipeline
+from armorm.prometheus import scrape, total
 from armorm.result import ArmoRMScore
 from armorm.server import TritonServer, free_port, process_group, shm_segments
 from armorm_client import (
@@ -103,17 +106,18 @@ def test_input_limits_are_configurable_and_enforced(small_queue_server, messages
             client.score(messages)
 
 
-def start_cli(repository: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def start_cli(repository: Path, log: Path) -> tuple[subprocess.Popen, int, str]:
+    """`armorm-serve` as a container runs it: returns the process, its gRPC port and its metrics URL."""
+    port, metrics_port = free_port(), free_port()
     command = [sys.executable, "-m", "armorm.server", str(repository), "--grpc-port", str(port),
-               "--http-port", str(free_port()), "--metrics-port", str(free_port()), "--log-file", str(log)]
+               "--http-port", str(free_port()), "--metrics-port", str(metrics_port), "--log-file", str(log)]
     cli = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(".cli"), "wb"))
     deadline = time.monotonic() + 120
     with ArmoRMClient(f"127.0.0.1:{port}", retry=NO_RETRIES, timeout_s=2) as probe:
         while not probe.is_ready():
             assert cli.poll() is None and time.monotonic() < deadline, log.with_suffix(".cli").read_text()
             time.sleep(0.3)
-    return cli, port
+    return cli, port, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 def backbone_stub(repository: Path) -> int:
@@ -142,7 +146,7 @@ def test_a_killed_model_process_fails_fast_and_the_supervisor_restarts_the_serve
     # A private copy: its path tells this server's processes apart from every other test server's.
     repository = derive(exported_repository, tmp_path / "repository", lambda name, config: None)
     shm_before = shm_segments()
-    cli, port = start_cli(repository, tmp_path / "server.log")
+    cli, port, _ = start_cli(repository, tmp_path / "server.log")
     try:
         conversation = long_conversations(8)[0]
         with ArmoRMClient(f"127.0.0.1:{port}", retry=NO_RETRIES, timeout_s=10) as impatient:
@@ -170,37 +174,49 @@ def test_a_killed_model_process_fails_fast_and_the_supervisor_restarts_the_serve
     assert not (shm_segments() - shm_before), "shared memory left behind"
 
 
-def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(exported_repository, tmp_path, expected):
+def test_sigterm_drains_admitted_requests_and_refuses_new_ones(exported_repository, tmp_path, expected):
+    repository = derive(exported_repository, tmp_path / "repository", lambda name, config: None)
     shm_before = shm_segments()
-    server = TritonServer(exported_repository, log_path=tmp_path / "server.log").start()
-    group = server.process.pid
-    results: list = []
+    cli, port, metrics_url = start_cli(repository, tmp_path / "server.log")
     conversations = long_conversations(8)
+    count = 48
+    results: list = []
 
     def load():
-        with ArmoRMClient(server.grpc_url, retry=NO_RETRIES, timeout_s=60) as client:
-            results.extend(client.score_batch([conversations[i % 8] for i in range(24)], max_in_flight=24,
+        with ArmoRMClient(f"127.0.0.1:{port}", retry=NO_RETRIES, timeout_s=60) as client:
+            results.extend(client.score_batch([conversations[i % 8] for i in range(count)], max_in_flight=count,
                                               return_exceptions=True))
 
     worker = threading.Thread(target=load)
     worker.start()
-    time.sleep(0.5)  # requests are in flight
-    server.process.send_signal(signal.SIGTERM)
-    worker.join(90)
+    deadline = time.monotonic() + 60
+    while True:  # signal once requests are admitted and some are mid-pipeline
+        samples = scrape(metrics_url)
+        admitted = total(samples, metrics.ADMITTED)
+        if admitted >= 4 and requests_in_pipeline(samples) > 0:
+            break
+        assert worker.is_alive() and time.monotonic() < deadline, "the load never reached the pipeline"
+        time.sleep(0.02)
+    cli.send_signal(signal.SIGTERM)
+    worker.join(120)
     assert not worker.is_alive(), "a request hung through shutdown"
-    assert server.process.wait(60) is not None
+    assert cli.wait(60) == 0, log_text(tmp_path)
     scored = [(i, r) for i, r in enumerate(results) if isinstance(r, ArmoRMScore)]
     refused = [r for r in results if isinstance(r, ServerUnavailableError)]
-    assert len(scored) + len(refused) == 24, results
-    assert scored, "in-flight requests must finish"
+    assert len(scored) + len(refused) == count, [f"{type(r).__name__}: {r}" for r in results]
+    assert len(scored) >= admitted, "a request admitted before SIGTERM did not finish"
     for index, result in scored:
         assert_same(result, expected[index % 8], f"request {index} during shutdown")
-    with ArmoRMClient(server.grpc_url, retry=NO_RETRIES, timeout_s=5) as late:
+    assert "drained in" in log_text(tmp_path)
+    with ArmoRMClient(f"127.0.0.1:{port}", retry=NO_RETRIES, timeout_s=5) as late:
         with pytest.raises(ServerUnavailableError):
             late.score(conversations[0])
-    server.stop()
-    assert not process_group(group)
-    assert not (shm_segments() - shm_before)
+    assert not process_group_of_any(repository), "processes left behind"
+    assert not (shm_segments() - shm_before), "shared memory left behind"
+
+
+def log_text(tmp_path: Path) -> str:
+    return (tmp_path / "server.cli").read_text(errors="replace")
 
 
 def rss_bytes(pid: int) -> int:

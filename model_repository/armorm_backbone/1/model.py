@@ -10,7 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb
 
 from armorm.contract import BACKBONE_CONFIG, BACKBONE_ONNX, BACKBONE_RUNTIMES, BACKBONE_WEIGHTS
-from armorm.metrics import BackboneMetrics
+from armorm.metrics import AbortedRequests, BackboneMetrics
 from armorm.triton_glue import (
     ModelContext,
     RequestError,
@@ -97,8 +97,14 @@ class TritonPythonModel:
         self.run = make(context, config)
         self.vocab_size = int(config["vocab_size"])
         self.metrics = BackboneMetrics(pb)
+        self.aborted = AbortedRequests(pb, context.name)
 
     def execute(self, requests):
+        responses = self.respond(requests)
+        self.aborted.count(responses)
+        return responses
+
+    def respond(self, requests):
         responses = [None] * len(requests)
         ids, gates, rewards, owners = [], [], [], []
         for index, request in enumerate(requests):

@@ -6,6 +6,7 @@ import triton_python_backend_utils as pb
 
 from armorm import heads
 from armorm.contract import GATING_WEIGHTS
+from armorm.metrics import AbortedRequests
 from armorm.triton_glue import ModelContext, run_rowwise
 
 
@@ -16,9 +17,12 @@ class TritonPythonModel:
         self.device = context.torch_device()
         self.weights = heads.GatingWeights.load(context.version_dir / GATING_WEIGHTS, self.device)
         self.widths = {"gate_hidden": int(self.weights.layers[0][0].shape[1])}
+        self.aborted = AbortedRequests(pb, context.name)
 
     def execute(self, requests):
-        return run_rowwise(pb, requests, self.widths, self.compute)
+        responses = run_rowwise(pb, requests, self.widths, self.compute)
+        self.aborted.count(responses)
+        return responses
 
     @torch.inference_mode()
     def compute(self, inputs):

@@ -5,6 +5,7 @@ import triton_python_backend_utils as pb
 
 from armorm import heads
 from armorm.contract import REGRESSION_WEIGHTS
+from armorm.metrics import AbortedRequests
 from armorm.triton_glue import ModelContext, run_rowwise
 
 
@@ -15,9 +16,12 @@ class TritonPythonModel:
         self.device = context.torch_device()
         self.weights = heads.RegressionWeights.load(context.version_dir / REGRESSION_WEIGHTS, self.device)
         self.widths = {"reward_hidden": int(self.weights.weight.shape[1])}
+        self.aborted = AbortedRequests(pb, context.name)
 
     def execute(self, requests):
-        return run_rowwise(pb, requests, self.widths, self.compute)
+        responses = run_rowwise(pb, requests, self.widths, self.compute)
+        self.aborted.count(responses)
+        return responses
 
     @torch.inference_mode()
     def compute(self, inputs):

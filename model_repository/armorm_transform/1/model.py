@@ -5,6 +5,7 @@ import triton_python_backend_utils as pb
 
 from armorm import heads
 from armorm.contract import NUM_OBJECTIVES, TRANSFORM_WEIGHTS
+from armorm.metrics import CompletedRequests
 from armorm.triton_glue import ModelContext, run_rowwise
 
 
@@ -15,9 +16,12 @@ class TritonPythonModel:
         self.device = context.torch_device()
         self.weights = heads.TransformWeights.load(context.version_dir / TRANSFORM_WEIGHTS, self.device)
         self.widths = {"rewards": NUM_OBJECTIVES, "gating": NUM_OBJECTIVES}
+        self.completed = CompletedRequests(pb)
 
     def execute(self, requests):
-        return run_rowwise(pb, requests, self.widths, self.compute)
+        responses = run_rowwise(pb, requests, self.widths, self.compute)
+        self.completed.count(responses)
+        return responses
 
     @torch.inference_mode()
     def compute(self, inputs):
