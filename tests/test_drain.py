@@ -32,3 +32,14 @@ def test_draining_follows_the_flag_file(tmp_path):
     assert not draining({"ARMORM_DRAIN_FLAG": str(flag)})
     flag.touch()
     assert draining({"ARMORM_DRAIN_FLAG": str(flag)})
+
+
+def test_a_drain_without_readable_metrics_gives_up_at_once(tmp_path):
+    from armorm.server import TritonServer, free_port
+
+    server = TritonServer(tmp_path, metrics_port=free_port())  # nothing listens there
+    try:
+        assert server.drain(timeout=30.0) is None
+        assert server.drain_flag.exists()  # the tokenizer would refuse new requests all the same
+    finally:
+        server.drain_flag.unlink(missing_ok=True)
