@@ -16,13 +16,11 @@ from pathlib import Path
 
 from armorm import metrics
 from armorm.contract import STEPS, TOKENIZER
+from armorm.prometheus import Samples, total
 
 # The launcher passes the flag path to every model process through this environment variable.
 DRAIN_FLAG_ENV = "ARMORM_DRAIN_FLAG"
 DRAINING_MESSAGE = "the server is shutting down and accepts no new requests; retry on another replica"
-
-Samples = dict[str, list[tuple[dict[str, str], float]]]
-
 
 def draining(environ: dict[str, str] | None = None) -> bool:
     """True once the launcher asked this server to drain (a stat per batch; no flag configured: never)."""
@@ -44,10 +42,7 @@ def requests_in_pipeline(samples: Samples) -> float:
     directly (not through the ensemble) counts a completion that was never admitted; either only makes
     the drain end sooner.
     """
-
-    def total(name: str) -> float:
-        return sum(value for _, value in samples.get(name, []))
-
     rejected_by_triton = sum(value for labels, value in samples.get(TRITON_FAILURES, [])
                              if labels.get("model") in LATER_STEPS and labels.get("reason") != "BACKEND")
-    return total(metrics.ADMITTED) - total(metrics.COMPLETED) - total(metrics.ABORTED) - rejected_by_triton
+    finished = total(samples, metrics.COMPLETED) + total(samples, metrics.ABORTED)
+    return total(samples, metrics.ADMITTED) - finished - rejected_by_triton

@@ -135,3 +135,13 @@ def transform(
     score = (gating_output * (rewards.float() @ weights.matrix)).sum(dim=-1)
     coefficients = gating_output @ weights.matrix.T
     return score, coefficients
+
+
+def score_rows(
+    gate_hidden: torch.Tensor, reward_hidden: torch.Tensor, weights: HeadWeights
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole head on [batch, hidden] rows, as the ensemble chains it → (score, rewards, gating, coefficients)."""
+    rewards = regression(reward_hidden, weights.regression)
+    gating_output = gating(gate_hidden, weights.gating)
+    score, coefficients = transform(rewards, gating_output, weights.transform)
+    return score, rewards, gating_output, coefficients

@@ -66,16 +66,6 @@ class AbortedRequests:
         self._counter.add(failed, model=self._model)
 
 
-class CompletedRequests:
-    """Responses of the pipeline's last step, success or error."""
-
-    def __init__(self, pb: Any) -> None:
-        self._counter = Counter(pb, COMPLETED, "Requests that left the pipeline's last step")
-
-    def count(self, responses: Any) -> None:
-        self._counter.add(len(responses))
-
-
 class BackboneMetrics:
     def __init__(self, pb: Any) -> None:
         self.executions = Counter(pb, BACKBONE_EXECUTIONS, "Backbone execute() calls")

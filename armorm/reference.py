@@ -66,9 +66,8 @@ class ArmoRMReference:
     @torch.inference_mode()
     def score(self, messages: list[dict[str, str]]) -> ArmoRMScore:
         gate_hidden, reward_hidden, num_tokens = self.hidden_rows(messages)
-        rewards = heads.regression(reward_hidden.unsqueeze(0), self.heads.regression)
-        gating = heads.gating(gate_hidden.unsqueeze(0), self.heads.gating)
-        score, coefficients = heads.transform(rewards, gating, self.heads.transform)
+        score, rewards, gating, coefficients = heads.score_rows(gate_hidden.unsqueeze(0), reward_hidden.unsqueeze(0),
+                                                               self.heads)
         return ArmoRMScore(
             score=float(score[0]),
             rewards=rewards[0].cpu().numpy(),

@@ -48,6 +48,21 @@ class ModelContext:
         except ValueError:
             raise ValueError(f"{self.name}: parameter {key}={value!r} must be an integer") from None
 
+    def bool_parameter(self, key: str, default: bool) -> bool:
+        value = self.parameter(key, str(default).lower()).strip().lower()
+        if value not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{self.name}: parameter {key}={value!r} must be true or false")
+        return value in ("true", "1", "yes")
+
+    def set_torch_threads(self, default: int) -> int:
+        """Apply the `threads` parameter to torch; 0 keeps torch's own choice. Returns the count in use."""
+        import torch
+
+        threads = self.int_parameter("threads", default)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        return torch.get_num_threads()
+
     def torch_device(self) -> str:
         """The instance's GPU when Triton placed it on one (KIND_GPU); KIND_MODEL lets the model choose:
         the first GPU where there is one; otherwise the CPU."""
@@ -74,6 +89,14 @@ def internal_error(pb: Any, message: str) -> Any:
 
 def unavailable(pb: Any, message: str) -> Any:
     return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.UNAVAILABLE))
+
+
+def fail_unanswered(pb: Any, responses: list[Any], err: Exception, advice: str) -> list[Any]:
+    """A computation over the whole batch failed: log it once, answer every request not yet answered
+    (malformed ones keep their INVALID_ARGUMENT) with INTERNAL, and keep serving."""
+    pb.Logger.log_error(f"computation failed for {sum(r is None for r in responses)} requests: {err!r}")
+    message = f"the model failed on this batch ({type(err).__name__}); {advice}"
+    return [r if r is not None else internal_error(pb, message) for r in responses]
 
 
 def tensors_response(pb: Any, outputs: Mapping[str, np.ndarray]) -> Any:
@@ -123,9 +146,7 @@ def run_rowwise(
         try:
             outputs = compute({name: np.concatenate(arrays) for name, arrays in gathered.items()})
         except Exception as err:  # noqa: BLE001 - fail this batch with a clear answer, keep serving
-            pb.Logger.log_error(f"computation failed for {len(valid)} requests: {err!r}")
-            message = f"the model failed on this batch ({type(err).__name__}); see the server log"
-            return [r if r is not None else internal_error(pb, message) for r in responses]
+            return fail_unanswered(pb, responses, err, "see the server log")
         per_output = {name: split_rows(value, sizes) for name, value in outputs.items()}
         for slot, index in enumerate(valid):
             responses[index] = tensors_response(pb, {name: parts[slot] for name, parts in per_output.items()})

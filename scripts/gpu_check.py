@@ -35,12 +35,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def score_hidden(head_weights, gate, reward) -> np.ndarray:
-    rewards = heads.regression(reward, head_weights.regression)
-    gating = heads.gating(gate, head_weights.gating)
-    return heads.transform(rewards, gating, head_weights.transform)[0].float().cpu().numpy()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
@@ -92,7 +86,7 @@ def main() -> int:
         sync(device)
         start = time.perf_counter()
         gate, reward = packed.run(ids, gates, rewards)
-        served = score_hidden(reference.heads, gate, reward)
+        served = heads.score_rows(gate, reward, reference.heads)[0].cpu().numpy()
         sync(device)
         packed_s = time.perf_counter() - start
         difference = float(np.abs(served - card).max())

@@ -105,3 +105,17 @@ def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exporte
     assert "RuntimeError" in responses[0].error().message()
     # Only the two valid requests count: INVALID_ARGUMENT answers a direct caller, never the ensemble.
     assert fake_pb.MetricFamily.families[metrics.ABORTED].values[(("model", "armorm_regression"),)] == 2
+
+
+def test_model_parameters_parse_strictly():
+    import pytest
+
+    from armorm.triton_glue import ModelContext
+
+    context = ModelContext("m", None, {"on": "TRUE", "off": "0", "odd": "maybe", "threads": "0"}, "CPU", 0)
+    assert context.bool_parameter("on", False) is True
+    assert context.bool_parameter("off", True) is False
+    assert context.bool_parameter("absent", True) is True
+    with pytest.raises(ValueError, match="odd='maybe' must be true or false"):
+        context.bool_parameter("odd", False)
+    assert context.set_torch_threads(1) == torch.get_num_threads()  # 0: torch's own choice, not an error

@@ -14,8 +14,8 @@ from armorm.metrics import AbortedRequests, BackboneMetrics
 from armorm.triton_glue import (
     ModelContext,
     RequestError,
+    fail_unanswered,
     input_array,
-    internal_error,
     invalid_argument,
     tensors_response,
 )
@@ -53,21 +53,19 @@ def torch_packed_runner(context, config):
     device = context.torch_device()
     name = context.parameter("dtype", "auto")
     dtype = (torch.bfloat16 if device.startswith("cuda") else torch.float32) if name == "auto" else getattr(torch, name)
-    threads = context.int_parameter("threads", 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    threads = context.set_torch_threads(0)
     state = load_file(str(context.version_dir / BACKBONE_WEIGHTS))
     module = ArmoRMBackbone.from_state_dict(ArmoRMConfig.from_dict(config), state, dtype).to(device)
     runner = PackedBackbone(module, context.int_parameter("max_batch_tokens", 16384),
                             attention=context.parameter("attention", "auto"))
-    share = context.parameter("share_prompts", "true").lower() in ("1", "true", "yes")
+    share = context.bool_parameter("share_prompts", True)
 
     def run(ids, gate, reward):
         gate_hidden, reward_hidden = runner.run(ids, gate, reward, share_prompts=share)
         return gate_hidden.cpu().numpy(), reward_hidden.cpu().numpy(), runner.last_stats
 
     pb.Logger.log_info(f"{context.name}: torch_packed on {device}, {dtype}, attention {runner.attention_name}, "
-                       f"{torch.get_num_threads()} threads")
+                       f"{threads} threads")
     return run
 
 
@@ -121,9 +119,7 @@ class TritonPythonModel:
             try:
                 gate_hidden, reward_hidden, stats = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
             except Exception as err:  # noqa: BLE001 - e.g. out of memory: fail this batch, keep serving
-                pb.Logger.log_error(f"armorm_backbone: forward failed for {len(ids)} conversations: {err!r}")
-                message = f"the backbone failed on this batch ({type(err).__name__}); retry with fewer tokens"
-                return [r if r is not None else internal_error(pb, message) for r in responses]
+                return fail_unanswered(pb, responses, err, "retry with fewer tokens")
             self.metrics.record(stats)
             owners = np.asarray(owners)
             for index in np.unique(owners):

@@ -13,7 +13,7 @@ from armorm.triton_glue import ModelContext, run_rowwise
 class TritonPythonModel:
     def initialize(self, args):
         context = ModelContext.from_args(args)
-        torch.set_num_threads(context.int_parameter("threads", 1))
+        context.set_torch_threads(1)
         self.device = context.torch_device()
         self.weights = heads.GatingWeights.load(context.version_dir / GATING_WEIGHTS, self.device)
         self.widths = {"gate_hidden": int(self.weights.layers[0][0].shape[1])}

@@ -2,6 +2,8 @@
 armorm.conversation; a bad request fails alone with INVALID_ARGUMENT. As the pipeline's entry it
 also refuses new requests (UNAVAILABLE) once the launcher drains the server (armorm.drain)."""
 
+from collections import Counter
+
 import triton_python_backend_utils as pb
 
 from armorm.checkpoint import load_tokenizer
@@ -27,7 +29,7 @@ class TritonPythonModel:
             max_bytes=context.int_parameter("max_bytes", InputLimits.max_bytes),
             max_messages=context.int_parameter("max_messages", InputLimits.max_messages),
             max_tokens=context.int_parameter("max_tokens", InputLimits.max_tokens),
-            reject_special_tokens=context.parameter("reject_special_tokens", "false").lower() in ("1", "true", "yes"),
+            reject_special_tokens=context.bool_parameter("reject_special_tokens", False),
         )
         self.tokenizer = ConversationTokenizer(load_tokenizer(context.version_dir / TOKENIZER_DIR), limits)
         self.metrics = TokenizerMetrics(pb)
@@ -45,18 +47,26 @@ class TritonPythonModel:
         tokenized = iter(tokenize_requests(self.tokenizer, readable))
         if draining():  # the drain began while this batch was tokenized: admit nothing it cannot count
             return self.refuse(requests)
-        responses = []
+        responses, rejected, admitted = [], Counter(), []
         for row in rows:
             result = row if isinstance(row, RequestError) else next(tokenized)
             if isinstance(result, (RequestError, ConversationError)):
-                self.metrics.rejected.add(1, reason=getattr(result, "reason", "input"))
+                rejected[getattr(result, "reason", "input")] += 1
                 responses.append(invalid_argument(pb, str(result)))
             else:
-                self.metrics.conversations.add(len(result["num_tokens"]))
-                self.metrics.tokens.add(int(result["num_tokens"].sum()))
-                self.metrics.admitted.add(1)
+                admitted.append(result["num_tokens"])
                 responses.append(tensors_response(pb, result))
+        self.count(rejected, admitted)
         return responses
+
+    def count(self, rejected, admitted):
+        """Once per batch: each metric update is a round trip to the server process."""
+        for reason, number in rejected.items():
+            self.metrics.rejected.add(number, reason=reason)
+        if admitted:
+            self.metrics.admitted.add(len(admitted))
+            self.metrics.conversations.add(sum(len(n) for n in admitted))
+            self.metrics.tokens.add(int(sum(n.sum() for n in admitted)))
 
     def refuse(self, requests):
         self.metrics.refused_draining.add(len(requests))
