@@ -47,6 +47,10 @@ class PrefixCache:
     def length(self, prefix: int) -> int:
         return int(self.layers[prefix][0][0].shape[0])
 
+    def key_length(self, segment: Segment) -> int:
+        """Keys a segment attends to: its cached prefix's, then its own."""
+        return segment.length + (self.length(segment.prefix) if segment.prefix is not None else 0)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -57,6 +61,8 @@ class Layout:
     cu_q: torch.Tensor | None  # int32 cumulative offsets on the device, for the varlen kernel
     cu_k: torch.Tensor | None
     has_prefix: bool
+    # SDPA fallback: per segment, the bottom-right causal mask when it attends to a prefix (else None).
+    masks: list[torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,18 @@ def budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return chunks
 
 
+def varlen_kwargs(kernel) -> dict[str, object]:
+    """Keyword arguments for this torch build's varlen_attn: native GQA where offered, and causal
+    aligned bottom-right (a response token sees the whole cached prompt before it)."""
+    params = set(inspect.signature(kernel).parameters)
+    kwargs: dict[str, object] = {"enable_gqa": True} if "enable_gqa" in params else {}
+    if "window_size" in params:
+        kwargs["window_size"] = (-1, 0)
+    else:
+        kwargs["is_causal"] = True
+    return kwargs
+
+
 def _varlen_kernel():
     """torch's flash varlen attention where this build has it and a GPU is present, else None."""
     if not torch.cuda.is_available():
@@ -131,7 +149,7 @@ class PackedBackbone:
         if attention == "varlen" and kernel is None:
             raise RuntimeError("varlen attention needs torch.nn.attention.varlen, an SM80+ GPU and fp16/bf16")
         self.varlen = kernel
-        self.varlen_params = set(inspect.signature(kernel).parameters) if kernel is not None else set()
+        self.varlen_kwargs = varlen_kwargs(kernel) if kernel is not None else {}
         self.last_stats: dict[str, int] = {}
 
     @property
@@ -142,12 +160,16 @@ class PackedBackbone:
     def _layout(self, segments: Sequence[Segment], cache: PrefixCache) -> Layout:
         """What every layer's attention needs about the segments, computed once per forward."""
         q_lengths = [s.length for s in segments]
-        k_lengths = [s.length + (cache.length(s.prefix) if s.prefix is not None else 0) for s in segments]
+        k_lengths = [cache.key_length(s) for s in segments]
         cu_q = cu_k = None
+        masks: list[torch.Tensor | None] = []
         if self.varlen is not None:
             cu_q = torch.tensor(np.concatenate(([0], np.cumsum(q_lengths))), dtype=torch.int32, device=self.device)
             cu_k = torch.tensor(np.concatenate(([0], np.cumsum(k_lengths))), dtype=torch.int32, device=self.device)
-        return Layout(q_lengths, k_lengths, cu_q, cu_k, any(s.prefix is not None for s in segments))
+        else:  # bottom-right causal: query j sees keys ≤ (lk - lq) + j
+            masks = [None if lq == lk else torch.ones(lq, lk, dtype=torch.bool, device=self.device).tril(lk - lq)
+                     for lq, lk in zip(q_lengths, k_lengths)]
+        return Layout(q_lengths, k_lengths, cu_q, cu_k, any(s.prefix is not None for s in segments), masks)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Sequence[Segment],
                 layout: Layout, layer: int, cache: PrefixCache) -> torch.Tensor:
@@ -171,32 +193,24 @@ class PackedBackbone:
         return self._sdpa_loop(q, k, v, layout)
 
     def _varlen(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
-        kwargs = {}
-        if "enable_gqa" in self.varlen_params:
-            kwargs["enable_gqa"] = True
-        else:
+        if "enable_gqa" not in self.varlen_kwargs:
             group = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-        # Causal, aligned bottom-right: a response token sees the whole cached prompt before it.
-        if "window_size" in self.varlen_params:
-            kwargs["window_size"] = (-1, 0)
-        else:
-            kwargs["is_causal"] = True
-        return self.varlen(q, k, v, layout.cu_q, layout.cu_k, max(layout.q_lengths), max(layout.k_lengths), **kwargs)
+        return self.varlen(q, k, v, layout.cu_q, layout.cu_k, max(layout.q_lengths), max(layout.k_lengths),
+                           **self.varlen_kwargs)
 
     def _sdpa_loop(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
         outputs = []
         q_start = k_start = 0
         group = q.shape[1] // k.shape[1]
-        for lq, lk in zip(layout.q_lengths, layout.k_lengths):
+        for lq, lk, mask in zip(layout.q_lengths, layout.k_lengths, layout.masks):
             query = q[q_start: q_start + lq].transpose(0, 1)  # [heads, Lq, d]
             key = k[k_start: k_start + lk].repeat_interleave(group, 1).transpose(0, 1)
             value = v[k_start: k_start + lk].repeat_interleave(group, 1).transpose(0, 1)
-            if lq == lk:
+            if mask is None:
                 out = nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True)
-            else:  # bottom-right causal: query j sees keys ≤ (lk - lq) + j
-                allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-                out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
+            else:
+                out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
             outputs.append(out.transpose(0, 1))
             q_start += lq
             k_start += lk
@@ -204,7 +218,8 @@ class PackedBackbone:
 
     # -- forward ---------------------------------------------------------------------------
     def _forward(self, segments: Sequence[Segment], cache: PrefixCache, keep_kv: bool) -> torch.Tensor:
-        """Packed forward of `segments` → hidden [T, hidden] after the final norm.
+        """Packed forward of `segments` → hidden [T, hidden] before the final norm (the caller norms only
+        the rows it gathers: the norm is per row).
 
         With keep_kv, each segment's per-layer k/v are appended to `cache` as a new prefix.
         """
@@ -229,7 +244,7 @@ class PackedBackbone:
             out = self._attend(q, k, v, segments, layout, index, cache)
             x = x + attention.o_proj(out.reshape(out.shape[0], -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return module.norm(x)
+        return x
 
     @torch.inference_mode()
     def run(self, input_ids: Sequence[np.ndarray], gate_positions: np.ndarray, reward_positions: np.ndarray,
@@ -244,6 +259,7 @@ class PackedBackbone:
         gate_out = torch.empty(count, hidden_size, dtype=torch.float32, device=self.device)
         reward_out = torch.empty(count, hidden_size, dtype=torch.float32, device=self.device)
 
+        norm = self.module.norm
         # Phase A: shared prompts, once each; their last token is the gate row of every member.
         forwards = 0
         cache = PrefixCache()
@@ -254,7 +270,7 @@ class PackedBackbone:
             hidden = self._forward(segments, cache, keep_kv=True)
             forwards += 1
             ends = torch.as_tensor(np.cumsum([s.length for s in segments]) - 1, device=self.device)
-            prefix_gate.extend(hidden[ends].float().unbind(0))
+            prefix_gate.extend(norm(hidden[ends]).float().unbind(0))
 
         # Phase B: every conversation (or the part after its shared prompt).
         segments, gate_rows, reward_rows = [], [], []
@@ -265,7 +281,7 @@ class PackedBackbone:
             gate_rows.append(None if prefix is not None else int(gate_positions[index]))
             reward_rows.append(int(reward_positions[index]) - offset)
         # A response's cost includes the prompt keys/values it attends to (copied per response per layer).
-        costs = [s.length + (cache.length(s.prefix) if s.prefix is not None else 0) for s in segments]
+        costs = [cache.key_length(s) for s in segments]
         for chunk in budget_chunks(costs, self.max_batch_tokens):
             chunk_segments = [segments[i] for i in chunk]
             hidden = self._forward(chunk_segments, cache, keep_kv=False)
@@ -274,11 +290,11 @@ class PackedBackbone:
             starts = np.concatenate(([0], np.cumsum([s.length for s in chunk_segments])[:-1]))
             rows = torch.as_tensor(chunk, device=self.device)
             reward_at = torch.as_tensor(starts + np.array([reward_rows[i] for i in chunk]), device=self.device)
-            reward_out[rows] = hidden[reward_at].float()
+            reward_out[rows] = norm(hidden[reward_at]).float()
             own = [(slot, i) for slot, i in enumerate(chunk) if gate_rows[i] is not None]
             if own:
                 gate_at = torch.as_tensor([int(starts[slot]) + gate_rows[i] for slot, i in own], device=self.device)
-                gate_out[torch.as_tensor([i for _, i in own], device=self.device)] = hidden[gate_at].float()
+                gate_out[torch.as_tensor([i for _, i in own], device=self.device)] = norm(hidden[gate_at]).float()
             shared = [i for i in chunk if gate_rows[i] is None]
             if shared:
                 gate_out[torch.as_tensor(shared, device=self.device)] = torch.stack(

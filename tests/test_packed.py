@@ -78,3 +78,16 @@ def test_sharing_plan_needs_identical_tokens_through_the_gate():
 def test_budget_chunks_bound_tokens_and_run_long_ones_alone():
     chunks = budget_chunks([100, 200, 5000, 50, 50], 300)
     assert chunks == [[0, 1], [2], [3, 4]]
+
+
+def test_varlen_arguments_follow_the_kernel_signature():
+    from armorm.packed import varlen_kwargs
+
+    def older(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):
+        pass
+
+    def newer(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False):
+        pass
+
+    assert varlen_kwargs(older) == {"is_causal": True}  # GQA then by repeating k/v
+    assert varlen_kwargs(newer) == {"enable_gqa": True, "window_size": (-1, 0)}  # bottom-right causal
