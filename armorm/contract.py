@@ -98,3 +98,9 @@ REGRESSION_WEIGHTS = "regression.safetensors"
 GATING_WEIGHTS = "gating.safetensors"
 TRANSFORM_WEIGHTS = "transform.safetensors"
 OBJECTIVES_FILE = "objectives.json"
+
+# Restricted-API headers: the launcher configures them, the client sends them. Triton expects the keys as
+# gRPC metadata under GRPC_HEADER_PREFIX (HTTP: the bare name).
+ADMIN_HEADER = "armorm-admin-key"
+API_KEY_HEADER = "armorm-api-key"
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from armorm.contract import ADMIN_HEADER, API_KEY_HEADER, GRPC_HEADER_PREFIX
 from armorm.drain import DRAIN_FLAG_ENV, requests_in_pipeline
 from armorm.prometheus import scrape
 
@@ -34,10 +35,6 @@ SHM_PREFIX = "armorm_"
 # logging. Inference, health and the read-only metadata, model-config and statistics stay open:
 # perf_analyzer needs the last three and cannot send gRPC headers.
 ADMIN_APIS = ("model-repository", "shared-memory", "trace", "logging")
-ADMIN_HEADER = "armorm-admin-key"
-API_KEY_HEADER = "armorm-api-key"
-# Triton expects restricted-protocol keys as gRPC metadata under this prefix (HTTP: the bare name).
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 # A drain lasts at least this long, so that admissions already under way are counted.
 DRAIN_SETTLE_S = 0.25
 
@@ -475,11 +472,9 @@ def main(argv: list[str] | None = None) -> int:
             print("stopping: new requests are refused, admitted ones finish ...", file=sys.stderr, flush=True)
             code = server.stop(timeout=30.0, drain_timeout=args.drain_timeout,
                                report=lambda line: print(line, file=sys.stderr, flush=True))
-        else:  # after a crash the dead model never unloads: no drain, no long wait
-            code = server.stop(timeout=5.0, drain_timeout=0)
-        if stop:
             print(f"tritonserver stopped (exit code {code})", file=sys.stderr)
             return 0
+        server.stop(timeout=5.0, drain_timeout=0)  # after a crash the dead model never unloads: no drain
         if not restart_allowed(problem):
             return 1
 

@@ -27,7 +27,7 @@ Messages = Sequence[dict[str, str]]
 Conversation = Messages | str | bytes
 OUTPUTS = tuple(t.name for t in contract.ENSEMBLE.outputs)
 # The server's --grpc-restricted-protocol=inference:armorm-api-key=… checks this gRPC metadata key.
-API_KEY_HEADER = "triton-grpc-protocol-armorm-api-key"
+API_KEY_HEADER = contract.GRPC_HEADER_PREFIX + contract.API_KEY_HEADER
 DEFAULT_RETRY = RetryPolicy()
 
 

@@ -8,6 +8,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from armorm import contract
+from tests.conversations import TEST_MAX_TOKENS
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
 
@@ -66,7 +67,7 @@ def test_hand_written_configs_match_the_contract():
 def test_exported_configs_match_the_contract(exported_repository):
     check_repository(exported_repository)
     tokenizer = load(exported_repository, contract.TOKENIZER.name)
-    assert tokenizer.parameters["max_tokens"].string_value == "1024"
+    assert tokenizer.parameters["max_tokens"].string_value == str(TEST_MAX_TOKENS)
 
 
 def test_wiring_check_catches_a_miswired_step():

@@ -70,7 +70,7 @@ def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monk
 
 def test_tokenizer_refuses_new_requests_once_draining(exported_repository, monkeypatch, tmp_path):
     from armorm import metrics
-    from armorm.drain import DRAIN_FLAG_ENV
+    from armorm.drain import DRAIN_FLAG_ENV, DRAINING_MESSAGE
 
     model = fake_pb.load_model(exported_repository, "armorm_tokenizer", monkeypatch)
     good = json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]).encode()
@@ -82,7 +82,7 @@ def test_tokenizer_refuses_new_requests_once_draining(exported_repository, monke
     flag.touch()
     responses = model.execute([fake_pb.request(messages=np.array([[good]], dtype=object))] * 2)
     assert [r.error().code() for r in responses] == [fake_pb.TritonError.UNAVAILABLE] * 2
-    assert "shutting down" in responses[0].error().message()
+    assert responses[0].error().message() == DRAINING_MESSAGE
     assert admitted.values[()] == 1
     assert fake_pb.MetricFamily.families[metrics.REFUSED_DRAINING].values[()] == 2
 

@@ -65,7 +65,7 @@ def small_queue_server(exported_repository, tmp_path_factory):
         yield server
 
 
-def burst(server, retry, count=40, expected=None):
+def burst(server, retry, count=40):
     conversations = long_conversations(8)
     requests = [conversations[i % 8] for i in range(count)]
     start = time.monotonic()
@@ -207,6 +207,8 @@ def test_sigterm_drains_admitted_requests_and_refuses_new_ones(exported_reposito
     refused = [r for r in results if isinstance(r, ServerUnavailableError)]
     assert len(scored) + len(refused) == count, [f"{type(r).__name__}: {r}" for r in results]
     assert len(scored) >= admitted, "a request admitted before SIGTERM did not finish"
+    # Refused by the drain, or after the server had gone; never Triton's mid-pipeline refusal.
+    assert not [r for r in refused if "stopped accepting new inference requests" in str(r)], refused
     for index, result in scored:
         assert_same(result, expected[index % 8], f"request {index} during shutdown")
     with ArmoRMClient(f"127.0.0.1:{port}", retry=NO_RETRIES, timeout_s=5) as late:
@@ -218,7 +220,7 @@ def test_sigterm_drains_admitted_requests_and_refuses_new_ones(exported_reposito
 
 def rss_bytes(pid: int) -> int:
     total = 0
-    for member in [pid, *process_group(pid)]:
+    for member in process_group(pid):  # the server leads its own group
         try:
             for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

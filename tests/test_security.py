@@ -60,10 +60,10 @@ def test_inference_needs_the_api_key(secured_server):
 
 
 def test_plaintext_client_cannot_talk_to_a_tls_server(secured_server):
-    from armorm_client import NO_RETRIES, ArmoRMError
+    from armorm_client import NO_RETRIES, ServerUnavailableError
 
     with ArmoRMClient(secured_server.grpc_url, api_key="s3cret", timeout_s=5, retry=NO_RETRIES) as plaintext:
-        with pytest.raises(ArmoRMError):
+        with pytest.raises(ServerUnavailableError):
             plaintext.score(varied_conversations()[0])
 
 
@@ -84,7 +84,7 @@ def make_ca_signed(directory):
 
 
 def test_mutual_tls_requires_a_client_certificate(exported_repository, tmp_path):
-    from armorm_client import NO_RETRIES, ArmoRMError
+    from armorm_client import NO_RETRIES, ServerUnavailableError
 
     certs = make_ca_signed(tmp_path)
     tls = TlsFiles(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
@@ -94,5 +94,5 @@ def test_mutual_tls_requires_a_client_certificate(exported_repository, tmp_path)
                           certificate_chain=str(certs / "client.pem")) as trusted:
             assert trusted.score(varied_conversations()[0]).num_tokens > 0
         with ArmoRMClient(server.grpc_url, ssl=True, root_certificates=ca, retry=NO_RETRIES, timeout_s=5) as anonymous:
-            with pytest.raises(ArmoRMError):
+            with pytest.raises(ServerUnavailableError):
                 anonymous.score(varied_conversations()[0])

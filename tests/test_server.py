@@ -130,16 +130,19 @@ def test_cli_scores_a_jsonl_file(server, tmp_path, singles):
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
     for row, expected in zip(rows[:3], singles):
         assert abs(row["score"] - expected.score) <= SCORE_ATOL
-        assert set(row["rewards"]) == set(expected.rewards_by_objective())
+        expected_rewards = expected.rewards_by_objective()
+        assert list(row["rewards"]) == list(expected_rewards)
+        np.testing.assert_allclose([row["rewards"][name] for name in expected_rewards],
+                                   list(expected_rewards.values()), atol=VECTOR_ATOL)
     assert "INVALID_ARGUMENT" in rows[3]["status"]
 
 
 def test_client_reports_an_unreachable_server():
-    from armorm_client import ArmoRMError
+    from armorm_client import ServerUnavailableError
 
     with ArmoRMClient("127.0.0.1:1", timeout_s=2) as client:
         assert not client.is_ready()
-        with pytest.raises(ArmoRMError):
+        with pytest.raises(ServerUnavailableError):
             client.score(varied_conversations()[0])
 
 
