@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from armorm import contract
 from armorm.result import ArmoRMScore
-from armorm_client.retry import RetryPolicy, call_with_retries, call_with_retries_async
+from armorm_client.retry import RetryPolicy, call_with_retries, call_with_retries_async, final_error
 
 Messages = Sequence[dict[str, str]]
 Conversation = Messages | str | bytes
@@ -228,14 +228,14 @@ class ArmoRMClient:
                     finish(index, ServerError(f"could not decode the response: {err}"))
                 return
             failure = to_error(error)
-            if isinstance(failure, ServerUnavailableError) and attempt < policy.max_attempts:
-                timer = threading.Timer(policy.delay(attempt), submit, (index, attempt + 1))
-                timer.daemon = True
-                timer.start()
-            elif isinstance(failure, ServerUnavailableError) and policy.max_attempts > 1:
-                finish(index, exhausted(failure, attempt))
-            else:
-                finish(index, failure)
+            if isinstance(failure, ServerUnavailableError):
+                if attempt < policy.max_attempts:
+                    timer = threading.Timer(policy.delay(attempt), submit, (index, attempt + 1))
+                    timer.daemon = True
+                    timer.start()
+                    return
+                failure = final_error(failure, attempt, exhausted)
+            finish(index, failure)
 
         if not items:
             return []

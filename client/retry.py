@@ -31,6 +31,11 @@ class RetryPolicy:
 NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
+def final_error(err: Exception, attempts: int, on_exhausted: Callable[[Exception, int], Exception]) -> Exception:
+    """What a caller gets once retrying stops: a single attempt's own error, else on_exhausted's."""
+    return err if attempts <= 1 else on_exhausted(err, attempts)
+
+
 def call_with_retries(call: Callable[[], T], policy: RetryPolicy, retryable: type[Exception],
                       on_exhausted: Callable[[Exception, int], Exception],
                       sleep: Callable[[float], None] = time.sleep) -> T:
@@ -40,7 +45,8 @@ def call_with_retries(call: Callable[[], T], policy: RetryPolicy, retryable: typ
             return call()
         except retryable as err:
             if attempt >= policy.max_attempts:
-                raise on_exhausted(err, attempt) from err
+                failure = final_error(err, attempt, on_exhausted)
+                raise failure from (None if failure is err else err)
             sleep(policy.delay(attempt))
             attempt += 1
 
@@ -53,6 +59,7 @@ async def call_with_retries_async(call: Callable[[], Awaitable[T]], policy: Retr
             return await call()
         except retryable as err:
             if attempt >= policy.max_attempts:
-                raise on_exhausted(err, attempt) from err
+                failure = final_error(err, attempt, on_exhausted)
+                raise failure from (None if failure is err else err)
             await asyncio.sleep(policy.delay(attempt))
             attempt += 1

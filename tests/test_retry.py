@@ -13,7 +13,7 @@ from armorm_client.client import (
     exhausted,
     to_error,
 )
-from armorm_client.retry import RetryPolicy, call_with_retries
+from armorm_client.retry import NO_RETRIES, RetryPolicy, call_with_retries
 
 
 def failing(errors):
@@ -68,3 +68,10 @@ def test_backoff_grows_exponentially_with_full_jitter_and_a_cap():
 ])
 def test_errors_are_classified(status, message, kind):
     assert type(to_error(InferenceServerException(message, status=status))) is kind
+
+
+def test_without_retries_the_error_is_the_servers_own():
+    call, calls = failing([ServerUnavailableError("busy")])
+    with pytest.raises(ServerUnavailableError, match="^busy$") as raised:
+        call_with_retries(call, NO_RETRIES, ServerUnavailableError, exhausted, lambda s: None)
+    assert type(raised.value) is ServerUnavailableError and len(calls) == 1
