@@ -3,14 +3,17 @@ at a time, as the model card runs it. Tests compare the served results and the O
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from armorm import heads
 from armorm.checkpoint import Checkpoint, load_tokenizer
 from armorm.config import ArmoRMConfig
-from armorm.conversation import ConversationTokenizer, InputLimits, validate_messages
+from armorm.conversation import ConversationTokenizer, InputLimits, TokenizedConversation, validate_messages
 from armorm.heads import HeadWeights
 from armorm.result import ArmoRMScore
 
@@ -43,6 +46,26 @@ def hf_llama(config: ArmoRMConfig, state: dict[str, torch.Tensor], dtype: torch.
     return model.to(device=device, dtype=dtype).eval()
 
 
+@dataclass(frozen=True)
+class ParityRows:
+    """Reference hidden rows of some conversations, with the inputs a backbone runtime takes
+    (`runtime.run(input_ids, gate_positions, reward_positions)`)."""
+
+    input_ids: list[np.ndarray]
+    gate_positions: np.ndarray
+    reward_positions: np.ndarray
+    gate_hidden: np.ndarray  # [n, hidden] fp32
+    reward_hidden: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def max_error(self, gate_hidden: object, reward_hidden: object) -> float:
+        """Largest |runtime − reference| over both rows of every conversation."""
+        return max(float(np.abs(np.asarray(gate_hidden, dtype=np.float32) - self.gate_hidden).max()),
+                   float(np.abs(np.asarray(reward_hidden, dtype=np.float32) - self.reward_hidden).max()))
+
+
 class ArmoRMReference:
     def __init__(self, checkpoint: str | Path | Checkpoint, device: str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
@@ -59,9 +82,27 @@ class ArmoRMReference:
     def hidden_rows(self, messages: list[dict[str, str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(gate_hidden [hidden], reward_hidden [hidden], num_tokens) for one conversation."""
         tokens = self.tokenizer.tokenize(validate_messages(messages))
+        gate_hidden, reward_hidden = self.rows_of(tokens)
+        return gate_hidden, reward_hidden, tokens.num_tokens
+
+    @torch.inference_mode()
+    def rows_of(self, tokens: TokenizedConversation) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate_hidden, reward_hidden) [hidden] of an already tokenized conversation."""
         ids = torch.as_tensor(tokens.input_ids, device=self.device).unsqueeze(0)
         hidden = self.backbone(input_ids=ids).last_hidden_state[0]
-        return hidden[tokens.gate_position], hidden[tokens.reward_position], tokens.num_tokens
+        return hidden[tokens.gate_position], hidden[tokens.reward_position]
+
+    def parity_rows(self, conversations: Sequence[list[dict[str, str]]]) -> ParityRows:
+        """Each conversation tokenized once, its reference rows as fp32 numpy: what parity checks compare."""
+        tokens = [self.tokenizer.tokenize(validate_messages(m)) for m in conversations]
+        rows = [self.rows_of(t) for t in tokens]
+        return ParityRows(
+            input_ids=[t.input_ids for t in tokens],
+            gate_positions=np.array([t.gate_position for t in tokens]),
+            reward_positions=np.array([t.reward_position for t in tokens]),
+            gate_hidden=torch.stack([g for g, _ in rows]).float().cpu().numpy(),
+            reward_hidden=torch.stack([r for _, r in rows]).float().cpu().numpy(),
+        )
 
     @torch.inference_mode()
     def score(self, messages: list[dict[str, str]]) -> ArmoRMScore:

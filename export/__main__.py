@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from armorm_export.onnx_backbone import ExportParityError
+from armorm_export.parity import ExportParityError
 from armorm_export.repository import ExportOptions, export_repository
 
 

@@ -1,4 +1,4 @@
-"""Backbone → ONNX (dynamic batch and token axes, only the two hidden rows out), and its parity check."""
+"""Backbone → ONNX: dynamic batch and token axes, only the two hidden rows out."""
 
 from __future__ import annotations
 
@@ -6,20 +6,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from armorm.backbone import ArmoRMBackbone
 from armorm.config import ArmoRMConfig
-from armorm.onnx_backbone import ONNX_INPUTS, ONNX_OUTPUTS, OnnxBackbone, onnx_session
+from armorm.onnx_backbone import ONNX_INPUTS, ONNX_OUTPUTS
 
 # Protobuf's hard limit; above it weights go to an external data file next to model.onnx.
 PROTOBUF_LIMIT = 2**31 - 1
 OPSET = 17
-
-
-class ExportParityError(RuntimeError):
-    """ONNX Runtime disagrees with the reference forward by more than the tolerance."""
 
 
 def example_inputs(config: ArmoRMConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,22 +62,3 @@ def export_backbone(config: ArmoRMConfig, state: dict[str, torch.Tensor], path: 
                     location=data_name, size_threshold=1024)
     onnx.checker.check_model(str(path))
     return path
-
-
-def check_parity(path: Path, expected: list[tuple[np.ndarray, int, int, np.ndarray, np.ndarray]],
-                 pad_token_id: int, atol: float) -> float:
-    """Run ONNX Runtime on all conversations as one right-padded batch; return the max abs error.
-
-    `expected`: (input_ids, gate_position, reward_position, gate_hidden, reward_hidden) per conversation,
-    from the reference forward. Raises ExportParityError above `atol`.
-    """
-    runner = OnnxBackbone(onnx_session(path), pad_token_id, max_batch_tokens=1 << 30)
-    ids = [e[0] for e in expected]
-    gate, reward = runner.run(ids, np.array([e[1] for e in expected]), np.array([e[2] for e in expected]))
-    error = max(
-        float(np.abs(gate - np.stack([e[3] for e in expected])).max()),
-        float(np.abs(reward - np.stack([e[4] for e in expected])).max()),
-    )
-    if error > atol:
-        raise ExportParityError(f"ONNX Runtime differs from the reference forward by {error:.3g} (> atol {atol:g})")
-    return error

@@ -9,7 +9,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from google.protobuf import text_format
 from safetensors.torch import save_file
@@ -18,12 +17,13 @@ from tritonclient.grpc import model_config_pb2
 from armorm import contract
 from armorm.backbone import ArmoRMBackbone
 from armorm.checkpoint import Checkpoint
-from armorm.conversation import ConversationTokenizer
 from armorm.heads import HeadWeights
+from armorm.onnx_backbone import OnnxBackbone, onnx_session
 from armorm.packed import PackedBackbone
 from armorm.reference import ArmoRMReference
 from armorm.samples import parity_conversations
 from armorm_export import native_backbone, onnx_backbone, tensorrt_plan
+from armorm_export.parity import check_runtime
 from armorm_export.progress import say, step
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
@@ -148,24 +148,10 @@ def verify_backbone(checkpoint: Checkpoint, onnx_path: Path | None, atol: float)
     The conversations include two responses to one prompt, so the packed runtime's prompt sharing
     is exercised too.
     """
-    reference = ArmoRMReference(checkpoint)
-    tokenizer: ConversationTokenizer = reference.tokenizer
-    expected = []
-    for messages in parity_conversations():
-        tokens = tokenizer.tokenize(messages)
-        gate, reward, _ = reference.hidden_rows(messages)
-        expected.append((tokens.input_ids, tokens.gate_position, tokens.reward_position,
-                         gate.float().cpu().numpy(), reward.float().cpu().numpy()))
-    del reference
-    errors = {}
+    rows = ArmoRMReference(checkpoint).parity_rows(parity_conversations())
     packed = PackedBackbone(ArmoRMBackbone.from_state_dict(checkpoint.config, checkpoint.state, torch.float32))
-    gate, reward = packed.run([e[0] for e in expected], np.array([e[1] for e in expected]),
-                              np.array([e[2] for e in expected]))
-    errors["torch_packed"] = max(float(np.abs(gate.numpy() - np.stack([e[3] for e in expected])).max()),
-                                 float(np.abs(reward.numpy() - np.stack([e[4] for e in expected])).max()))
-    if errors["torch_packed"] > atol:
-        raise onnx_backbone.ExportParityError(
-            f"the packed runtime differs from the reference forward by {errors['torch_packed']:.3g} (> atol {atol:g})")
+    errors = {"torch_packed": check_runtime("the packed runtime", packed.run, rows, atol)}
     if onnx_path is not None:
-        errors["ONNX Runtime"] = onnx_backbone.check_parity(onnx_path, expected, checkpoint.config.pad_token_id, atol)
+        onnx = OnnxBackbone(onnx_session(onnx_path), checkpoint.config.pad_token_id, max_batch_tokens=1 << 30)
+        errors["ONNX Runtime"] = check_runtime("ONNX Runtime", onnx.run, rows, atol)
     return errors

@@ -1,5 +1,7 @@
 """ONNX export parity: the project's backbone and ONNX Runtime against the Hugging Face reference."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from armorm.backbone import ArmoRMBackbone
 from armorm.checkpoint import Checkpoint
 from armorm.onnx_backbone import OnnxBackbone, onnx_session
 from armorm_export import onnx_backbone as exporter
+from armorm_export.parity import ExportParityError, check_runtime
 from tests.conversations import varied_conversations
 
 ATOL = 1e-4
@@ -16,35 +19,33 @@ ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def expected(reference):
-    rows = []
-    for messages in varied_conversations():
-        tokens = reference.tokenizer.tokenize(messages)
-        gate, reward, _ = reference.hidden_rows(messages)
-        rows.append((tokens.input_ids, tokens.gate_position, tokens.reward_position, gate.numpy(), reward.numpy()))
-    return rows
+    return reference.parity_rows(varied_conversations())
+
+
+def onnx_runner(path, max_batch_tokens=1 << 30):
+    return OnnxBackbone(onnx_session(path), 128256, max_batch_tokens)
 
 
 def test_torch_backbone_matches_hugging_face_on_a_padded_batch(tiny_checkpoint, expected):
     checkpoint = Checkpoint.load(tiny_checkpoint)
     backbone = ArmoRMBackbone.from_state_dict(checkpoint.config, checkpoint.state)
-    longest = max(row[0].shape[0] for row in expected)
+    longest = max(row.shape[0] for row in expected.input_ids)
     ids = torch.full((len(expected), longest), 128256)
-    for i, row in enumerate(expected):
-        ids[i, : row[0].shape[0]] = torch.as_tensor(row[0])
+    for i, row in enumerate(expected.input_ids):
+        ids[i, : row.shape[0]] = torch.as_tensor(row)
     with torch.inference_mode():
-        gate, reward = backbone(ids, torch.tensor([r[1] for r in expected]), torch.tensor([r[2] for r in expected]))
-    np.testing.assert_allclose(gate.numpy(), np.stack([r[3] for r in expected]), atol=ATOL)
-    np.testing.assert_allclose(reward.numpy(), np.stack([r[4] for r in expected]), atol=ATOL)
+        gate, reward = backbone(ids, torch.as_tensor(expected.gate_positions),
+                                torch.as_tensor(expected.reward_positions))
+    np.testing.assert_allclose(gate.numpy(), expected.gate_hidden, atol=ATOL)
+    np.testing.assert_allclose(reward.numpy(), expected.reward_hidden, atol=ATOL)
 
 
 @pytest.mark.parametrize("max_batch_tokens", [1 << 20, 600])
 def test_onnx_runtime_matches_reference(exported_repository, expected, max_batch_tokens):
     path = exported_repository / contract.BACKBONE.name / "1" / contract.BACKBONE_ONNX
-    runner = OnnxBackbone(onnx_session(path), 128256, max_batch_tokens)
-    gate, reward = runner.run([r[0] for r in expected], np.array([r[1] for r in expected]),
-                              np.array([r[2] for r in expected]))
-    err = max(np.abs(gate - np.stack([r[3] for r in expected])).max(),
-              np.abs(reward - np.stack([r[4] for r in expected])).max())
+    gate, reward = onnx_runner(path, max_batch_tokens).run(expected.input_ids, expected.gate_positions,
+                                                           expected.reward_positions)
+    err = expected.max_error(gate, reward)
     assert err <= ATOL, f"ONNX Runtime vs reference: max abs error {err:.3g} > {ATOL}"
 
 
@@ -67,14 +68,14 @@ def test_large_weights_go_to_external_data(tiny_checkpoint, tmp_path, monkeypatc
     path = exporter.export_backbone(checkpoint.config, checkpoint.state, tmp_path / "model.onnx")
     assert (tmp_path / "model.onnx.data").stat().st_size > 10 * (1 << 20)
     assert path.stat().st_size < (1 << 20)
-    assert exporter.check_parity(path, expected[:3], 128256, ATOL) <= ATOL
+    assert check_runtime("ONNX Runtime", onnx_runner(path).run, expected, ATOL) <= ATOL
 
 
 def test_parity_failure_reports_the_measured_error(exported_repository, expected):
     path = exported_repository / contract.BACKBONE.name / "1" / contract.BACKBONE_ONNX
-    wrong = [(ids, g, r, gh + 0.01, rh) for ids, g, r, gh, rh in expected[:2]]
-    with pytest.raises(exporter.ExportParityError, match=r"differs from the reference forward by 0\.01"):
-        exporter.check_parity(path, wrong, 128256, ATOL)
+    wrong = dataclasses.replace(expected, gate_hidden=expected.gate_hidden + 0.01)
+    with pytest.raises(ExportParityError, match=r"ONNX Runtime differs from the reference forward by 0\.01"):
+        check_runtime("ONNX Runtime", onnx_runner(path).run, wrong, ATOL)
 
 
 def test_tensorrt_is_optional(tmp_path):

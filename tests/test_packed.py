@@ -26,40 +26,31 @@ def backbone(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def cases(reference):
-    conversations = varied_conversations() + best_of_n_conversations()
-    rows = []
-    for messages in conversations:
-        tokens = reference.tokenizer.tokenize(messages)
-        gate, reward, _ = reference.hidden_rows(messages)
-        rows.append((tokens, gate.numpy(), reward.numpy()))
-    return rows
+    return reference.parity_rows(varied_conversations() + best_of_n_conversations())
+
+
+@pytest.fixture(scope="module")
+def group(reference):
+    return reference.parity_rows(best_of_n_conversations())
 
 
 def run(runner, rows, **kwargs):
-    return runner.run([t.input_ids for t, _, _ in rows], np.array([t.gate_position for t, _, _ in rows]),
-                      np.array([t.reward_position for t, _, _ in rows]), **kwargs)
-
-
-def max_error(result, rows):
-    gate, reward = result
-    return max(float(np.abs(gate.numpy() - np.stack([r[1] for r in rows])).max()),
-               float(np.abs(reward.numpy() - np.stack([r[2] for r in rows])).max()))
+    return runner.run(rows.input_ids, rows.gate_positions, rows.reward_positions, **kwargs)
 
 
 @pytest.mark.parametrize("budget", [1 << 20, 2048, 300])
 @pytest.mark.parametrize("share", [True, False])
 def test_packed_matches_reference(backbone, cases, budget, share):
     runner = PackedBackbone(backbone, max_batch_tokens=budget)
-    error = max_error(run(runner, cases, share_prompts=share), cases)
+    error = cases.max_error(*run(runner, cases, share_prompts=share))
     assert error <= ATOL, f"packed (budget {budget}, share {share}) vs reference: {error:.3g}"
 
 
-def test_shared_prompt_is_computed_once(backbone, cases):
+def test_shared_prompt_is_computed_once(backbone, group):
     runner = PackedBackbone(backbone)
-    group = cases[-len(RESPONSES):]
     gate, _ = run(runner, group)
     stats = runner.last_stats
-    prompt_tokens = group[0][0].gate_position + 1
+    prompt_tokens = int(group.gate_positions[0]) + 1
     assert stats["shared_prompts"] == 1
     assert stats["computed_tokens"] == stats["tokens"] - (len(RESPONSES) - 1) * prompt_tokens
     # One gate row for the prompt, bit-identical for every response.
