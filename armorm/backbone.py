@@ -26,6 +26,11 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 on a GPU (as ArmoRM is stored), fp32 on CPU (bf16 matmuls there are slow and less exact)."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
 def rotary_tables(
     config: ArmoRMConfig, positions: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,8 +8,6 @@ the pip server does not). The I/O names and types are the contract's; what chang
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tritonclient.grpc import model_config_pb2 as mc
 
 from armorm import contract
@@ -36,10 +34,3 @@ def native_backbone_config(python_config: mc.ModelConfig, backend: str, gpu: boo
     config.instance_group.add(count=1, kind=kind)
     return config
 
-
-def write_native_backbone(repository: Path, backend: str, gpu: bool, read_config, write_config) -> Path:
-    path = repository / contract.BACKBONE.name / "config.pbtxt"
-    config = native_backbone_config(read_config(path), backend, gpu)
-    write_config(path, config, f"backbone on Triton's native {backend} backend")
-    (repository / contract.BACKBONE.name / "1" / "model.py").unlink(missing_ok=True)
-    return path

@@ -129,8 +129,11 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
     if options.triton_backend != "python":
         if not options.onnx:
             raise ValueError(f"the native {options.triton_backend} backbone needs the ONNX export (drop --no-onnx)")
-        path = native_backbone.write_native_backbone(output, options.triton_backend, options.instance_kind == "gpu",
-                                                     read_config, write_config)
+        path = backbone_dir.parent / "config.pbtxt"
+        config = native_backbone.native_backbone_config(read_config(path), options.triton_backend,
+                                                        options.instance_kind == "gpu")
+        write_config(path, config, f"backbone on Triton's native {options.triton_backend} backend")
+        (backbone_dir / "model.py").unlink(missing_ok=True)
         say(f"wrote {path} for Triton's native {options.triton_backend} backend (NGC container; the pip server "
             "has only the Python backend)")
         if options.triton_backend == "tensorrt" and not (backbone_dir / "model.plan").exists():

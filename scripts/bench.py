@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from armorm.backbone import default_dtype
 from armorm.random_checkpoint import TinySizes, write_random_checkpoint
 
 SHAPES = {
@@ -73,6 +74,17 @@ def mix(count: int, low: int, high: int, seed: int) -> list[list[dict[str, str]]
     return conversations
 
 
+def sync(device: str | torch.device) -> None:
+    """Wait for the GPU, so that a timer measures the work and not its launch."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def flatten(groups) -> list[list[dict[str, str]]]:
+    """best_of_n groups → one conversation per (prompt, response)."""
+    return [prompt + [{"role": "assistant", "content": r}] for prompt, responses in groups for r in responses]
+
+
 def best_of_n(prompts: int, n: int, prompt_tokens: int, response_range: tuple[int, int], seed: int):
     rng = random.Random(seed)
     groups = []
@@ -89,8 +101,7 @@ def card_pipeline(reference, conversations) -> tuple[Row, list[float]]:
     for messages in conversations:
         t0 = time.perf_counter()
         result = reference.score(messages)
-        if reference.device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(reference.device)
         latencies.append(time.perf_counter() - t0)
         scores.append(result.score)
         tokens += result.num_tokens
@@ -138,13 +149,11 @@ def gemm_peak_flops(device: str, dtype: torch.dtype) -> float:
     for _ in range(2):
         a @ b
     repeats = 20 if device.startswith("cuda") else 5
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
@@ -192,7 +201,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
     args.output.mkdir(parents=True, exist_ok=True)
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    dtype = default_dtype(args.device)
     concurrency = [int(c) for c in args.concurrency.split(",")]
 
     def say(message: str) -> None:
@@ -233,7 +242,7 @@ def main() -> int:
         row.workload = name
         rows.append(row)
         say(f"  {name}: {row.req_per_s:.2f} req/s")
-    flat = [p + [{"role": "assistant", "content": r}] for p, responses in groups for r in responses]
+    flat = flatten(groups)
     row, card_scores[bon_name] = card_pipeline(reference, flat)
     row.workload = bon_name
     rows.append(row)

@@ -20,19 +20,23 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SHAPES, best_of_n, flops_per_token, gemm_peak_flops, mix  # noqa: E402
+from bench import (  # noqa: E402
+    SHAPES,
+    best_of_n,
+    card_pipeline,
+    flatten,
+    flops_per_token,
+    gemm_peak_flops,
+    mix,
+    sync,
+)
 
 from armorm import heads  # noqa: E402
-from armorm.backbone import ArmoRMBackbone  # noqa: E402
+from armorm.backbone import ArmoRMBackbone, default_dtype  # noqa: E402
 from armorm.checkpoint import Checkpoint  # noqa: E402
 from armorm.packed import PackedBackbone  # noqa: E402
 from armorm.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
 from armorm.reference import ArmoRMReference  # noqa: E402
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> int:
@@ -47,7 +51,7 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=None, help="max |score| difference (bf16 default 0.05)")
     args = parser.parse_args()
     device = args.device
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = default_dtype(device)
     tolerance = args.tolerance or (5e-2 if dtype == torch.bfloat16 else 1e-4)
     sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
     config = tiny_config(sizes)
@@ -65,18 +69,15 @@ def main() -> int:
     workloads = {
         f"short {short_range[0]}-{short_range[1]}": mix(args.short, *short_range, seed=1),
         f"long {long_range[0]}-{long_range[1]}": mix(args.long, *long_range, seed=2),
-        f"best-of-{args.n}": [p + [{"role": "assistant", "content": r}] for p, rs in groups for r in rs],
+        f"best-of-{args.n}": flatten(groups),
     }
     peak = gemm_peak_flops(device, dtype)
     per_token = flops_per_token(sizes)
     rows, worst = [], 0.0
     reference.score(workloads[next(iter(workloads))][0])  # warm-up
     for name, conversations in workloads.items():
-        sync(device)
-        start = time.perf_counter()
-        card = np.array([reference.score(m).score for m in conversations])
-        sync(device)
-        card_s = time.perf_counter() - start
+        card_row, card_scores = card_pipeline(reference, conversations)
+        card, card_s = np.array(card_scores), card_row.seconds
         tokens = [reference.tokenizer.tokenize(m) for m in conversations]
         total = sum(t.num_tokens for t in tokens)
         ids = [t.input_ids for t in tokens]

@@ -82,10 +82,11 @@ def load_model(repository: Path, model_name: str, monkeypatch) -> object:
     spec = importlib.util.spec_from_file_location(f"served_{model_name}", path)
     loaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loaded)
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
+    from google.protobuf import json_format
 
-    config = text_format.Parse((repository / model_name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    from armorm_export.repository import read_config
+
+    config = read_config(repository / model_name / "config.pbtxt")
     model = loaded.TritonPythonModel()
     model.initialize({
         "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),

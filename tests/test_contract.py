@@ -8,13 +8,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from armorm import contract
+from armorm_export.repository import read_config
 from tests.conversations import TEST_MAX_TOKENS
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
 
 
 def load(repository: Path, name: str) -> mc.ModelConfig:
-    return text_format.Parse((repository / name / "config.pbtxt").read_text(), mc.ModelConfig())
+    return read_config(repository / name / "config.pbtxt")
 
 
 def check_tensors(declared, configured, model: str, kind: str) -> None:

@@ -1,14 +1,13 @@
 """The same served ensemble with the backbone on the ONNX Runtime runtime (right-padded groups)."""
 
-import shutil
-
 import pytest
 
 from armorm import contract
 from armorm.server import TritonServer
 from armorm_client import ArmoRMClient
-from armorm_export.repository import read_config, set_parameter, write_config
+from armorm_export.repository import set_parameter
 from tests.conversations import varied_conversations
+from tests.repositories import derive
 from tests.test_server import assert_same
 
 pytestmark = pytest.mark.integration
@@ -16,13 +15,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def onnx_client(exported_repository, tmp_path_factory):
-    repository = tmp_path_factory.mktemp("onnx") / "repository"
-    shutil.copytree(exported_repository, repository)
-    path = repository / contract.BACKBONE.name / "config.pbtxt"
-    config = read_config(path)
-    set_parameter(config, "runtime", "onnxruntime")
-    set_parameter(config, "max_batch_tokens", "2048")  # several padded groups per batch
-    write_config(path, config, "test: onnxruntime")
+    def edit(name, config):
+        if name == contract.BACKBONE.name:
+            set_parameter(config, "runtime", "onnxruntime")
+            set_parameter(config, "max_batch_tokens", "2048")  # several padded groups per batch
+
+    repository = derive(exported_repository, tmp_path_factory.mktemp("onnx") / "repository", edit)
     with TritonServer(repository, log_path=repository.parent / "server.log") as server:
         with ArmoRMClient(server.grpc_url) as client:
             yield client

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb
 
+from armorm.codec import split_rows
 from armorm.contract import BACKBONE_CONFIG, BACKBONE_ONNX, BACKBONE_RUNTIMES, BACKBONE_WEIGHTS
 from armorm.metrics import AbortedRequests, BackboneMetrics
 from armorm.triton_glue import (
@@ -46,13 +47,13 @@ def torch_packed_runner(context, config):
     import torch
     from safetensors.torch import load_file
 
-    from armorm.backbone import ArmoRMBackbone
+    from armorm.backbone import ArmoRMBackbone, default_dtype
     from armorm.config import ArmoRMConfig
     from armorm.packed import PackedBackbone
 
     device = context.torch_device()
     name = context.parameter("dtype", "auto")
-    dtype = (torch.bfloat16 if device.startswith("cuda") else torch.float32) if name == "auto" else getattr(torch, name)
+    dtype = default_dtype(device) if name == "auto" else getattr(torch, name)
     threads = context.set_torch_threads(0)
     state = load_file(str(context.version_dir / BACKBONE_WEIGHTS))
     module = ArmoRMBackbone.from_state_dict(ArmoRMConfig.from_dict(config), state, dtype).to(device)
@@ -62,7 +63,8 @@ def torch_packed_runner(context, config):
 
     def run(ids, gate, reward):
         gate_hidden, reward_hidden = runner.run(ids, gate, reward, share_prompts=share)
-        return gate_hidden.cpu().numpy(), reward_hidden.cpu().numpy(), runner.last_stats
+        both = torch.stack((gate_hidden, reward_hidden)).cpu().numpy()  # one copy to the host
+        return both[0], both[1], runner.last_stats
 
     pb.Logger.log_info(f"{context.name}: torch_packed on {device}, {dtype}, attention {runner.attention_name}, "
                        f"{threads} threads")
@@ -104,7 +106,7 @@ class TritonPythonModel:
 
     def respond(self, requests):
         responses = [None] * len(requests)
-        ids, gates, rewards, owners = [], [], [], []
+        ids, gates, rewards, owners, sizes = [], [], [], [], []
         for index, request in enumerate(requests):
             try:
                 rows, gate, reward = conversations(request, self.vocab_size)
@@ -114,17 +116,15 @@ class TritonPythonModel:
             ids.extend(rows)
             gates.append(gate)
             rewards.append(reward)
-            owners.extend([index] * len(rows))
+            owners.append(index)
+            sizes.append(len(rows))
         if ids:
             try:
                 gate_hidden, reward_hidden, stats = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
             except Exception as err:  # noqa: BLE001 - e.g. out of memory: fail this batch, keep serving
                 return fail_unanswered(pb, responses, err, "retry with fewer tokens")
             self.metrics.record(stats)
-            owners = np.asarray(owners)
-            for index in np.unique(owners):
-                rows = owners == index
-                responses[index] = tensors_response(
-                    pb, {"gate_hidden": gate_hidden[rows], "reward_hidden": reward_hidden[rows]}
-                )
+            for index, gate_rows, reward_rows in zip(owners, split_rows(gate_hidden, sizes),
+                                                     split_rows(reward_hidden, sizes)):
+                responses[index] = tensors_response(pb, {"gate_hidden": gate_rows, "reward_hidden": reward_rows})
         return responses
