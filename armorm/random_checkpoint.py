@@ -89,6 +89,7 @@ def random_parameters(config: ArmoRMConfig, seed: int, device: str = "cpu") -> d
         return torch.randn(*shape, generator=gen, device=device)
 
     def linear(out_features: int, in_features: int) -> torch.Tensor:
+        # bf16 at once: at the 8B shape fp32 copies of every matrix would double the peak memory.
         return (randn(out_features, in_features) / math.sqrt(in_features)).to(torch.bfloat16)
 
     def norm(size: int) -> torch.Tensor:

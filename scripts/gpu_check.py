@@ -28,6 +28,7 @@ from bench import (  # noqa: E402
     flops_per_token,
     gemm_peak_flops,
     mix,
+    score_tolerance,
     sync,
 )
 
@@ -52,7 +53,7 @@ def main() -> int:
     args = parser.parse_args()
     device = args.device
     dtype = default_dtype(device)
-    tolerance = args.tolerance or (5e-2 if dtype == torch.bfloat16 else 1e-4)
+    tolerance = args.tolerance or score_tolerance(dtype)
     sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
     config = tiny_config(sizes)
     t0 = time.perf_counter()
