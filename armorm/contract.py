@@ -83,8 +83,12 @@ BACKBONE = ModelSpec(
 )
 REGRESSION = ModelSpec("armorm_regression", "python", (REWARD_HIDDEN,), (REWARDS,))
 GATING_MODEL = ModelSpec("armorm_gating", "python", (GATE_HIDDEN,), (GATING,))
-TRANSFORM = ModelSpec("armorm_transform", "python", (REWARDS, GATING), (SCORE, COEFFICIENTS))
 ENSEMBLE = ModelSpec("armorm", "", (MESSAGES,), (SCORE, REWARDS, GATING, COEFFICIENTS, NUM_TOKENS))
+# The last step emits every ensemble output, passing rewards, gating and num_tokens through: Triton 2.51's
+# ensemble deadlocks ("at least one output is not set") when a client asks for a subset of outputs and
+# an unrequested one is also read by a later step.
+TRANSFORM = ModelSpec("armorm_transform", "python", (REWARDS, GATING, NUM_TOKENS), ENSEMBLE.outputs)
+PASSED_THROUGH: tuple[TensorSpec, ...] = (REWARDS, GATING, NUM_TOKENS)
 
 STEPS: tuple[ModelSpec, ...] = (TOKENIZER, BACKBONE, REGRESSION, GATING_MODEL, TRANSFORM)
 ALL_MODELS: tuple[ModelSpec, ...] = (*STEPS, ENSEMBLE)

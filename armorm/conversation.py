@@ -64,6 +64,10 @@ def parse_messages(raw: bytes | str, limits: InputLimits = InputLimits()) -> lis
         raise ConversationError(f"messages is not valid UTF-8 (bad byte at offset {err.start})", "encoding") from None
     try:
         messages = json.loads(text)
+    except RecursionError:
+        raise ConversationError(
+            "messages is nested too deeply to be a conversation; send a flat JSON list of {\"role\", \"content\"} "
+            "objects", "json") from None
     except json.JSONDecodeError as err:
         raise ConversationError(
             f"messages is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
@@ -92,6 +96,7 @@ def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> lis
             if not isinstance(message[key], str):
                 raise ConversationError(f"messages[{index}].{key} must be a string, got a JSON "
                                         f"{_json_kind(message[key])}")
+            _check_encodable(message[key], f"messages[{index}].{key}")
         if message["role"] not in ROLES:
             raise ConversationError(
                 f"messages[{index}].role is {message['role']!r}; use one of {', '.join(ROLES)}"
@@ -103,6 +108,16 @@ def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> lis
     if len(messages) < 2:
         raise ConversationError("messages holds only the assistant response; add the prompt (a user turn) before it")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _check_encodable(text: str, where: str) -> None:
+    """JSON's \\u escapes can spell a lone UTF-16 surrogate, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConversationError(
+            f"{where} holds a lone UTF-16 surrogate (\\u{ord(text[err.start]):04x} at character {err.start}); "
+            "a \\u escape from \\ud800 to \\udfff must pair a high with a low surrogate", "encoding") from None
 
 
 def _json_kind(value: Any) -> str:
@@ -194,6 +209,21 @@ class ConversationTokenizer:
         return TokenizedConversation(input_ids, gate, find_reward_position(input_ids, self.pad_token_id))
 
 
+def name_row(err: ConversationError, row: int, rows: int) -> ConversationError:
+    """In a request of several conversations, say which one failed (the whole request fails with it)."""
+    if rows == 1:
+        return err
+    return ConversationError(f"row {row} of {rows}: {err} (the request fails as a whole; fix or drop that row)",
+                             err.reason)
+
+
+def parse_row(raw: bytes, limits: InputLimits, row: int, rows: int) -> list[dict[str, str]]:
+    try:
+        return parse_messages(raw, limits)
+    except ConversationError as err:
+        raise name_row(err, row, rows) from None
+
+
 def tokenize_requests(
     tokenizer: ConversationTokenizer, requests: Sequence[Sequence[bytes]]
 ) -> list[dict[str, np.ndarray] | ConversationError]:
@@ -205,7 +235,7 @@ def tokenize_requests(
     parsed: list[list[list[dict[str, str]]] | ConversationError] = []
     for rows in requests:
         try:
-            parsed.append([parse_messages(raw, tokenizer.limits) for raw in rows])
+            parsed.append([parse_row(raw, tokenizer.limits, row, len(rows)) for row, raw in enumerate(rows)])
         except ConversationError as err:
             parsed.append(err)
     flat = [messages for item in parsed if not isinstance(item, ConversationError) for messages in item]
@@ -216,9 +246,9 @@ def tokenize_requests(
             results.append(item)
             continue
         conversations = [next(tokenized) for _ in item]
-        error = next((c for c in conversations if isinstance(c, ConversationError)), None)
-        if error is not None:
-            results.append(error)
+        bad = next((row for row, c in enumerate(conversations) if isinstance(c, ConversationError)), None)
+        if bad is not None:
+            results.append(name_row(conversations[bad], bad, len(conversations)))
             continue
         longest = max(c.num_tokens for c in conversations)
         input_ids = np.full((len(conversations), longest), tokenizer.pad_token_id, dtype=np.int64)

@@ -91,12 +91,38 @@ def unavailable(pb: Any, message: str) -> Any:
     return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.UNAVAILABLE))
 
 
-def fail_unanswered(pb: Any, responses: list[Any], err: Exception, advice: str) -> list[Any]:
-    """A computation over the whole batch failed: log it once, answer every request not yet answered
-    (malformed ones keep their INVALID_ARGUMENT) with INTERNAL, and keep serving."""
-    pb.Logger.log_error(f"computation failed for {sum(r is None for r in responses)} requests: {err!r}")
-    message = f"the model failed on this batch ({type(err).__name__}); {advice}"
-    return [r if r is not None else internal_error(pb, message) for r in responses]
+def answer_each(
+    pb: Any,
+    requests: Sequence[Any],
+    respond: Callable[[Sequence[Any]], list[Any]],
+    on_failure: Callable[[Any, Exception], Any],
+) -> list[Any]:
+    """The one place every `model.py` answers through: one response per request, whatever raises.
+
+    `respond` handles the whole dynamic batch at once. If it raises (a library choking on one request's
+    content, out of memory, ...), each request is retried alone, so only a request that also fails by
+    itself gets `on_failure(pb, err)`; its batch neighbours are answered as usual and the model keeps serving.
+    """
+    try:
+        return respond(requests)
+    except Exception as err:  # noqa: BLE001 - isolate the culprit below, never fail the neighbours
+        if len(requests) == 1:
+            pb.Logger.log_error(f"request failed: {err!r}")
+            return [on_failure(pb, err)]
+        pb.Logger.log_warn(f"batch of {len(requests)} failed ({err!r}); answering each request alone")
+    responses = []
+    for request in requests:
+        try:
+            responses.extend(respond([request]))
+        except Exception as err:  # noqa: BLE001 - this request's own failure
+            pb.Logger.log_error(f"request failed: {err!r}")
+            responses.append(on_failure(pb, err))
+    return responses
+
+
+def failed_internally(pb: Any, err: Exception) -> Any:
+    """For steps after validation: the request was well formed, so the fault is the server's."""
+    return internal_error(pb, f"the model failed on this request ({type(err).__name__}); see the server log")
 
 
 def tensors_response(pb: Any, outputs: Mapping[str, np.ndarray]) -> Any:
@@ -126,6 +152,7 @@ def run_rowwise(
     """Validate each request's [batch, width] inputs, run `compute` once on all valid rows, split back.
 
     A request with a bad input gets its own INVALID_ARGUMENT; its neighbours are computed as usual.
+    A failing `compute` raises: `answer_each` then isolates the request that caused it.
     """
     responses: list[Any] = [None] * len(requests)
     valid: list[int] = []
@@ -143,10 +170,7 @@ def run_rowwise(
             gathered[name].append(array)
     if valid:
         sizes = batch_sizes(gathered[next(iter(widths))])
-        try:
-            outputs = compute({name: np.concatenate(arrays) for name, arrays in gathered.items()})
-        except Exception as err:  # noqa: BLE001 - fail this batch with a clear answer, keep serving
-            return fail_unanswered(pb, responses, err, "see the server log")
+        outputs = compute({name: np.concatenate(arrays) for name, arrays in gathered.items()})
         per_output = {name: split_rows(value, sizes) for name, value in outputs.items()}
         for slot, index in enumerate(valid):
             responses[index] = tensors_response(pb, {name: parts[slot] for name, parts in per_output.items()})

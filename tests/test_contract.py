@@ -58,6 +58,12 @@ def check_ensemble_wiring(config: mc.ModelConfig) -> None:
         assert not missing, f"{spec.name} reads {missing} before any step produces it"
         available |= set(step.output_map.values())
     assert {t.name for t in contract.ENSEMBLE.outputs} <= available
+    # Any subset of outputs must be answerable: Triton 2.51 deadlocks when an unrequested ensemble output
+    # is also read by a later step, so every output comes from the last step and nothing reads it.
+    last = config.ensemble_scheduling.step[-1]
+    assert set(last.output_map.values()) == {t.name for t in contract.ENSEMBLE.outputs}, "outputs of the last step"
+    read = {value for step in config.ensemble_scheduling.step for value in step.input_map.values()}
+    assert not read & {t.name for t in contract.ENSEMBLE.outputs}, "an ensemble output is read by a step"
     assert {s.model_name for s in config.ensemble_scheduling.step} == set(specs)
 
 

@@ -82,6 +82,12 @@ def test_template_trims_content_and_keeps_special_text_as_the_original_does(toke
         (b'[{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]', "must be a string"),
         (b'["hi", {"role": "assistant", "content": "y"}]', r"messages\[0\] must be an object"),
         (b"\xff\xfe[]", "not valid UTF-8"),
+        (b'[{"role": "user", "content": "hi \\ud800"}, {"role": "assistant", "content": "y"}]',
+         r"messages\[0\].content holds a lone UTF-16 surrogate \(\\ud800 at character 3\)"),
+        (b'[{"role": "user", "content": "x"}, {"role": "assistant\\udfff", "content": "y"}]',
+         r"messages\[1\].role holds a lone UTF-16 surrogate"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b'[{"role": "user", "content": "x", "deep": ' + b"[" * 5000 + b"]" * 5000 + b'}]', "nested too deeply"),
     ],
 )
 def test_bad_messages_say_what_to_fix(raw, fragment):
@@ -127,3 +133,12 @@ def test_special_tokens_in_content_move_positions_unless_rejected(tiny_checkpoin
     with pytest.raises(ConversationError, match=r"'\[PAD\]'"):
         strict.tokenize(chat(("user", "x"), ("assistant", "a [PAD] b")))
     assert strict.tokenize(chat(("user", "Rate me."), ("assistant", "ok"))).gate_position == honest.gate_position
+
+
+def test_a_bad_row_is_named_in_a_multi_row_request(tokenizer):
+    good = json.dumps(chat(("user", "Hi"), ("assistant", "Hello"))).encode()
+    long = json.dumps(chat(("user", "word " * 300), ("assistant", "ok"))).encode()
+    parsed, tokenized, alone = tokenize_requests(tokenizer, [[good, good, b"[]"], [good, long], [b"[]"]])
+    assert str(parsed).startswith("row 2 of 3: messages is an empty list") and parsed.reason == "schema"
+    assert str(tokenized).startswith("row 1 of 2: the conversation is") and tokenized.reason == "too_long"
+    assert str(alone).startswith("messages is an empty list"), "a single row needs no row number"

@@ -33,7 +33,8 @@ def test_transform_model_outputs_score_column_and_coefficients(exported_reposito
     model = fake_pb.load_model(exported_repository, "armorm_transform", monkeypatch)
     rewards = np.random.default_rng(0).standard_normal((2, 19)).astype(np.float32)
     gating = np.full((2, 19), 0.1, np.float32)
-    (response,) = model.execute([fake_pb.request(rewards=rewards, gating=gating)])
+    num_tokens = np.array([[3], [4]], np.int64)
+    (response,) = model.execute([fake_pb.request(rewards=rewards, gating=gating, num_tokens=num_tokens)])
     assert response.output("score").shape == (2, 1) and response.output("coefficients").shape == (2, 19)
     np.testing.assert_allclose(response.output("score")[:, 0],
                                (rewards * response.output("coefficients")).sum(-1), atol=1e-5)
@@ -68,23 +69,37 @@ def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monk
     assert "must lie in [0, 13)" in responses[2].error().message()
 
 
-def test_tokenizer_refuses_new_requests_once_draining(exported_repository, monkeypatch, tmp_path):
-    from armorm import metrics
-    from armorm.drain import DRAIN_FLAG_ENV, DRAINING_MESSAGE
-
+def test_a_request_that_breaks_the_batched_tokenizer_fails_alone(exported_repository, monkeypatch):
+    """Whatever a library raises on one request's content, answer_each isolates it: neighbours are answered."""
     model = fake_pb.load_model(exported_repository, "armorm_tokenizer", monkeypatch)
-    good = json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]).encode()
-    flag = tmp_path / "draining"
-    monkeypatch.setenv(DRAIN_FLAG_ENV, str(flag))
-    admitted = fake_pb.MetricFamily.families[metrics.ADMITTED]
-    (before,) = model.execute([fake_pb.request(messages=np.array([[good]], dtype=object))])
-    assert not before.has_error() and admitted.values[()] == 1
-    flag.touch()
-    responses = model.execute([fake_pb.request(messages=np.array([[good]], dtype=object))] * 2)
-    assert [r.error().code() for r in responses] == [fake_pb.TritonError.UNAVAILABLE] * 2
-    assert responses[0].error().message() == DRAINING_MESSAGE
-    assert admitted.values[()] == 1
-    assert fake_pb.MetricFamily.families[metrics.REFUSED_DRAINING].values[()] == 2
+    render = model.tokenizer.render
+
+    def fragile(messages):
+        if "boom" in messages[-1]["content"]:
+            raise RuntimeError("a library bug")
+        return render(messages)
+
+    monkeypatch.setattr(model.tokenizer, "render", fragile)
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    bad = [conversation[0], {"role": "assistant", "content": "boom"}]
+    requests = [fake_pb.request(messages=np.array([[json.dumps(m).encode()]], dtype=object))
+                for m in (conversation, bad, conversation)]
+    responses = model.execute(requests)
+    assert [r.has_error() for r in responses] == [False, True, False]
+    assert responses[1].error().code() == fake_pb.TritonError.INVALID_ARG
+    assert "could not be tokenized (RuntimeError: a library bug)" in responses[1].error().message()
+    np.testing.assert_array_equal(responses[0].output("input_ids"), responses[2].output("input_ids"))
+
+
+def test_transform_passes_rewards_gating_and_num_tokens_through(exported_repository, monkeypatch):
+    model = fake_pb.load_model(exported_repository, "armorm_transform", monkeypatch)
+    rewards = np.random.default_rng(1).standard_normal((3, 19)).astype(np.float32)
+    gating = np.random.default_rng(2).random((3, 19)).astype(np.float32)
+    num_tokens = np.array([[5], [7], [9]], np.int64)
+    (response,) = model.execute([fake_pb.request(rewards=rewards, gating=gating, num_tokens=num_tokens)])
+    np.testing.assert_array_equal(response.output("rewards"), rewards)
+    np.testing.assert_array_equal(response.output("gating"), gating)
+    np.testing.assert_array_equal(response.output("num_tokens"), num_tokens)
 
 
 def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exported_repository, monkeypatch):
@@ -103,6 +118,7 @@ def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exporte
     codes = [r.error().code() for r in responses]
     assert codes == [fake_pb.TritonError.INTERNAL, fake_pb.TritonError.INVALID_ARG, fake_pb.TritonError.INTERNAL]
     assert "RuntimeError" in responses[0].error().message()
+    assert sum("RuntimeError" in m for m in fake_pb.Logger.messages) >= 3, "the batch failure and each retry logged"
     # Only the two valid requests count: INVALID_ARGUMENT answers a direct caller, never the ensemble.
     assert fake_pb.MetricFamily.families[metrics.ABORTED].values[(("model", "armorm_regression"),)] == 2
 

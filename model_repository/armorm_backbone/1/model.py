@@ -15,7 +15,8 @@ from armorm.metrics import AbortedRequests, BackboneMetrics
 from armorm.triton_glue import (
     ModelContext,
     RequestError,
-    fail_unanswered,
+    answer_each,
+    failed_internally,
     input_array,
     invalid_argument,
     tensors_response,
@@ -100,7 +101,7 @@ class TritonPythonModel:
         self.aborted = AbortedRequests(pb, context.name)
 
     def execute(self, requests):
-        responses = self.respond(requests)
+        responses = answer_each(pb, requests, self.respond, failed_internally)
         self.aborted.count(responses)
         return responses
 
@@ -119,10 +120,8 @@ class TritonPythonModel:
             owners.append(index)
             sizes.append(len(rows))
         if ids:
-            try:
-                gate_hidden, reward_hidden, stats = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
-            except Exception as err:  # noqa: BLE001 - e.g. out of memory: fail this batch, keep serving
-                return fail_unanswered(pb, responses, err, "retry with fewer tokens")
+            # A failure (e.g. out of memory) raises: answer_each retries each request alone.
+            gate_hidden, reward_hidden, stats = self.run(ids, np.concatenate(gates), np.concatenate(rewards))
             self.metrics.record(stats)
             for index, gate_rows, reward_rows in zip(owners, split_rows(gate_hidden, sizes),
                                                      split_rows(reward_hidden, sizes)):

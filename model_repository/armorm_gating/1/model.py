@@ -7,7 +7,7 @@ import triton_python_backend_utils as pb
 from armorm import heads
 from armorm.contract import GATING_WEIGHTS
 from armorm.metrics import AbortedRequests
-from armorm.triton_glue import ModelContext, run_rowwise
+from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
 
 
 class TritonPythonModel:
@@ -20,9 +20,12 @@ class TritonPythonModel:
         self.aborted = AbortedRequests(pb, context.name)
 
     def execute(self, requests):
-        responses = run_rowwise(pb, requests, self.widths, self.compute)
+        responses = answer_each(pb, requests, self.respond, failed_internally)
         self.aborted.count(responses)
         return responses
+
+    def respond(self, requests):
+        return run_rowwise(pb, requests, self.widths, self.compute)
 
     @torch.inference_mode()
     def compute(self, inputs):

@@ -1,6 +1,5 @@
 """Triton glue for the tokenizer step: validation, chat template, token ids and positions live in
-armorm.conversation; a bad request fails alone with INVALID_ARGUMENT. As the pipeline's entry it
-also refuses new requests (UNAVAILABLE) once the launcher drains the server (armorm.drain)."""
+armorm.conversation; a bad request fails alone with INVALID_ARGUMENT."""
 
 from collections import Counter
 
@@ -8,18 +7,13 @@ import triton_python_backend_utils as pb
 
 from armorm.checkpoint import load_tokenizer
 from armorm.codec import bytes_items
-from armorm.contract import TOKENIZER_DIR
+from armorm.contract import MESSAGES, TOKENIZER_DIR
 from armorm.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
-from armorm.drain import DRAINING_MESSAGE, draining
 from armorm.metrics import TokenizerMetrics
-from armorm.triton_glue import (
-    ModelContext,
-    RequestError,
-    input_array,
-    invalid_argument,
-    tensors_response,
-    unavailable,
-)
+from armorm.triton_glue import ModelContext, RequestError, answer_each, input_array, invalid_argument, tensors_response
+
+# A request that fails even alone (answer_each) failed on its own content: the caller must change it.
+UNPROCESSABLE = "unprocessable"
 
 
 class TritonPythonModel:
@@ -35,18 +29,17 @@ class TritonPythonModel:
         self.metrics = TokenizerMetrics(pb)
 
     def execute(self, requests):
-        if draining():
-            return self.refuse(requests)
+        return answer_each(pb, requests, self.respond, self.unprocessable)
+
+    def respond(self, requests):
         rows = []
         for request in requests:
             try:
-                rows.append(bytes_items(input_array(pb, request, "messages")))
+                rows.append(bytes_items(input_array(pb, request, MESSAGES.name)))
             except RequestError as err:
                 rows.append(err)
         readable = [r for r in rows if not isinstance(r, RequestError)]
         tokenized = iter(tokenize_requests(self.tokenizer, readable))
-        if draining():  # the drain began while this batch was tokenized: admit nothing it cannot count
-            return self.refuse(requests)
         responses, rejected, admitted = [], Counter(), []
         for row in rows:
             result = row if isinstance(row, RequestError) else next(tokenized)
@@ -59,6 +52,11 @@ class TritonPythonModel:
         self.count(rejected, admitted)
         return responses
 
+    def unprocessable(self, pb_module, err):
+        self.metrics.rejected.add(1, reason=UNPROCESSABLE)
+        return invalid_argument(pb_module, f"this request's conversation could not be tokenized ({type(err).__name__}: "
+                                           f"{str(err)[:200]}); check its text")
+
     def count(self, rejected, admitted):
         """Once per batch: each metric update is a round trip to the server process."""
         for reason, number in rejected.items():
@@ -67,7 +65,3 @@ class TritonPythonModel:
             self.metrics.admitted.add(len(admitted))
             self.metrics.conversations.add(sum(len(n) for n in admitted))
             self.metrics.tokens.add(int(sum(n.sum() for n in admitted)))
-
-    def refuse(self, requests):
-        self.metrics.refused_draining.add(len(requests))
-        return [unavailable(pb, DRAINING_MESSAGE) for _ in requests]

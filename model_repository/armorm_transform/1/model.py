@@ -1,12 +1,13 @@
-"""Triton glue for ArmoRM's reward transform; the math is armorm.heads.transform."""
+"""Triton glue for ArmoRM's reward transform; the math is armorm.heads.transform. As the last step it
+also passes rewards, gating and num_tokens through (see armorm.contract.TRANSFORM)."""
 
 import torch
 import triton_python_backend_utils as pb
 
 from armorm import heads
-from armorm.contract import NUM_OBJECTIVES, TRANSFORM_WEIGHTS
+from armorm.contract import COEFFICIENTS, PASSED_THROUGH, SCORE, TRANSFORM_WEIGHTS
 from armorm.metrics import COMPLETED, Counter
-from armorm.triton_glue import ModelContext, run_rowwise
+from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
 
 
 class TritonPythonModel:
@@ -15,17 +16,21 @@ class TritonPythonModel:
         context.set_torch_threads(1)
         self.device = context.torch_device()
         self.weights = heads.TransformWeights.load(context.version_dir / TRANSFORM_WEIGHTS, self.device)
-        self.widths = {"rewards": NUM_OBJECTIVES, "gating": NUM_OBJECTIVES}
+        self.widths = {tensor.name: tensor.dims[0] for tensor in PASSED_THROUGH}
         self.completed = Counter(pb, COMPLETED, "Requests that left the pipeline's last step, success or error")
 
     def execute(self, requests):
-        responses = run_rowwise(pb, requests, self.widths, self.compute)
+        responses = answer_each(pb, requests, self.respond, failed_internally)
         self.completed.add(len(responses))
         return responses
+
+    def respond(self, requests):
+        return run_rowwise(pb, requests, self.widths, self.compute)
 
     @torch.inference_mode()
     def compute(self, inputs):
         rewards = torch.from_numpy(inputs["rewards"]).to(self.device)
         gating = torch.from_numpy(inputs["gating"]).to(self.device)
         score, coefficients = heads.transform(rewards, gating, self.weights)
-        return {"score": score.unsqueeze(-1).cpu().numpy(), "coefficients": coefficients.cpu().numpy()}
+        computed = {SCORE.name: score.unsqueeze(-1).cpu().numpy(), COEFFICIENTS.name: coefficients.cpu().numpy()}
+        return {**computed, **{tensor.name: inputs[tensor.name] for tensor in PASSED_THROUGH}}
