@@ -80,7 +80,7 @@ def parse_messages(raw: bytes | str, limits: InputLimits = InputLimits()) -> lis
 def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> list[dict[str, str]]:
     if not isinstance(messages, list):
         raise ConversationError(
-            f"messages must be a JSON list of {{\"role\", \"content\"}} objects, got a JSON {_json_kind(messages)}"
+            f"messages must be a JSON list of {{\"role\", \"content\"}} objects, got a JSON {json_kind(messages)}"
         )
     if not messages:
         raise ConversationError("messages is an empty list; send at least a user turn and an assistant turn")
@@ -89,13 +89,13 @@ def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> lis
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise ConversationError(f"messages[{index}] must be an object with role and content, got a JSON "
-                                    f"{_json_kind(message)}")
+                                    f"{json_kind(message)}")
         for key in ("role", "content"):
             if key not in message:
                 raise ConversationError(f"messages[{index}] has no {key!r} field")
             if not isinstance(message[key], str):
                 raise ConversationError(f"messages[{index}].{key} must be a string, got a JSON "
-                                        f"{_json_kind(message[key])}")
+                                        f"{json_kind(message[key])}")
             _check_encodable(message[key], f"messages[{index}].{key}")
         if message["role"] not in ROLES:
             raise ConversationError(
@@ -120,7 +120,7 @@ def _check_encodable(text: str, where: str) -> None:
             "a \\u escape from \\ud800 to \\udfff must pair a high with a low surrogate", "encoding") from None
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number"
     )

@@ -18,11 +18,10 @@ BACKBONE_TOKENS = "armorm_backbone_tokens_total"
 BACKBONE_COMPUTED = "armorm_backbone_computed_tokens_total"
 BACKBONE_SAVED = "armorm_backbone_saved_tokens_total"
 BACKBONE_PADDING = "armorm_backbone_padding_tokens_total"
-# Requests through the pipeline (the launcher's drain reads these; see armorm.drain).
+# Requests through the pipeline: admitted − completed − aborted is what is inside the models.
 ADMITTED = "armorm_requests_admitted_total"
 COMPLETED = "armorm_requests_completed_total"
 ABORTED = "armorm_requests_aborted_total"
-REFUSED_DRAINING = "armorm_requests_refused_draining_total"
 
 
 class Counter:
@@ -44,16 +43,14 @@ class Counter:
 
 class TokenizerMetrics:
     def __init__(self, pb: Any) -> None:
-        self.admitted = Counter(pb, ADMITTED, "Requests passed on into the pipeline (valid, not draining)")
-        self.refused_draining = Counter(pb, REFUSED_DRAINING, "Requests refused with UNAVAILABLE while draining")
+        self.admitted = Counter(pb, ADMITTED, "Requests passed on into the pipeline (valid)")
         self.conversations = Counter(pb, CONVERSATIONS, "Conversations accepted for scoring")
         self.tokens = Counter(pb, TOKENS, "Tokens in accepted conversations (chat template applied)")
         self.rejected = Counter(pb, REJECTED, "Requests rejected with INVALID_ARGUMENT, by reason")
 
 
 class AbortedRequests:
-    """Error responses a later step sends for admitted requests, labelled by model: the drain needs
-    them to know when nothing is left in the pipeline."""
+    """Error responses a later step sends for admitted requests, labelled by model (server faults: alert)."""
 
     def __init__(self, pb: Any, model: str) -> None:
         self._counter = Counter(pb, ABORTED, "Admitted requests that a later step answered with an error")

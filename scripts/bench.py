@@ -257,10 +257,10 @@ def main() -> int:
 
     from armorm import metrics
     from armorm.prometheus import scrape, total
-    from armorm.server import TritonServer
+    from armorm.serve_process import ServeProcess
 
     worst = 0.0
-    with TritonServer(repository, log_path=args.output / "tritonserver.log", startup_timeout=900) as server:
+    with ServeProcess(repository, args.output / "logs", startup_timeout=900) as server:
         say(f"server ready on {server.grpc_url}")
         asyncio.run(served(server.grpc_url, workloads[next(iter(workloads))][:4], 4, "warm-up"))
         sweeps = [(name, conversations, "served (gRPC)") for name, conversations in workloads.items()]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from armorm.samples import MODEL_CARD_PROMPT, model_card_conversations
-from armorm.server import TritonServer
+from armorm.serve_process import ServeProcess
 from armorm_client import ArmoRMClient
 
 
@@ -17,10 +17,9 @@ def main() -> int:
     parser.add_argument("repository", type=Path, nargs="?", default=Path("build/repository"))
     parser.add_argument("--random-weights", action="store_true", help="say that the scores come from random weights")
     args = parser.parse_args()
-    log = Path("build/demo-tritonserver.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"starting tritonserver on {args.repository} (log: {log}) ...", file=sys.stderr, flush=True)
-    with TritonServer(args.repository, log_path=log) as server:
+    logs = Path("build/demo-logs")
+    print(f"starting armorm-serve on {args.repository} (logs: {logs}/) ...", file=sys.stderr, flush=True)
+    with ServeProcess(args.repository, logs) as server:
         print(f"server ready on gRPC {server.grpc_url}", file=sys.stderr, flush=True)
         with ArmoRMClient(server.grpc_url) as client:
             conversations = model_card_conversations()

@@ -1,5 +1,6 @@
 """Session fixtures: the random checkpoint, its exported repository, the in-process reference and
-one live tritonserver on loopback (started once, stopped at the end with nothing left behind)."""
+one live `armorm-serve` on loopback (gateway + tritonserver; started once, stopped at the end with nothing
+left behind)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,9 @@ def exported_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def server(exported_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    from armorm.server import TritonServer
+    from armorm.serve_process import ServeProcess
 
-    log = tmp_path_factory.mktemp("server") / "tritonserver.log"
-    with TritonServer(exported_repository, log_path=log, admin_key="test-admin-key") as running:
+    with ServeProcess(exported_repository, tmp_path_factory.mktemp("server"), admin_key="test-admin-key") as running:
         yield running
 
 

@@ -1,14 +1,19 @@
-"""The serving launcher: ready on start, nothing left behind on stop, fast failure with the log tail."""
+"""The serving launcher: ready on start, nothing left behind on stop, fast failure with the log tail, ports
+it cannot own refused, orphaned shared memory removed, and a restart policy that backs off instead of giving up."""
 
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from armorm.server import ServerStartError, TritonServer, shm_segments
+from armorm.server import RestartPolicy, Supervisor
+from armorm.triton_process import ServerStartError, TritonServer, remove_orphaned_segments, shm_segments
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.integration
 def test_stop_leaves_no_processes_or_shared_memory(exported_repository, tmp_path):
     server = TritonServer(exported_repository, log_path=tmp_path / "server.log").start()
     group = server.process.pid
@@ -19,9 +24,95 @@ def test_stop_leaves_no_processes_or_shared_memory(exported_repository, tmp_path
     assert not shm_segments(server.shm_prefix)
 
 
+@pytest.mark.integration
 def test_a_broken_repository_fails_fast_with_the_log(tmp_path):
     broken = tmp_path / "repository" / "armorm"
     (broken / "1").mkdir(parents=True)
     (broken / "config.pbtxt").write_text("this is { not a model config")
     with pytest.raises(ServerStartError, match="log tail"):
         TritonServer(tmp_path / "repository", log_path=tmp_path / "server.log", startup_timeout=60).start()
+
+
+def test_armorm_serve_refuses_a_port_that_something_else_holds(exported_repository, tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "armorm.server", str(exported_repository), "--grpc-port",
+                               str(port), "--log-file", str(tmp_path / "triton.log")],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in done.stderr
+    assert not (tmp_path / "triton.log").exists(), "tritonserver must not start"
+
+
+def test_orphaned_shared_memory_is_removed_and_live_owners_are_kept():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = Path(f"/dev/shm/armorm_{dead.pid}_deadbeef_region")
+    mine = Path(f"/dev/shm/armorm_{os.getpid()}_cafe_region")
+    try:
+        orphan.write_bytes(b"x")
+        mine.write_bytes(b"x")
+        assert orphan.name in remove_orphaned_segments()
+        assert not orphan.exists() and mine.exists()
+    finally:
+        orphan.unlink(missing_ok=True)
+        mine.unlink(missing_ok=True)
+
+
+def test_backoff_doubles_up_to_its_ceiling():
+    policy = RestartPolicy(initial_backoff_s=1.0, max_backoff_s=8.0)
+    ceilings = [1, 2, 4, 8, 8, 8]
+    for failures, ceiling in enumerate(ceilings, start=1):
+        assert 0.8 * ceiling <= policy.backoff(failures) <= ceiling
+
+
+class NeverStarts:
+    """A typed stand-in for TritonServer whose start-up always fails (e.g. a GPU that is gone)."""
+
+    repository = Path("repository")
+    log_path = Path("log")
+    process = None
+    expected_instances: set = set()
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    def start(self, should_stop):
+        self.starts += 1
+        raise ServerStartError("no GPU")
+
+    def stop(self, timeout=30.0):
+        return None
+
+
+class IdleGateway:
+    config = None
+
+    def __init__(self) -> None:
+        self.drained = self.stopped = False
+
+    def begin_drain(self):
+        self.drained = True
+
+    def wait_idle(self, timeout):
+        return 0
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_a_crash_loop_backs_off_and_keeps_trying_until_stopped():
+    import threading
+
+    triton, gateway = NeverStarts(), IdleGateway()
+    supervisor = Supervisor(triton, gateway, RestartPolicy(initial_backoff_s=0.01, max_backoff_s=0.05), 1.0)
+    threading.Timer(1.0, supervisor.stopping.set).start()
+    assert supervisor.run() == 0, "a crash loop never ends the service by itself"
+    assert triton.starts >= 10 and gateway.drained and gateway.stopped
+
+
+def test_max_restarts_gives_up_when_asked():
+    supervisor = Supervisor(NeverStarts(), IdleGateway(), RestartPolicy(max_restarts=2, initial_backoff_s=0.01), 1.0)
+    assert supervisor.run() == 1

@@ -1,33 +1,99 @@
-"""Restricted APIs, API-key protected inference and gRPC TLS, against real servers."""
+"""Restricted APIs, API-key protected inference, gRPC TLS and where the keys live, against real servers.
 
+Every refusal is checked by its exact status and followed by the same call succeeding with the right key.
+"""
+
+import json
 import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from armorm.server import TlsFiles, TritonServer
+from armorm.gateway import TlsFiles
+from armorm.serve_process import ServeProcess, children
 from armorm_client import ArmoRMClient, PermissionDeniedError
 from tests.conversations import varied_conversations
 
 pytestmark = pytest.mark.integration
 
 
-def test_admin_apis_are_closed_and_inference_health_stay_open(server, client):
+def grpc_status(call, *args) -> str:
+    with pytest.raises(InferenceServerException) as caught:
+        call(*args)
+    return caught.value.status()
+
+
+def http_status(url: str, method: str = "GET", headers: dict | None = None, body: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback test server
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_admin_apis_need_the_admin_key_and_inference_health_stay_open(server, client):
     raw = server.grpc_client()
     assert raw.is_server_live() and raw.is_server_ready()
     assert client.score(varied_conversations()[0]).num_tokens > 0
     # Read-only and open: perf_analyzer and generic clients need them.
-    raw.get_model_metadata("armorm")
-    raw.get_model_config("armorm")
-    raw.get_inference_statistics("armorm")
+    assert raw.get_model_metadata("armorm").name == "armorm"
+    assert raw.get_model_config("armorm").config.name == "armorm"
+    assert raw.get_inference_statistics("armorm").model_stats[0].name == "armorm"
+    wrong = {"triton-grpc-protocol-armorm-admin-key": "not-the-key"}
     for call in (lambda h: raw.get_model_repository_index(headers=h),
                  lambda h: raw.get_log_settings(headers=h),
-                 lambda h: raw.get_system_shared_memory_status(headers=h)):
-        with pytest.raises(InferenceServerException, match="restricted|header"):
-            call(None)
-        call(server.admin_headers)
-    with pytest.raises(InferenceServerException):
-        raw.load_model("armorm", headers=server.admin_headers)  # model control mode stays "none"
+                 lambda h: raw.get_system_shared_memory_status(headers=h),
+                 lambda h: raw.get_trace_settings(headers=h)):
+        assert grpc_status(call, None) == "StatusCode.UNAUTHENTICATED"
+        assert grpc_status(call, wrong) == "StatusCode.PERMISSION_DENIED"
+        assert call(server.admin_headers) is not None
+    assert [m.name for m in raw.get_model_repository_index(headers=server.admin_headers).models]
+    # Model control mode stays "none": even the admin cannot load models.
+    assert grpc_status(lambda: raw.load_model("armorm", headers=server.admin_headers)) != "StatusCode.UNAUTHENTICATED"
+    base = f"http://{server.http_url}/v2"
+    assert http_status(base + "/repository/index", "POST", body=b"{}") == 401
+    assert http_status(base + "/repository/index", "POST", {"armorm-admin-key": "nope"}, b"{}") == 403
+    assert http_status(base + "/repository/index", "POST", {"armorm-admin-key": server.admin_key}, b"{}") == 200
+    assert http_status(base + "/logging") == 401
+    assert http_status(base + "/logging", headers={"armorm-admin-key": server.admin_key}) == 200
+    assert http_status(base + "/health/ready") == 200
+
+
+def test_without_an_admin_key_the_admin_apis_are_closed_to_everyone(exported_repository, tmp_path):
+    with ServeProcess(exported_repository, tmp_path) as server:
+        raw = server.grpc_client()
+        guess = {"triton-grpc-protocol-armorm-admin-key": ""}
+        assert grpc_status(lambda: raw.get_model_repository_index()) == "StatusCode.PERMISSION_DENIED"
+        assert grpc_status(lambda: raw.get_model_repository_index(headers=guess)) == "StatusCode.PERMISSION_DENIED"
+        assert http_status(f"http://{server.http_url}/v2/logging", headers={"armorm-admin-key": ""}) == 403
+        assert raw.get_model_metadata("armorm").name == "armorm"
+
+
+def cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_no_key_is_on_any_command_line_and_triton_is_not_reachable_over_tcp(exported_repository, tmp_path):
+    admin, api = "admin-1c9f4e7a2b", "api-83d02f6e51"
+    with ServeProcess(exported_repository, tmp_path, admin_key=admin, api_key=api) as server:
+        processes = {server.process.pid: "armorm-serve", **children(server.process.pid)}
+        assert len(processes) >= 7, processes  # armorm-serve, tritonserver, five model processes
+        for pid in processes:
+            line = cmdline(pid)
+            assert admin.encode() not in line and api.encode() not in line, f"a key is readable in ps: {line[:200]!r}"
+        # Triton itself listens only on Unix sockets in a directory that only this user can open.
+        triton = cmdline(server.triton_pid()).decode().split("\0")
+        addresses = [arg.split("=", 1)[1] for arg in triton if arg.startswith(("--grpc-address", "--http-address",
+                                                                                "--metrics-address"))]
+        assert len(addresses) == 3 and all(a.startswith("unix:") for a in addresses), addresses
+        directory = Path(addresses[0].removeprefix("unix:")).parent
+        assert directory.stat().st_mode & 0o077 == 0, oct(directory.stat().st_mode)
+        with ArmoRMClient(server.grpc_url, api_key=api) as keyed:
+            assert keyed.score(varied_conversations()[0]).num_tokens > 0
 
 
 def make_certificate(directory):
@@ -42,7 +108,7 @@ def make_certificate(directory):
 def secured_server(exported_repository, tmp_path_factory):
     directory = tmp_path_factory.mktemp("secured")
     tls = make_certificate(directory)
-    with TritonServer(exported_repository, log_path=directory / "server.log", api_key="s3cret", tls=tls) as running:
+    with ServeProcess(exported_repository, directory, api_key="s3cret", tls=tls) as running:
         yield running
 
 
@@ -50,11 +116,19 @@ def test_inference_needs_the_api_key(secured_server):
     cert = str(secured_server.tls.cert)
     with ArmoRMClient(secured_server.grpc_url, ssl=True, root_certificates=cert) as anonymous:
         assert anonymous.is_ready(), "health stays open without the key"
-        with pytest.raises(PermissionDeniedError):
+        with pytest.raises(PermissionDeniedError) as missing:
             anonymous.score(varied_conversations()[0])
+        assert missing.value.status == "StatusCode.UNAUTHENTICATED"
     with ArmoRMClient(secured_server.grpc_url, ssl=True, root_certificates=cert, api_key="wrong") as wrong:
-        with pytest.raises(PermissionDeniedError):
+        with pytest.raises(PermissionDeniedError) as denied:
             wrong.score(varied_conversations()[0])
+        assert denied.value.status == "StatusCode.PERMISSION_DENIED"
+    body = json.dumps({"inputs": [{"name": "messages", "shape": [1, 1], "datatype": "BYTES",
+                                   "data": [json.dumps(varied_conversations()[0])]}]}).encode()
+    url = f"http://{secured_server.http_url}/v2/models/armorm/infer"
+    assert http_status(url, "POST", body=body) == 401
+    assert http_status(url, "POST", {"armorm-api-key": "wrong"}, body) == 403
+    assert http_status(url, "POST", {"armorm-api-key": "s3cret"}, body) == 200
     with ArmoRMClient(secured_server.grpc_url, ssl=True, root_certificates=cert, api_key="s3cret") as keyed:
         assert keyed.score(varied_conversations()[0]).num_tokens > 0
 
@@ -88,7 +162,7 @@ def test_mutual_tls_requires_a_client_certificate(exported_repository, tmp_path)
 
     certs = make_ca_signed(tmp_path)
     tls = TlsFiles(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
-    with TritonServer(exported_repository, log_path=tmp_path / "server.log", tls=tls) as server:
+    with ServeProcess(exported_repository, tmp_path / "logs", tls=tls) as server:
         ca = str(certs / "ca.pem")
         with ArmoRMClient(server.grpc_url, ssl=True, root_certificates=ca, private_key=str(certs / "client.key"),
                           certificate_chain=str(certs / "client.pem")) as trusted:

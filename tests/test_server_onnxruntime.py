@@ -3,7 +3,7 @@
 import pytest
 
 from armorm import contract
-from armorm.server import TritonServer
+from armorm.serve_process import ServeProcess
 from armorm_client import ArmoRMClient
 from armorm_export.repository import set_parameter
 from tests.conversations import varied_conversations
@@ -21,7 +21,7 @@ def onnx_client(exported_repository, tmp_path_factory):
             set_parameter(config, "max_batch_tokens", "2048")  # several padded groups per batch
 
     repository = derive(exported_repository, tmp_path_factory.mktemp("onnx") / "repository", edit)
-    with TritonServer(repository, log_path=repository.parent / "server.log") as server:
+    with ServeProcess(repository, repository.parent / "logs") as server:
         with ArmoRMClient(server.grpc_url) as client:
             yield client
 

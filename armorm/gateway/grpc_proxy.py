@@ -1,0 +1,157 @@
+"""gRPC side of the gateway: every KServe method passed through as raw bytes to Triton's Unix socket.
+
+Messages are never decoded here (no protobuf cost per request) except the two readiness answers the gateway
+gives itself while draining. The caller's deadline and cancellation stop at the gateway (see Gateway.upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Any
+
+import grpc
+
+from armorm.gateway.gateway import Gateway, Refusal
+from armorm.gateway.routes import (
+    GRPC_HEALTH_CHECK,
+    GRPC_SERVICE,
+    GRPC_STREAM_INFER,
+    Api,
+    api_of_grpc,
+    forwarded_grpc_metadata,
+)
+
+PROTOCOL = "grpc"
+REFUSAL_CODES = {
+    Refusal.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Refusal.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Refusal.DRAINING: grpc.StatusCode.UNAVAILABLE,
+    Refusal.OVERLOADED: grpc.StatusCode.UNAVAILABLE,
+}
+UNREACHABLE = "the model server is not reachable (starting or restarting); retry with backoff"
+# Serialized {ready: false} (inference.ServerReadyResponse / ModelReadyResponse) and
+# grpc.health.v1.HealthCheckResponse{status: NOT_SERVING}: field 1, varint.
+NOT_READY = b""
+NOT_SERVING = b"\x08\x02"
+_READINESS = (GRPC_SERVICE + "ServerReady", GRPC_SERVICE + "ModelReady")
+_UPSTREAM_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # Triton restarts under the supervisor: reconnect within a second, not after gRPC's default 2-minute backoff.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+_END = object()
+
+
+class GrpcProxy(grpc.GenericRpcHandler):
+    def __init__(self, gateway: Gateway, channel: grpc.aio.Channel) -> None:
+        self.gateway = gateway
+        self.channel = channel
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        api = api_of_grpc(details.method)
+        if api is None:
+            return None  # UNIMPLEMENTED
+        if details.method == GRPC_STREAM_INFER:
+            return grpc.stream_stream_rpc_method_handler(partial(self.stream, details.method, api))
+        return grpc.unary_unary_rpc_method_handler(partial(self.unary, details.method, api))
+
+    async def admit(self, api: Api, context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
+        metadata = tuple(context.invocation_metadata() or ())
+        headers = dict(metadata)
+        refusal = self.gateway.admit(PROTOCOL, api, headers.get)
+        if refusal is not None:
+            await context.abort(REFUSAL_CODES[refusal[0]], refusal[1])
+        return forwarded_grpc_metadata(metadata)
+
+    async def unary(self, method: str, api: Api, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        metadata = await self.admit(api, context)
+        if self.gateway.draining and method in _READINESS:
+            return NOT_READY
+        if self.gateway.draining and method == GRPC_HEALTH_CHECK:
+            return NOT_SERVING
+        call = self.channel.unary_unary(method)(request, metadata=metadata)
+        try:
+            return await self.gateway.upstream(call, inference=api is Api.INFERENCE)
+        except grpc.aio.AioRpcError as err:
+            await self.abort_like(err, context)
+
+    async def stream(self, method: str, api: Api, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = await self.admit(api, context)
+        call = self.channel.stream_stream(method)(metadata=metadata)
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def forward_requests() -> None:
+            try:
+                async for message in requests:
+                    await call.write(message)
+            except Exception:  # noqa: BLE001 - the caller went away: stop writing, let Triton finish
+                pass
+            finally:
+                try:
+                    await call.done_writing()
+                except Exception:  # noqa: BLE001 - the upstream call already ended
+                    pass
+
+        async def collect_answers() -> None:
+            try:
+                async for answer in call:
+                    answers.put_nowait(answer)
+                answers.put_nowait(_END)
+            except grpc.aio.AioRpcError as err:
+                answers.put_nowait(err)
+
+        self.gateway.track(forward_requests(), inference=False)
+        self.gateway.track(collect_answers(), inference=True)  # runs to its end even if this caller leaves
+        while (answer := await answers.get()) is not _END:
+            if isinstance(answer, grpc.aio.AioRpcError):
+                await self.abort_like(answer, context)
+            yield answer
+
+    async def abort_like(self, err: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
+        details = err.details() or ""
+        if err.code() == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "socket" in details.lower()):
+            self.gateway.stats.upstream_unavailable += 1
+            details = UNREACHABLE
+        await context.abort(err.code(), details)
+
+
+class GrpcListener:
+    def __init__(self, server: grpc.aio.Server, channel: grpc.aio.Channel) -> None:
+        self.server, self.channel = server, channel
+
+    async def close(self) -> None:
+        await self.server.stop(grace=1.0)
+        await self.channel.close()
+
+
+async def start_grpc(gateway: Gateway) -> GrpcListener:
+    config = gateway.config
+    channel = grpc.aio.insecure_channel(config.upstream.grpc_target, options=_UPSTREAM_OPTIONS)
+    server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 0),  # never share a port with another process (a stale server, say)
+        ("grpc.max_receive_message_length", config.max_request_bytes),
+        ("grpc.max_send_message_length", -1),
+    ])
+    server.add_generic_rpc_handlers((GrpcProxy(gateway, channel),))
+    address = f"{config.host}:{config.grpc_port}"
+    try:
+        if config.tls is None:
+            server.add_insecure_port(address)
+        else:
+            server.add_secure_port(address, server_credentials(config))
+    except RuntimeError as err:
+        await channel.close()
+        raise OSError(f"cannot listen for gRPC on {address}: {err} (is another server using the port?)") from None
+    await server.start()
+    return GrpcListener(server, channel)
+
+
+def server_credentials(config: Any) -> grpc.ServerCredentials:
+    tls = config.tls
+    client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)

@@ -1,0 +1,139 @@
+"""Checks of an HTTP request body before it reaches Triton's HTTP frontend.
+
+Triton 2.51 answers malformed KServe JSON with 500 (not 400), and its HTTP library (libevhtp) parses a
+form-encoded body into two stack arrays the size of the body, so a few MB crash the whole server
+(upstream issue #5840, open in every release). The gateway therefore bounds every body, checks inference
+bodies here (`infer_body_error`) and forwards only what it would accept, without the client's content type.
+Pure functions: the tests drive them directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from armorm.conversation import json_kind
+
+# KServe v2 datatypes and the JSON values each accepts in "data".
+_INTEGERS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+_FLOATS = frozenset({"FP16", "FP32", "FP64", "BF16"})
+DATATYPES = _INTEGERS | _FLOATS | {"BOOL", "BYTES"}
+# Shape nesting beyond this is never a real tensor; it only exhausts the parser.
+MAX_DATA_DEPTH = 64
+
+
+class BodyError(ValueError):
+    """The body cannot be forwarded; `status` is the HTTP status to answer with (400 or 413)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def infer_body_error(body: bytes, header_length: str | None) -> str | None:
+    """Why a KServe v2 inference body is malformed, or None. `header_length` is the request's
+    Inference-Header-Content-Length (a JSON header followed by binary tensor data)."""
+    json_part = body
+    binary_size = 0
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            return f"Inference-Header-Content-Length must be an integer, got {header_length[:40]!r}"
+        if not 0 <= length <= len(body):
+            return f"Inference-Header-Content-Length {length} does not fit the {len(body)}-byte body"
+        json_part, binary_size = body[:length], len(body) - length
+    try:
+        document = json.loads(json_part)
+    except RecursionError:
+        return "the request JSON is nested too deeply"
+    except UnicodeDecodeError:
+        return "the request JSON is not valid UTF-8"
+    except ValueError as err:
+        return f"the request body is not valid JSON ({err})"
+    if not isinstance(document, dict):
+        return f'the request body must be a JSON object with an "inputs" list, got a JSON {json_kind(document)}'
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        return 'the request needs a non-empty "inputs" list'
+    declared_binary = 0
+    for index, tensor in enumerate(inputs):
+        problem, size = _input_error(tensor, index)
+        if problem:
+            return problem
+        declared_binary += size
+    if declared_binary != binary_size:
+        return f"the inputs declare {declared_binary} bytes of binary data but the body carries {binary_size}"
+    outputs = document.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                for o in outputs):
+        return '"outputs" must be a list of objects with a string "name"'
+    if not isinstance(document.get("parameters", {}), dict):
+        return '"parameters" must be an object'
+    return None
+
+
+def _input_error(tensor: Any, index: int) -> tuple[str | None, int]:
+    where = f"inputs[{index}]"
+    if not isinstance(tensor, dict):
+        return f"{where} must be an object, got a JSON {json_kind(tensor)}", 0
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(name, str):
+        return f'{where} needs a string "name"', 0
+    where = f"input {name[:64]!r}"
+    if datatype not in DATATYPES:
+        return f'{where} has datatype {str(datatype)[:32]!r}; use one of {", ".join(sorted(DATATYPES))}', 0
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        return f'{where} needs "shape" as a list of non-negative integers', 0
+    parameters = tensor.get("parameters", {})
+    if not isinstance(parameters, dict):
+        return f'{where}: "parameters" must be an object', 0
+    if "binary_data_size" in parameters:
+        size = parameters["binary_data_size"]
+        if type(size) is not int or size < 0:
+            return f"{where}: binary_data_size must be a non-negative integer", 0
+        return None, size
+    if "data" not in tensor:
+        return f'{where} has no "data" (nor binary_data_size)', 0
+    values, problem = _flatten(tensor["data"])
+    if problem:
+        return f"{where}: {problem}", 0
+    if len(values) != math.prod(shape):
+        return f"{where} has {len(values)} values for shape {shape} ({math.prod(shape)} expected)", 0
+    bad = next((v for v in values if not _accepts(datatype, v)), _NONE)
+    if bad is not _NONE:
+        return f"{where} is {datatype} but holds the JSON {json_kind(bad)} {json.dumps(bad)[:40]}", 0
+    return None, 0
+
+
+_NONE = object()
+
+
+def _accepts(datatype: str, value: Any) -> bool:
+    if datatype == "BYTES":
+        return isinstance(value, str)
+    if datatype == "BOOL":
+        return isinstance(value, bool)
+    if datatype in _INTEGERS:
+        return type(value) is int
+    return type(value) in (int, float)
+
+
+def _flatten(data: Any) -> tuple[list[Any], str | None]:
+    """Nested JSON lists → their leaves, iteratively (no recursion limit to hit)."""
+    if not isinstance(data, list):
+        return [data], None
+    leaves: list[Any] = []
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list):
+            if depth > MAX_DATA_DEPTH:
+                return [], f'"data" is nested deeper than {MAX_DATA_DEPTH} levels'
+            stack.extend((child, depth + 1) for child in reversed(item))
+        elif isinstance(item, dict):
+            return [], '"data" holds a JSON object; give values as a (nested) list of {numbers, strings, booleans}'
+        else:
+            leaves.append(item)
+    return leaves, None

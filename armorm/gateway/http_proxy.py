@@ -1,0 +1,168 @@
+"""HTTP side of the gateway (KServe v2 REST and /metrics), forwarded to Triton's Unix sockets.
+
+Every body is read within a size limit (counted after gzip/deflate decoding, so a small compressed bomb stops
+there too), and sent on uncompressed as
+application/json or application/octet-stream whatever the client declared (the form-encoded content
+type is what crashes Triton 2.51, upstream #5840). Inference bodies are checked first, so malformed ones
+get 400 with a reason instead of Triton's 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from armorm.gateway.gateway import Gateway, Refusal
+from armorm.gateway.http_body import BodyError, infer_body_error
+from armorm.gateway.routes import Api, api_of_http
+
+PROTOCOL = "http"
+REFUSAL_STATUS = {Refusal.UNAUTHENTICATED: 401, Refusal.PERMISSION_DENIED: 403, Refusal.DRAINING: 503,
+                  Refusal.OVERLOADED: 503}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_PASSED_BACK = ("Content-Type", "Content-Encoding", HEADER_LENGTH)
+METRICS_BODY_LIMIT = 64 << 10
+_READY_PATHS = ("/v2/health/ready",)
+
+
+def error(status: int, message: str) -> web.Response:
+    """Triton's own error shape: {"error": "..."}."""
+    return web.json_response({"error": message}, status=status)
+
+
+class HttpProxy:
+    def __init__(self, gateway: Gateway, session: aiohttp.ClientSession) -> None:
+        self.gateway = gateway
+        self.session = session
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        api = api_of_http(request.method, request.path)
+        if api is None:
+            self.gateway.refuse(PROTOCOL, "not_found")
+            return error(404, f"{request.method} {request.path[:200]} is not an API of this server")
+        refusal = self.gateway.admit(PROTOCOL, api, request.headers.get)
+        if refusal is not None:
+            return error(REFUSAL_STATUS[refusal[0]], refusal[1])
+        if self.gateway.draining and (request.path in _READY_PATHS or request.path.endswith("/ready")):
+            return error(503, "the server is shutting down")
+        try:
+            body = await self.read_body(request)
+        except BodyError as err:
+            self.gateway.refuse(PROTOCOL, "too_large" if err.status == 413 else "malformed")
+            return error(err.status, str(err))
+        headers = {"Content-Type": "application/octet-stream" if request.headers.get(HEADER_LENGTH)
+                   else "application/json"}
+        if HEADER_LENGTH in request.headers:
+            headers[HEADER_LENGTH] = request.headers[HEADER_LENGTH]
+        if "Accept-Encoding" in request.headers:
+            headers["Accept-Encoding"] = request.headers["Accept-Encoding"]
+        if api is Api.INFERENCE:
+            problem = await self.check_inference(body, request.headers.get(HEADER_LENGTH))
+            if problem is not None:
+                self.gateway.refuse(PROTOCOL, "malformed")
+                return error(400, problem)
+        try:
+            status, answer_headers, answer = await self.gateway.upstream(
+                self.forward(request.method, request.path_qs, headers, body), inference=api is Api.INFERENCE)
+        except aiohttp.ClientError:
+            self.gateway.stats.upstream_unavailable += 1
+            return error(503, "the model server is not reachable (starting or restarting); retry with backoff")
+        return web.Response(status=status, body=answer, headers=answer_headers)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        limit = self.gateway.config.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyError(f"the body is {request.content_length} bytes; the limit is {limit}", 413)
+        try:
+            return await request.read()  # aiohttp undoes gzip/deflate, counting decoded bytes against the limit
+        except web.HTTPRequestEntityTooLarge:
+            raise BodyError(f"the body (decompressed) exceeds the {limit}-byte limit", 413) from None
+
+    async def check_inference(self, body: bytes, header_length: str | None) -> str | None:
+        if len(body) < (256 << 10):
+            return infer_body_error(body, header_length)
+        # Parsing megabytes of JSON would stall every other call on this loop.
+        return await asyncio.get_running_loop().run_in_executor(None, infer_body_error, body, header_length)
+
+    async def forward(self, method: str, path: str, headers: dict[str, str],
+                      body: bytes) -> tuple[int, dict[str, str], bytes]:
+        async with self.session.request(method, "http://triton" + path, headers=headers, data=body,
+                                        auto_decompress=False) as response:
+            answer = await response.read()
+            kept = {name: response.headers[name] for name in _PASSED_BACK if name in response.headers}
+            return response.status, kept, answer
+
+
+class HttpListener:
+    def __init__(self, runner: web.AppRunner, session: aiohttp.ClientSession | None) -> None:
+        self.runner, self.session = runner, session
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
+
+
+async def listen(app: web.Application, host: str, port: int, what: str) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=False).start()
+    except OSError as err:
+        await runner.cleanup()
+        raise OSError(f"cannot listen for {what} on {host}:{port}: {err.strerror} "
+                      "(is another server using the port?)") from None
+    return runner
+
+
+def upstream_session(socket_path: Any) -> aiohttp.ClientSession:
+    # No keep-alive: an idle connection would hold Triton's shutdown for its whole exit timeout, and one left
+    # from before a restart fails its first reuse. A Unix-socket connect costs microseconds.
+    connector = aiohttp.UnixConnector(path=str(socket_path), limit=0, force_close=True)
+    return aiohttp.ClientSession(connector=connector,
+                                 timeout=aiohttp.ClientTimeout(total=None))
+
+
+async def start_http(gateway: Gateway) -> HttpListener:
+    config = gateway.config
+    session = upstream_session(config.upstream.http)
+    proxy = HttpProxy(gateway, session)
+    app = web.Application(client_max_size=config.max_request_bytes)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    try:
+        runner = await listen(app, config.host, config.http_port, "HTTP")
+    except OSError:
+        await session.close()
+        raise
+    return HttpListener(runner, session)
+
+
+async def start_metrics(gateway: Gateway) -> HttpListener:
+    """GET /metrics only: Triton's metrics followed by the gateway's own."""
+    config = gateway.config
+    session = upstream_session(config.upstream.metrics)
+
+    async def metrics(request: web.Request) -> web.Response:
+        try:
+            async with session.get("http://triton/metrics") as response:
+                triton = await response.text()
+        except aiohttp.ClientError:
+            triton = ""  # restarting: the gateway's own counters still answer
+        return web.Response(text=triton + gateway.stats.prometheus(), content_type="text/plain")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        return error(404, "only GET /metrics is served on this port")
+
+    app = web.Application(client_max_size=METRICS_BODY_LIMIT)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", elsewhere)
+    try:
+        runner = await listen(app, config.host, config.metrics_port, "metrics")
+    except OSError:
+        await session.close()
+        raise
+    return HttpListener(runner, session)
+
