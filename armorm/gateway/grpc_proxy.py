@@ -1,7 +1,8 @@
 """gRPC side of the gateway: every KServe method passed through as raw bytes to Triton's Unix socket.
 
-Messages are never decoded here (no protobuf cost per request) except the two readiness answers the gateway
-gives itself while draining. The caller's deadline and cancellation stop at the gateway (see Gateway.upstream).
+Only inference requests are decoded, to refuse the ones Triton would let fail their batch neighbours
+(grpc_messages.py); everything else passes as opaque bytes. The caller's deadline and cancellation stop at
+the gateway (see Gateway.upstream).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import grpc
 
 from armorm.gateway.gateway import Gateway, Refusal
+from armorm.gateway.grpc_messages import infer_request_error
 from armorm.gateway.routes import (
     GRPC_HEALTH_CHECK,
     GRPC_SERVICE,
@@ -73,6 +75,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
             return NOT_READY
         if self.gateway.draining and method == GRPC_HEALTH_CHECK:
             return NOT_SERVING
+        if api is Api.INFERENCE:
+            await self.check(request, context)
         call = self.channel.unary_unary(method)(request, metadata=metadata)
         try:
             return await self.gateway.upstream(call, inference=api is Api.INFERENCE)
@@ -87,6 +91,10 @@ class GrpcProxy(grpc.GenericRpcHandler):
         async def forward_requests() -> None:
             try:
                 async for message in requests:
+                    problem = infer_request_error(message)
+                    if problem is not None:  # never let it reach a batch; the caller's stream ends with it
+                        answers.put_nowait(grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, None, None, problem))
+                        break
                     await call.write(message)
             except Exception:  # noqa: BLE001 - the caller went away: stop writing, let Triton finish
                 pass
@@ -110,6 +118,12 @@ class GrpcProxy(grpc.GenericRpcHandler):
             if isinstance(answer, grpc.aio.AioRpcError):
                 await self.abort_like(answer, context)
             yield answer
+
+    async def check(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        problem = infer_request_error(request)
+        if problem is not None:
+            self.gateway.refuse(PROTOCOL, "malformed")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
     async def abort_like(self, err: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
         details = err.details() or ""

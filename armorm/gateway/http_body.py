@@ -31,6 +31,28 @@ class BodyError(ValueError):
         self.status = status
 
 
+def bytes_elements_error(raw: bytes | memoryview, expected: int) -> str | None:
+    """Check BYTES tensor data in Triton's binary layout (each element: 4-byte little-endian length, then the
+    bytes). Triton 2.51 parses it only once requests are batched together, so one malformed request would fail
+    every request of its batch: the gateway refuses it alone instead."""
+    view = memoryview(raw)
+    offset = count = 0
+    while offset < len(view):
+        if count == expected:
+            return f"the data holds more than the {expected} strings its shape declares"
+        if offset + 4 > len(view):
+            return f"string {count} has a truncated 4-byte length prefix"
+        length = int.from_bytes(view[offset:offset + 4], "little")
+        offset += 4
+        if offset + length > len(view):
+            return f"string {count} declares {length} bytes but only {len(view) - offset} follow"
+        offset += length
+        count += 1
+    if count != expected:
+        return f"the data holds {count} strings; its shape declares {expected}"
+    return None
+
+
 def infer_body_error(body: bytes, header_length: str | None) -> str | None:
     """Why a KServe v2 inference body is malformed, or None. `header_length` is the request's
     Inference-Header-Content-Length (a JSON header followed by binary tensor data)."""
@@ -58,10 +80,15 @@ def infer_body_error(body: bytes, header_length: str | None) -> str | None:
     if not isinstance(inputs, list) or not inputs:
         return 'the request needs a non-empty "inputs" list'
     declared_binary = 0
+    binary = body[len(json_part):]
     for index, tensor in enumerate(inputs):
         problem, size = _input_error(tensor, index)
         if problem:
             return problem
+        if size and tensor["datatype"] == "BYTES":
+            problem = bytes_elements_error(binary[declared_binary:declared_binary + size], math.prod(tensor["shape"]))
+            if problem:
+                return f"input {tensor['name'][:64]!r}: {problem}"
         declared_binary += size
     if declared_binary != binary_size:
         return f"the inputs declare {declared_binary} bytes of binary data but the body carries {binary_size}"

@@ -1,0 +1,35 @@
+"""Checks of a gRPC ModelInferRequest before it reaches Triton (the HTTP twin is http_body.py)."""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import service_pb2
+
+from armorm.gateway.http_body import bytes_elements_error
+
+
+def infer_request_error(message: bytes) -> str | None:
+    """Why a serialized ModelInferRequest must not be forwarded, or None.
+
+    Only what Triton 2.51 would get wrong is checked: BYTES data given as raw contents is parsed by Triton after
+    requests are batched, so one malformed request would fail its whole batch. Everything else (names, shapes,
+    datatypes) Triton checks per request and answers INVALID_ARGUMENT itself.
+    """
+    request = service_pb2.ModelInferRequest()
+    try:
+        request.ParseFromString(message)
+    except DecodeError as err:
+        return f"the request is not a valid ModelInferRequest ({err})"
+    if not request.raw_input_contents:
+        return None
+    if len(request.raw_input_contents) != len(request.inputs):
+        return (f"the request has {len(request.inputs)} inputs but {len(request.raw_input_contents)} "
+                "raw_input_contents; give one per input")
+    for tensor, raw in zip(request.inputs, request.raw_input_contents):
+        if tensor.datatype == "BYTES":
+            problem = bytes_elements_error(raw, math.prod(tensor.shape))
+            if problem:
+                return f"input {tensor.name[:64]!r}: {problem}"
+    return None
