@@ -232,6 +232,8 @@ ATTACKS = [
         (struct.pack("<I", len(GOOD)) + GOOD) * 2))),
     Attack("two raw contents for one input", grpc=lambda url: grpc_raw(url, raw_bytes_request(
         struct.pack("<I", len(GOOD)) + GOOD, b""))),
+    Attack("70 MB message", grpc=lambda url: grpc_infer(url, [messages_tensor([b"x" * (70 << 20)])]),
+           grpc_status="StatusCode.RESOURCE_EXHAUSTED"),
     Attack("not a protobuf message", grpc=lambda url: grpc_raw(url, b"\xff\xff garbage")),
     Attack("server-side timeout of 1 µs", grpc=lambda url: grpc_infer(url, [messages_tensor([GOOD])], timeout=1),
            grpc_status="StatusCode.UNAVAILABLE"),
