@@ -340,7 +340,10 @@ class TritonServer:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
                 self.process.wait(10)
         # Stubs are in the server's session: make sure none outlives it, and wait until they are gone.
         try:

@@ -454,3 +454,27 @@ def test_bare_triton_survives_floods_of_short_deadlines(bare_triton):
             pass
         time.sleep(0.5)
         assert bare_triton.process.poll() is None, f"tritonserver died with code {bare_triton.process.returncode}"
+
+
+def test_streaming_inference_passes_through_with_per_request_errors(attacked, expected_neighbours):
+    import queue
+
+    results: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(attacked.grpc_url)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    for messages in NEIGHBOURS[:3]:
+        client.async_stream_infer("armorm", [messages_tensor([json.dumps(messages).encode()])])
+    answers = [results.get(timeout=60) for _ in range(3)]
+    for (result, error), reference in zip(answers, expected_neighbours):
+        assert error is None, error
+        assert abs(float(result.as_numpy("score")[0, 0]) - reference.score) <= 1e-4
+    client.async_stream_infer("armorm", [_shaped([[b"not json"]])])
+    result, error = results.get(timeout=60)
+    assert result is None and "not valid JSON" in str(error)
+    client.async_stream_infer("armorm", [messages_tensor([json.dumps(NEIGHBOURS[0]).encode()])])
+    result, error = results.get(timeout=60)
+    assert error is None and abs(float(result.as_numpy("score")[0, 0]) - expected_neighbours[0].score) <= 1e-4
+    client.stop_stream()
+    client.close()
+    assert attacked.triton_pid() == attacked.first_triton_pid
+    wait_until_idle(attacked, timeout=30)

@@ -110,7 +110,7 @@ MESSAGES = {"name": "messages", "shape": [1, 1], "datatype": "BYTES"}
     (body([{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]}]), None, "BOOL but holds"),
     (body([{**MESSAGES, "data": ["a"]}], outputs=[{"nom": "score"}]), None, '"outputs"'),
     (b"{}", "99", "does not fit"),
-    (b"{}", "x", "must be an integer"),
+    (b"{}", "x", "must be a decimal integer"),
 ])
 def test_malformed_inference_bodies_are_named(raw, header, fragment):
     assert fragment in infer_body_error(raw, header)
@@ -139,3 +139,24 @@ def test_grpc_infer_requests_with_bad_bytes_are_refused():
     typed = service_pb2.ModelInferRequest(model_name="armorm")
     typed.inputs.add(name="messages", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(b"[]")
     assert infer_request_error(typed.SerializeToString()) is None, "typed contents: Triton checks those itself"
+
+
+def test_binary_bytes_of_size_zero_are_still_checked_and_header_lengths_are_plain_digits():
+    header = body([{**MESSAGES, "shape": [2, 1], "parameters": {"binary_data_size": 0}}])
+    assert "holds 0 strings; its shape declares 2" in infer_body_error(header, str(len(header)))
+    for odd in (" 12", "1_2", "١٢", "-1"):
+        assert "decimal integer" in infer_body_error(b"{}", odd)
+
+
+def test_paths_with_dot_or_empty_segments_are_not_forwarded():
+    from armorm.gateway.http_proxy import plain_path
+
+    assert plain_path("/v2/models/armorm/infer")
+    for path in ("/v2/models/../repository/index", "/v2/./logging", "//v2/logging", "/v2/models/x/", "/v2/models/.."):
+        assert not plain_path(path), path
+
+
+def test_a_key_header_that_is_not_utf8_is_a_wrong_key():
+    policy = AccessPolicy(admin_key="adm")
+    denial = policy.check(Api.LOGGING, {"armorm-admin-key": b"\xff".decode("utf-8", "surrogateescape")}.get)
+    assert denial is not None and not denial.missing

@@ -152,7 +152,8 @@ class Gateway:
                 pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
-        self._loop.close()
+        if not self._thread.is_alive():  # a loop stuck in a callback is left to die with the process
+            self._loop.close()
         self._loop = None
 
     def _call(self, coroutine: Awaitable[T], timeout: float) -> T:
@@ -169,26 +170,45 @@ class Gateway:
         self._servers.append(await start_metrics(self))
 
     async def _stop(self) -> None:
-        for server in reversed(self._servers):
+        for server in self._servers:  # gRPC first: it carries most calls
             await server.close()
         self._servers.clear()
 
     # --- used by the proxies, on the gateway's loop -----------------------------------------------------
-    def admit(self, protocol: str, api: Api, header: Callable[[str], str | None]) -> tuple[Refusal, str] | None:
-        """Count the call and decide whether it may go upstream; (refusal, message) when not."""
+    def authorize(self, protocol: str, api: Api, header: Callable[[str], str | None]) -> tuple[Refusal, str] | None:
+        """Count the call and check its keys; (refusal, message) when they do not open `api`."""
         self.stats.requests[(protocol, api.value)] += 1
         denial: Denial | None = self.config.policy.check(api, header)
+        if denial is None:
+            return None
+        refusal = Refusal.UNAUTHENTICATED if denial.missing else Refusal.PERMISSION_DENIED
+        self.refuse(protocol, refusal.value)
+        return refusal, denial.message
+
+    def admit_inference(self, protocol: str) -> tuple[Refusal, str] | None:
+        """Take an in-flight slot for one inference call, or say why not (draining, at the limit).
+
+        An admitted call must reach `upstream(..., inference=True)` with no `await` in between (so a drain
+        that starts now counts it), or give the slot back with `release()`.
+        """
         refusal: tuple[Refusal, str] | None = None
-        if denial is not None:
-            refusal = (Refusal.UNAUTHENTICATED if denial.missing else Refusal.PERMISSION_DENIED, denial.message)
-        elif api is Api.INFERENCE and self.draining:
+        if self.draining:
             refusal = (Refusal.DRAINING, DRAINING_MESSAGE)
-        elif api is Api.INFERENCE and self.stats.in_flight >= self.config.max_in_flight:
+        elif self.stats.in_flight >= self.config.max_in_flight:
             refusal = (Refusal.OVERLOADED, f"the server has {self.stats.in_flight} requests in flight, its limit; "
                                            "retry with backoff")
         if refusal is not None:
             self.refuse(protocol, refusal[0].value)
-        return refusal
+            return refusal
+        self.stats.in_flight += 1
+        self._idle.clear()
+        return None
+
+    def release(self) -> None:
+        """Give back a slot taken by admit_inference."""
+        self.stats.in_flight -= 1
+        if self.stats.in_flight == 0:
+            self._idle.set()
 
     def refuse(self, protocol: str, reason: str) -> None:
         self.stats.refused[(protocol, reason)] += 1
@@ -197,9 +217,12 @@ class Gateway:
         """Await an upstream call that the caller's cancellation never reaches.
 
         If the caller goes away (client cancel, deadline, disconnect), this coroutine is cancelled but the
-        upstream call keeps running to its end; its answer is dropped and counted as abandoned.
+        upstream call keeps running to its end; its answer is dropped and counted as abandoned. An inference
+        call gives back its admit_inference slot when it ends.
         """
-        task = self.track(call, inference)
+        task = self.track(call)
+        if inference:
+            task.add_done_callback(lambda _: self.release())
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -207,21 +230,14 @@ class Gateway:
                 self.stats.abandoned += 1
             raise
 
-    def track(self, call: Awaitable[T], inference: bool) -> asyncio.Future[T]:
-        """Run `call` as a task of its own that lives until it ends; inference calls count as in flight."""
+    def track(self, call: Awaitable[T]) -> asyncio.Future[T]:
+        """Run `call` as a task of its own that lives until it ends, whoever awaits it."""
         task = asyncio.ensure_future(call)
-        self._tasks.add(task)  # a reference until it ends, whoever awaits it
-        if inference:
-            self.stats.in_flight += 1
-            self._idle.clear()
-        task.add_done_callback(lambda done: self._ended(done, inference))
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
         return task
 
-    def _ended(self, task: asyncio.Future[Any], inference: bool) -> None:
+    def _ended(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: an abandoned call's error is not worth a warning
-        if inference:
-            self.stats.in_flight -= 1
-            if self.stats.in_flight == 0:
-                self._idle.set()

@@ -62,43 +62,59 @@ class GrpcProxy(grpc.GenericRpcHandler):
             return grpc.stream_stream_rpc_method_handler(partial(self.stream, details.method, api))
         return grpc.unary_unary_rpc_method_handler(partial(self.unary, details.method, api))
 
-    async def admit(self, api: Api, context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
+    async def authorize(self, api: Api, context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
+        """Check the caller's keys (abort when refused); the metadata to forward."""
         metadata = tuple(context.invocation_metadata() or ())
-        headers = dict(metadata)
-        refusal = self.gateway.admit(PROTOCOL, api, headers.get)
+        refusal = self.gateway.authorize(PROTOCOL, api, dict(metadata).get)
         if refusal is not None:
             await context.abort(REFUSAL_CODES[refusal[0]], refusal[1])
         return forwarded_grpc_metadata(metadata)
 
     async def unary(self, method: str, api: Api, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        metadata = await self.admit(api, context)
+        metadata = await self.authorize(api, context)
         if self.gateway.draining and method in _READINESS:
             return NOT_READY
         if self.gateway.draining and method == GRPC_HEALTH_CHECK:
             return NOT_SERVING
-        if api is Api.INFERENCE:
-            await self.check(request, context)
+        inference = api is Api.INFERENCE
+        if inference:
+            problem = infer_request_error(request)
+            if problem is not None:
+                self.gateway.refuse(PROTOCOL, "malformed")
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            refusal = self.gateway.admit_inference(PROTOCOL)
+            if refusal is not None:
+                await context.abort(REFUSAL_CODES[refusal[0]], refusal[1])
         upstream = self._unary_calls.get(method)
         if upstream is None:
             upstream = self._unary_calls[method] = self.channel.unary_unary(method)
-        call = upstream(request, metadata=metadata)
-        try:
-            return await self.gateway.upstream(call, inference=api is Api.INFERENCE)
+        try:  # no await between admit_inference and upstream(): a drain starting now counts this call
+            return await self.gateway.upstream(upstream(request, metadata=metadata), inference)
         except grpc.aio.AioRpcError as err:
             await self.abort_like(err, context)
 
     async def stream(self, method: str, api: Api, requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        metadata = await self.admit(api, context)
+        """ModelStreamInfer: each message is admitted like a unary call and holds its in-flight slot until its
+        answer comes back (the ensemble answers each request once). A refused message ends the stream with its
+        status after the answers to the earlier ones."""
+        metadata = await self.authorize(api, context)
         call = self.channel.stream_stream(method)(metadata=metadata)
         answers: asyncio.Queue[Any] = asyncio.Queue()
+        state = {"pending": 0, "refusal": None}
 
         async def forward_requests() -> None:
             try:
                 async for message in requests:
                     problem = infer_request_error(message)
-                    if problem is not None:  # never let it reach a batch; the caller's stream ends with it
-                        answers.put_nowait(grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, None, None, problem))
+                    if problem is not None:
+                        self.gateway.refuse(PROTOCOL, "malformed")
+                        state["refusal"] = (grpc.StatusCode.INVALID_ARGUMENT, problem)
                         break
+                    refusal = self.gateway.admit_inference(PROTOCOL)
+                    if refusal is not None:
+                        state["refusal"] = (REFUSAL_CODES[refusal[0]], refusal[1])
+                        break
+                    state["pending"] += 1
                     await call.write(message)
             except Exception:  # noqa: BLE001 - the caller went away: stop writing, let Triton finish
                 pass
@@ -111,23 +127,28 @@ class GrpcProxy(grpc.GenericRpcHandler):
         async def collect_answers() -> None:
             try:
                 async for answer in call:
+                    if state["pending"]:
+                        state["pending"] -= 1
+                        self.gateway.release()
                     answers.put_nowait(answer)
-                answers.put_nowait(_END)
+                if state["refusal"] is not None:
+                    answers.put_nowait(state["refusal"])
             except grpc.aio.AioRpcError as err:
-                answers.put_nowait(err)
+                answers.put_nowait((err.code(), err.details() or ""))
+            except BaseException:  # noqa: BLE001 - e.g. the channel closed under it; the caller must not hang
+                answers.put_nowait((grpc.StatusCode.UNAVAILABLE, UNREACHABLE))
+            finally:
+                for _ in range(state["pending"]):
+                    self.gateway.release()
+                state["pending"] = 0
+                answers.put_nowait(_END)
 
-        self.gateway.track(forward_requests(), inference=False)
-        self.gateway.track(collect_answers(), inference=True)  # runs to its end even if this caller leaves
+        self.gateway.track(forward_requests())
+        self.gateway.track(collect_answers())  # runs to its end even if this caller leaves
         while (answer := await answers.get()) is not _END:
-            if isinstance(answer, grpc.aio.AioRpcError):
-                await self.abort_like(answer, context)
+            if isinstance(answer, tuple):
+                await context.abort(*answer)
             yield answer
-
-    async def check(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
-        problem = infer_request_error(request)
-        if problem is not None:
-            self.gateway.refuse(PROTOCOL, "malformed")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
     async def abort_like(self, err: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
         details = err.details() or ""
@@ -149,7 +170,9 @@ class GrpcListener:
 async def start_grpc(gateway: Gateway) -> GrpcListener:
     config = gateway.config
     channel = grpc.aio.insecure_channel(config.upstream.grpc_target, options=_UPSTREAM_OPTIONS)
-    server = grpc.aio.server(options=[
+    # Beyond this many concurrent calls gRPC answers RESOURCE_EXHAUSTED before reading more messages: memory
+    # stays bounded even when callers without keys send large messages.
+    server = grpc.aio.server(maximum_concurrent_rpcs=config.max_in_flight + 256, options=[
         ("grpc.so_reuseport", 0),  # never share a port with another process (a stale server, say)
         ("grpc.max_receive_message_length", config.max_request_bytes),
         ("grpc.max_send_message_length", -1),

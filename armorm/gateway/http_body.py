@@ -59,10 +59,9 @@ def infer_body_error(body: bytes, header_length: str | None) -> str | None:
     json_part = body
     binary_size = 0
     if header_length is not None:
-        try:
-            length = int(header_length)
-        except ValueError:
-            return f"Inference-Header-Content-Length must be an integer, got {header_length[:40]!r}"
+        if not (header_length.isascii() and header_length.isdigit()):
+            return f"Inference-Header-Content-Length must be a decimal integer, got {header_length[:40]!r}"
+        length = int(header_length)
         if not 0 <= length <= len(body):
             return f"Inference-Header-Content-Length {length} does not fit the {len(body)}-byte body"
         json_part, binary_size = body[:length], len(body) - length
@@ -85,7 +84,7 @@ def infer_body_error(body: bytes, header_length: str | None) -> str | None:
         problem, size = _input_error(tensor, index)
         if problem:
             return problem
-        if size and tensor["datatype"] == "BYTES":
+        if tensor["datatype"] == "BYTES" and "binary_data_size" in tensor.get("parameters", {}):
             problem = bytes_elements_error(binary[declared_binary:declared_binary + size], math.prod(tensor["shape"]))
             if problem:
                 return f"input {tensor['name'][:64]!r}: {problem}"

@@ -28,6 +28,12 @@ METRICS_BODY_LIMIT = 64 << 10
 _READY_PATHS = ("/v2/health/ready",)
 
 
+def plain_path(path: str) -> bool:
+    """No empty, "." or ".." segments: the path Triton receives (normalised by the HTTP client) is then the very
+    path the route check saw."""
+    return all(segment not in ("", ".", "..") for segment in path.split("/")[1:])
+
+
 def error(status: int, message: str) -> web.Response:
     """Triton's own error shape: {"error": "..."}."""
     return web.json_response({"error": message}, status=status)
@@ -39,14 +45,14 @@ class HttpProxy:
         self.session = session
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        api = api_of_http(request.method, request.path)
+        api = api_of_http(request.method, request.path) if plain_path(request.path) else None
         if api is None:
             self.gateway.refuse(PROTOCOL, "not_found")
             return error(404, f"{request.method} {request.path[:200]} is not an API of this server")
-        refusal = self.gateway.admit(PROTOCOL, api, request.headers.get)
+        refusal = self.gateway.authorize(PROTOCOL, api, request.headers.get)
         if refusal is not None:
             return error(REFUSAL_STATUS[refusal[0]], refusal[1])
-        if self.gateway.draining and (request.path in _READY_PATHS or request.path.endswith("/ready")):
+        if self.gateway.draining and api is Api.HEALTH and request.path.endswith("/ready"):
             return error(503, "the server is shutting down")
         try:
             body = await self.read_body(request)
@@ -55,18 +61,21 @@ class HttpProxy:
             return error(err.status, str(err))
         headers = {"Content-Type": "application/octet-stream" if request.headers.get(HEADER_LENGTH)
                    else "application/json"}
-        if HEADER_LENGTH in request.headers:
-            headers[HEADER_LENGTH] = request.headers[HEADER_LENGTH]
-        if "Accept-Encoding" in request.headers:
-            headers["Accept-Encoding"] = request.headers["Accept-Encoding"]
-        if api is Api.INFERENCE:
+        for name in (HEADER_LENGTH, "Accept-Encoding"):
+            if name in request.headers:
+                headers[name] = request.headers[name]
+        inference = api is Api.INFERENCE
+        if inference:
             problem = await self.check_inference(body, request.headers.get(HEADER_LENGTH))
             if problem is not None:
                 self.gateway.refuse(PROTOCOL, "malformed")
                 return error(400, problem)
-        try:
+            refusal = self.gateway.admit_inference(PROTOCOL)
+            if refusal is not None:
+                return error(REFUSAL_STATUS[refusal[0]], refusal[1])
+        try:  # no await between admit_inference and upstream(): a drain starting now counts this call
             status, answer_headers, answer = await self.gateway.upstream(
-                self.forward(request.method, request.path_qs, headers, body), inference=api is Api.INFERENCE)
+                self.forward(request.method, request.path_qs, headers, body), inference)
         except aiohttp.ClientError:
             self.gateway.stats.upstream_unavailable += 1
             return error(503, "the model server is not reachable (starting or restarting); retry with backoff")
@@ -107,7 +116,7 @@ class HttpListener:
 
 
 async def listen(app: web.Application, host: str, port: int, what: str) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)  # a slow upload must not hold a stop
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=False).start()

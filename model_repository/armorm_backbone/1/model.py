@@ -34,6 +34,8 @@ def conversations(request, vocab_size):
     reward = input_array(pb, request, "reward_position").reshape(-1)
     if input_ids.ndim != 2 or not (input_ids.shape[0] == gate.shape[0] == reward.shape[0]):
         raise RequestError("input_ids [batch, tokens], gate_position and reward_position [batch, 1] disagree in batch")
+    if input_ids.shape[0] == 0:
+        raise RequestError("the request holds no rows; send at least one conversation")
     length = input_ids.shape[1]
     if ((gate < 0) | (gate >= length) | (reward < 0) | (reward >= length)).any():
         raise RequestError(f"gate_position and reward_position must lie in [0, {length})")
