@@ -7,7 +7,6 @@ and SIGTERM → wait → SIGKILL on stop. Keys reach it through the environment 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,37 +18,14 @@ from pathlib import Path
 from armorm.contract import ADMIN_HEADER, GRPC_HEADER_PREFIX
 from armorm.gateway import TlsFiles
 from armorm.server import ADMIN_KEY_ENV, API_KEY_ENV
-from armorm.triton_process import ServerStartError, free_port
+from armorm.triton_process import ServerStartError, ServerUrls, descendants, free_port, terminate
 
 # A port chosen free can be taken before armorm-serve binds it; it then exits 2 and is started again.
 PORT_RACE_ATTEMPTS = 3
 
 
-def children(pid: int) -> dict[int, str]:
-    """pid → command line of every live descendant of `pid`."""
-    parents: dict[int, int] = {}
-    commands: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] == "Z":
-                continue
-            parents[int(entry.name)] = int(fields[1])
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError):
-            continue
-    found, frontier = {}, {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier and child not in found}
-        found.update({child: commands[child] for child in frontier})
-    return found
-
-
 @dataclass
-class ServeProcess:
+class ServeProcess(ServerUrls):
     repository: Path
     log_dir: Path
     admin_key: str | None = None
@@ -62,18 +38,6 @@ class ServeProcess:
     http_port: int = 0
     metrics_port: int = 0
     process: subprocess.Popen | None = field(default=None, init=False)
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     @property
     def cli_log(self) -> Path:
@@ -156,21 +120,12 @@ class ServeProcess:
         return "\n".join(tails)
 
     def triton_pid(self) -> int | None:
-        return next((pid for pid, command in children(self.process.pid).items()
+        return next((pid for pid, command in descendants(self.process.pid).items()
                      if "bin/tritonserver" in command), None)
 
     def stop(self, timeout: float = 90.0) -> int | None:
         """SIGTERM (armorm-serve drains, then stops Triton), then SIGKILL after `timeout`."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
+        return None if self.process is None else terminate(self.process, timeout)
 
     def __enter__(self) -> ServeProcess:
         return self.start()

@@ -107,21 +107,82 @@ class TritonInstall:
         return env
 
 
-def process_group(pgid: int) -> dict[int, str]:
-    """pid → command line of every live (non-zombie) process in a process group."""
-    members = {}
+@dataclass(frozen=True)
+class LiveProcess:
+    pid: int
+    parent: int
+    group: int
+    command: str
+
+
+def live_processes() -> list[LiveProcess]:
+    """Every live (non-zombie) process this user can see, from /proc."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-                members[int(entry.name)] = command.decode(errors="replace")
+            if fields[0] == "Z":
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found.append(LiveProcess(int(entry.name), int(fields[1]), int(fields[2]), command))
         except (OSError, ValueError):
             continue
-    return members
+    return found
+
+
+def process_group(pgid: int) -> dict[int, str]:
+    """pid → command line of every live process in a process group."""
+    return {p.pid: p.command for p in live_processes() if p.group == pgid}
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid → command line of every live descendant of `pid`."""
+    processes = live_processes()
+    found: dict[int, str] = {}
+    frontier = {pid}
+    while frontier:
+        frontier = {p.pid for p in processes if p.parent in frontier and p.pid not in found}
+        found.update({p.pid: p.command for p in processes if p.pid in frontier})
+    return found
+
+
+def terminate(process: subprocess.Popen, timeout: float, kill_group: bool = False) -> int | None:
+    """SIGTERM, then SIGKILL (to its whole process group with `kill_group`) if it is still there after `timeout`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL) if kill_group else process.kill()
+            except (ProcessLookupError, PermissionError):
+                pass
+            process.wait(10)
+    return process.returncode
+
+
+class ServerUrls:
+    """The three listeners' addresses, from `host` and the ports of the class that mixes this in."""
+
+    host: str
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
 def python_instances(repository: Path) -> set[str]:
@@ -190,7 +251,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 @dataclass
-class TritonServer:
+class TritonServer(ServerUrls):
     """A tritonserver process, on Unix sockets (`sockets`) or loopback TCP. Use as a context manager."""
 
     repository: Path
@@ -209,15 +270,7 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
-        return self.sockets.grpc_target if self.sockets else f"{self.host}:{self.grpc_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return self.sockets.grpc_target if self.sockets else super().grpc_url
 
     def listen_flags(self) -> list[str]:
         if self.sockets is not None:
@@ -335,16 +388,7 @@ class TritonServer:
         after `timeout`. Draining new requests first is the gateway's job (armorm-serve)."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                self.process.wait(10)
+        terminate(self.process, timeout, kill_group=True)
         # Stubs are in the server's session: make sure none outlives it, and wait until they are gone.
         try:
             os.killpg(self.process.pid, signal.SIGKILL)

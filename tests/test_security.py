@@ -13,7 +13,8 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from armorm.gateway import TlsFiles
-from armorm.serve_process import ServeProcess, children
+from armorm.serve_process import ServeProcess
+from armorm.triton_process import descendants
 from armorm_client import ArmoRMClient, PermissionDeniedError
 from tests.conversations import varied_conversations
 
@@ -80,7 +81,7 @@ def cmdline(pid: int) -> bytes:
 def test_no_key_is_on_any_command_line_and_triton_is_not_reachable_over_tcp(exported_repository, tmp_path):
     admin, api = "admin-1c9f4e7a2b", "api-83d02f6e51"
     with ServeProcess(exported_repository, tmp_path, admin_key=admin, api_key=api) as server:
-        processes = {server.process.pid: "armorm-serve", **children(server.process.pid)}
+        processes = {server.process.pid: "armorm-serve", **descendants(server.process.pid)}
         assert len(processes) >= 7, processes  # armorm-serve, tritonserver, five model processes
         for pid in processes:
             line = cmdline(pid)

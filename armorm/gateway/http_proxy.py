@@ -106,25 +106,27 @@ class HttpProxy:
 
 
 class HttpListener:
-    def __init__(self, runner: web.AppRunner, session: aiohttp.ClientSession | None) -> None:
+    def __init__(self, runner: web.AppRunner, session: aiohttp.ClientSession) -> None:
         self.runner, self.session = runner, session
 
     async def close(self) -> None:
         await self.runner.cleanup()
-        if self.session is not None:
-            await self.session.close()
+        await self.session.close()
 
 
-async def listen(app: web.Application, host: str, port: int, what: str) -> web.AppRunner:
+async def listen(app: web.Application, session: aiohttp.ClientSession, host: str, port: int,
+                 what: str) -> HttpListener:
+    """Serve `app` on host:port; `session` (its way to Triton) is closed with it, or at once if the port is taken."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)  # a slow upload must not hold a stop
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=False).start()
     except OSError as err:
         await runner.cleanup()
+        await session.close()
         raise OSError(f"cannot listen for {what} on {host}:{port}: {err.strerror} "
                       "(is another server using the port?)") from None
-    return runner
+    return HttpListener(runner, session)
 
 
 def upstream_session(socket_path: Any) -> aiohttp.ClientSession:
@@ -141,12 +143,7 @@ async def start_http(gateway: Gateway) -> HttpListener:
     proxy = HttpProxy(gateway, session)
     app = web.Application(client_max_size=config.max_request_bytes)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    try:
-        runner = await listen(app, config.host, config.http_port, "HTTP")
-    except OSError:
-        await session.close()
-        raise
-    return HttpListener(runner, session)
+    return await listen(app, session, config.host, config.http_port, "HTTP")
 
 
 async def start_metrics(gateway: Gateway) -> HttpListener:
@@ -168,10 +165,5 @@ async def start_metrics(gateway: Gateway) -> HttpListener:
     app = web.Application(client_max_size=METRICS_BODY_LIMIT)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", elsewhere)
-    try:
-        runner = await listen(app, config.host, config.metrics_port, "metrics")
-    except OSError:
-        await session.close()
-        raise
-    return HttpListener(runner, session)
+    return await listen(app, session, config.host, config.metrics_port, "metrics")
 
