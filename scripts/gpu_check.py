@@ -11,6 +11,7 @@ stubs), which needs the pip tritonserver on the device; `make bench` measures th
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--tolerance", type=float, default=None, help="max |score| difference (bf16 default 0.05)")
+    parser.add_argument("--output", type=Path, default=None, help="write results.json there")
     args = parser.parse_args()
     device = args.device
     dtype = default_dtype(device)
@@ -108,6 +110,17 @@ def main() -> int:
               f"{stats['computed_tokens'] / total:>8.0%} {difference:>11.3g}")
     verdict = "OK" if worst <= tolerance else "MISMATCH"
     print(f"parity: max |packed score - card score| = {worst:.3g} (tolerance {tolerance:g}, {dtype}) -> {verdict}")
+    if args.output is not None:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "results.json").write_text(json.dumps({
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "shape": args.shape,
+            "gemm_peak_flops": peak, "flops_per_token": per_token, "max_score_difference": worst,
+            "tolerance": tolerance, "rows": [
+                {"workload": name, "requests": count, "tokens": total, "card_seconds": card_s,
+                 "packed_seconds": packed_s, "ratio_vs_card": card_s / packed_s,
+                 "fraction_of_gemm_peak": stats["computed_tokens"] / packed_s * per_token / peak,
+                 "max_score_difference": difference}
+                for name, count, total, card_s, packed_s, difference, stats in rows]}, indent=2))
     return 0 if worst <= tolerance else 1
 
 
