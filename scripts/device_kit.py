@@ -83,15 +83,18 @@ def triton_archive(target: Path, python: str, preset: int) -> None:
     libraries = needed_libraries(binaries, libs, sysconfig.get_config_var("LIBDIR") or "")
     say(f"tritonserver: {len(libraries)} of {len(list(libs.iterdir()))} bundled libraries are loaded; the rest "
         "(e.g. the wheel's own libpython3.13) stay out")
+    entries = [(path, f"pytriton/tritonserver/{path.relative_to(server)}") for path in sorted(server.rglob("*"))
+               if path.is_file() and "__pycache__" not in path.parts
+               and path.relative_to(server).parts[0] != "python_backend_stubs"]
+    entries.append((stub, f"pytriton/tritonserver/python_backend_stubs/{python}/triton_python_backend_stub"))
+    entries += [(libs / name, f"nvidia_pytriton.libs/{name}") for name in sorted(libraries)]
+    xz_tar(target, entries, preset)
+
+
+def xz_tar(target: Path, entries: list[tuple[Path, str]], preset: int) -> None:
     with lzma.open(target, "wb", preset=preset) as packed, tarfile.open(fileobj=packed, mode="w") as archive:
-        for path in sorted(server.rglob("*")):
-            relative = path.relative_to(server)
-            if path.is_dir() or "__pycache__" in relative.parts or relative.parts[0] == "python_backend_stubs":
-                continue
-            add_file(archive, path, f"pytriton/tritonserver/{relative}")
-        add_file(archive, stub, f"pytriton/tritonserver/python_backend_stubs/{python}/triton_python_backend_stub")
-        for name in sorted(libraries):
-            add_file(archive, libs / name, f"nvidia_pytriton.libs/{name}")
+        for source, name in entries:
+            add_file(archive, source, name)
 
 
 def download_wheel(requirement: str, python: str, directory: Path) -> Path:
@@ -128,10 +131,8 @@ def build(output: Path, python: str, preset: int = 6) -> Path:
         say("tritonclient gRPC client + python-rapidjson → site.tar.xz")
         site = Path(scratch) / "site"
         client_site(site, python, Path(scratch) / "wheels")
-        with lzma.open(output / "site.tar.xz", "wb", preset=preset) as packed, tarfile.open(fileobj=packed, mode="w") as tar:
-            for path in sorted(site.rglob("*")):
-                if path.is_file():
-                    add_file(tar, path, str(path.relative_to(site)))
+        xz_tar(output / "site.tar.xz", [(path, str(path.relative_to(site))) for path in sorted(site.rglob("*"))
+                                        if path.is_file()], preset)
     say("Llama-3 tokenizer → tokenizer.json.xz")
     from armorm.random_checkpoint import llama3_tokenizer_json
 
