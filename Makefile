@@ -107,7 +107,8 @@ device-rehearsal: install ## the device check (scripts/device_check.sh) on CPU, 
 	test -f $(REHEARSAL)/venv/.installed || ($(PYTHON) -m venv $(REHEARSAL)/venv \
 	  && $(REHEARSAL_PY) -m pip install -q '$(TORCH_SPEC)' && $(REHEARSAL_PY) -m pip install -q $(DEVICE_PACKAGES) \
 	  && touch $(REHEARSAL)/venv/.installed)
-	PYTHON=$(REHEARSAL_PY) OUT=$(REHEARSAL)/out SERVED_ARGS='--conversations 8 --long-conversations 2 --prompts 2 --concurrency 1,4' \
+	PYTHON=$(REHEARSAL_PY) OUT=$(REHEARSAL)/out PACKED_ARGS='--dtype bfloat16' \
+	  SERVED_ARGS='--conversations 8 --long-conversations 2 --prompts 2 --concurrency 1,4 --dtype bfloat16' \
 	  bash scripts/device_check.sh --kit $(REHEARSAL)/kit --shape cpu-small
 
 lint: install ## ruff

@@ -41,9 +41,14 @@ def hf_llama(config: ArmoRMConfig, state: dict[str, torch.Tensor], dtype: torch.
         model = LlamaModel(llama_config)
     weights = {name.removeprefix("model."): t.to(dtype) for name, t in state.items() if name.startswith("model.")}
     model.load_state_dict(weights, strict=True, assign=True)
-    # Buffers (rotary inv_freq) were created on meta: rebuild them on the target device.
-    model.rotary_emb = type(model.rotary_emb)(config=llama_config)
-    return model.to(device=device, dtype=dtype).eval()
+    rotary = type(model.rotary_emb)
+    model.rotary_emb = torch.nn.Identity()  # its buffer is on meta: set aside through the cast below
+    model = model.to(device=device, dtype=dtype)
+    # The rotary inv_freq buffer was created on meta, and .to(dtype) would make it bf16 (RoPE phases off by
+    # radians 1000+ tokens apart). from_pretrained(torch_dtype=bfloat16), what the model card runs, keeps it
+    # fp32: rebuild it so, after the cast.
+    model.rotary_emb = rotary(config=llama_config).to(device)  # moved, never cast: inv_freq stays fp32
+    return model.eval()
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from armorm.backbone import default_dtype
+from armorm.fidelity import floor_for, judge
 from armorm.random_checkpoint import TinySizes, write_random_checkpoint
 
 SHAPES = {
@@ -72,11 +73,6 @@ def mix(count: int, low: int, high: int, seed: int) -> list[list[dict[str, str]]
         conversations.append([{"role": "user", "content": text_of(prompt - 12, rng)},
                               {"role": "assistant", "content": text_of(total - prompt, rng)}])
     return conversations
-
-
-def score_tolerance(dtype: torch.dtype) -> float:
-    """Max |served − card| score accepted: bf16 rounding on GPU, float noise in fp32."""
-    return 5e-2 if dtype == torch.bfloat16 else 1e-4
 
 
 def sync(device: str | torch.device) -> None:
@@ -196,6 +192,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu-small")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="auto: bf16 on a GPU, fp32 on CPU; bfloat16 on CPU rehearses the GPU's fidelity check")
     parser.add_argument("--conversations", type=int, default=32)
     parser.add_argument("--long-conversations", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=4, help="best-of-N prompts")
@@ -206,7 +204,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
     args.output.mkdir(parents=True, exist_ok=True)
-    dtype = default_dtype(args.device)
+    dtype = default_dtype(args.device) if args.dtype == "auto" else getattr(torch, args.dtype)
     concurrency = [int(c) for c in args.concurrency.split(",")]
 
     def say(message: str) -> None:
@@ -226,6 +224,7 @@ def main() -> int:
     config_path = repository / "armorm_backbone" / "config.pbtxt"
     config = read_config(config_path)
     set_parameter(config, "max_batch_tokens", str(args.max_batch_tokens))
+    set_parameter(config, "dtype", str(dtype).removeprefix("torch."))
     write_config(config_path, config, "bench")
 
     workloads = {
@@ -254,12 +253,14 @@ def main() -> int:
     del reference
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
+    fp32_scores = fp32_reference_scores(checkpoint, args.device, dtype, {**workloads, bon_name: flat}, card_scores, say)
 
     from armorm import metrics
     from armorm.prometheus import scrape, total
     from armorm.serve_process import ServeProcess
 
     worst = 0.0
+    served_scores: dict[str, list[float]] = {name: [] for name in card_scores}
     with ServeProcess(repository, args.output / "logs", startup_timeout=900) as server:
         say(f"server ready on {server.grpc_url}")
         asyncio.run(served(server.grpc_url, workloads[next(iter(workloads))][:4], 4, "warm-up"))
@@ -273,6 +274,7 @@ def main() -> int:
                 row.workload = name
                 rows.append(row)
                 worst = max(worst, float(np.abs(np.array(scores) - np.array(card_scores[name])).max()))
+                served_scores[name].append(scores)
                 say(f"  {name} @ {c}: {row.req_per_s:.2f} req/s")
 
     peak = gemm_peak_flops(args.device, dtype)
@@ -290,16 +292,36 @@ def main() -> int:
                      f"{row.tok_per_s:>9.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {ratio:>6.2f}x {fraction:>6.1%}")
         summary.append({**asdict(row), "req_per_s": row.req_per_s, "tok_per_s": row.tok_per_s,
                         "ratio_vs_card": ratio, "fraction_of_gemm_peak": fraction})
-    tolerance = score_tolerance(default_dtype(args.device))
-    lines.append(f"max |served score - card score| over every benchmarked request: {worst:.3g} "
-                 f"(tolerance {tolerance:g}) -> {'OK' if worst <= tolerance else 'MISMATCH'}")
+    floor = floor_for(str(dtype).removeprefix("torch."))
+    fidelity = [judge(name, np.concatenate(served_scores[name]), np.tile(card_scores[name], len(concurrency)),
+                      np.tile(fp32_scores[name], len(concurrency)), floor=floor) for name in card_scores]
+    lines.append(f"max |served score - card score| over every benchmarked request: {worst:.3g}")
+    lines += [verdict.line() for verdict in fidelity]
     (args.output / "results.json").write_text(json.dumps(
         {"device": args.device, "shape": args.shape, "gemm_peak_flops": peak, "flops_per_token": per_token,
-         "max_score_difference": worst, "rows": summary}, indent=2))
+         "max_score_difference": worst, "rows": summary,
+         "fidelity": [{**asdict(v), "ok": v.ok} for v in fidelity]}, indent=2))
     plot(rows, args.output / "bench.png")
     print("\n".join(lines))
     print(f"plot: {args.output / 'bench.png'}; data: {args.output / 'results.json'}")
-    return 0 if worst <= tolerance else 1
+    return 0 if all(v.ok for v in fidelity) else 1
+
+
+def fp32_reference_scores(checkpoint: Path, device: str, dtype: torch.dtype, workloads: dict, card_scores: dict,
+                          say) -> dict[str, list[float]]:
+    """Every benchmarked conversation's score from an fp32 forward (armorm.fidelity judges both paths by it).
+    When the card already ran in fp32, its scores are that reference."""
+    if dtype == torch.float32:
+        return card_scores
+    from armorm.reference import ArmoRMReference
+
+    say(f"fp32 reference forward on {device} for the fidelity criterion")
+    reference = ArmoRMReference(checkpoint, device=device, dtype=torch.float32)
+    scores = {name: [reference.score(m).score for m in conversations] for name, conversations in workloads.items()}
+    del reference
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return scores
 
 
 if __name__ == "__main__":

@@ -7,6 +7,13 @@ import sys
 from pathlib import Path
 
 
+def fidelity_lines(data: dict) -> list[str]:
+    """armorm.fidelity verdicts: the served (or packed) path's error against fp32 vs the card's own."""
+    return [f"  fidelity {row['workload'][:40]:<40} RMS vs fp32: served {row['served_error']:.3g}, card "
+            f"{row['card_error']:.3g}, bound {row['bound']:.3g} -> {'OK' if row['ok'] else 'FAIL'}"
+            for row in data["fidelity"]]
+
+
 def main(output: Path) -> int:
     lines, ok = [], True
     served = output / "served" / "results.json"
@@ -20,13 +27,8 @@ def main(output: Path) -> int:
             lines.append(f"  {row['workload'][:44]:<44} {row['method'][:26]:<26} {row['concurrency']:>4} "
                          f"{row['req_per_s']:>8.2f} {row['tok_per_s']:>9.0f} {row['p50_ms']:>8.1f} "
                          f"{row['p99_ms']:>8.1f} {row['ratio_vs_card']:>6.2f}x {row['fraction_of_gemm_peak']:>6.1%}")
-        fidelity = data.get("fidelity")
-        if fidelity:
-            for row in fidelity:
-                verdict = "OK" if row["ok"] else "FAIL"
-                ok &= row["ok"]
-                lines.append(f"  fidelity {row['workload'][:40]:<40} served {row['served_error']:.3g} vs fp32, card "
-                             f"{row['card_error']:.3g} vs fp32, bound {row['bound']:.3g} -> {verdict}")
+        lines += fidelity_lines(data)
+        ok &= all(row["ok"] for row in data["fidelity"])
         lines.append(f"  max |served - card| score {data['max_score_difference']:.3g}")
     else:
         lines.append("served: no results (the step failed or was not selected)")
@@ -38,6 +40,8 @@ def main(output: Path) -> int:
             lines.append(f"  {row['workload']:<16} {row['requests']:>4} reqs {row['tokens']:>7} tokens  "
                          f"{row['ratio_vs_card']:>5.2f}x card  {row['fraction_of_gemm_peak']:>6.1%} peak  "
                          f"max|Δscore| {row['max_score_difference']:.3g}")
+        lines += fidelity_lines(data)
+        ok &= all(row["ok"] for row in data["fidelity"])
     else:
         lines.append("packed: no results (the step failed or was not selected)")
     print("\n".join(lines))

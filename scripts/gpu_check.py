@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,13 @@ from bench import (  # noqa: E402
     flops_per_token,
     gemm_peak_flops,
     mix,
-    score_tolerance,
     sync,
 )
 
 from armorm import heads  # noqa: E402
 from armorm.backbone import ArmoRMBackbone, default_dtype  # noqa: E402
 from armorm.checkpoint import Checkpoint  # noqa: E402
+from armorm.fidelity import floor_for, judge  # noqa: E402
 from armorm.packed import PackedBackbone  # noqa: E402
 from armorm.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
 from armorm.reference import ArmoRMReference  # noqa: E402
@@ -45,17 +46,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="auto: bf16 on a GPU, fp32 on CPU; bfloat16 on CPU rehearses the GPU's fidelity check")
     parser.add_argument("--short", type=int, default=64)
     parser.add_argument("--long", type=int, default=24)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
-    parser.add_argument("--tolerance", type=float, default=None, help="max |score| difference (bf16 default 0.05)")
     parser.add_argument("--output", type=Path, default=None, help="write results.json there")
     args = parser.parse_args()
     device = args.device
-    dtype = default_dtype(device)
-    tolerance = args.tolerance or score_tolerance(dtype)
+    dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
     sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
     config = tiny_config(sizes)
     t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def main() -> int:
     }
     peak = gemm_peak_flops(device, dtype)
     per_token = flops_per_token(sizes)
-    rows, worst = [], 0.0
+    rows, worst, scores = [], 0.0, {}
     reference.score(workloads[next(iter(workloads))][0])  # warm-up
     for name, conversations in workloads.items():
         card_row, card_scores = card_pipeline(reference, conversations)
@@ -94,6 +95,7 @@ def main() -> int:
         sync(device)
         packed_s = time.perf_counter() - start
         difference = float(np.abs(served - card).max())
+        scores[name] = (conversations, served, card)
         worst = max(worst, difference)
         rows.append((name, len(conversations), total, card_s, packed_s, difference, packed.last_stats))
         print(f"[gpu-check] {name}: card {len(conversations) / card_s:.1f} req/s, packed "
@@ -108,20 +110,26 @@ def main() -> int:
               f"{count / packed_s:>12.1f} {total / packed_s:>12.0f} {card_s / packed_s:>5.2f}x "
               f"{stats['computed_tokens'] / packed_s * per_token / peak:>7.1%} "
               f"{stats['computed_tokens'] / total:>8.0%} {difference:>11.3g}")
-    verdict = "OK" if worst <= tolerance else "MISMATCH"
-    print(f"parity: max |packed score - card score| = {worst:.3g} (tolerance {tolerance:g}, {dtype}) -> {verdict}")
+    del reference, packed
+    fp32_reference = ArmoRMReference(checkpoint, device=device, dtype=torch.float32) if dtype != torch.float32 else None
+    fidelity = []
+    for name, (conversations, served, card) in scores.items():
+        fp32 = card if fp32_reference is None else [fp32_reference.score(m).score for m in conversations]
+        fidelity.append(judge(name, served, card, fp32, floor=floor_for(str(dtype).removeprefix("torch."))))
+    print(f"max |packed score - card score| = {worst:.3g} ({dtype})")
+    print("\n".join(verdict.line() for verdict in fidelity))
     if args.output is not None:
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / "results.json").write_text(json.dumps({
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "shape": args.shape,
             "gemm_peak_flops": peak, "flops_per_token": per_token, "max_score_difference": worst,
-            "tolerance": tolerance, "rows": [
+            "fidelity": [{**asdict(v), "ok": v.ok} for v in fidelity], "rows": [
                 {"workload": name, "requests": count, "tokens": total, "card_seconds": card_s,
                  "packed_seconds": packed_s, "ratio_vs_card": card_s / packed_s,
                  "fraction_of_gemm_peak": stats["computed_tokens"] / packed_s * per_token / peak,
                  "max_score_difference": difference}
                 for name, count, total, card_s, packed_s, difference, stats in rows]}, indent=2))
-    return 0 if worst <= tolerance else 1
+    return 0 if all(v.ok for v in fidelity) else 1
 
 
 if __name__ == "__main__":
