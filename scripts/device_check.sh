@@ -65,6 +65,11 @@ export ARMORM_LLAMA3_TOKENIZER_JSON="$WORK/tokenizer.json"
 if [ -z "$SHAPE" ]; then
   SHAPE=$("$PYTHON" -c "import torch; print('llama3-8b' if torch.cuda.is_available() else 'cpu-small')")
 fi
+# The 8B sweep, sized so that the three steps fit one 10-minute device call (the served step writes and exports an
+# 8B random checkpoint, then loads it in tritonserver). Override with SERVED_ARGS / *_TIMEOUT.
+if [ "$SHAPE" = "llama3-8b" ]; then
+  SERVED_ARGS=${SERVED_ARGS:---conversations 64 --long-conversations 16 --prompts 8 --concurrency 8,32 --repeats 2 --min-seconds 3}
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU: CPU run"
 "$PYTHON" -c "import torch, numpy; print('python', __import__('sys').version.split()[0], 'torch', torch.__version__,
 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__)"
@@ -82,11 +87,11 @@ step() {  # step NAME SECONDS COMMAND...: run it if selected, record its exit co
   SUMMARY+=("$(printf '%-10s %s in %ss' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED (exit $rc)")" $((SECONDS - start)))")
 }
 
-step gpu-tests "${GPU_TESTS_TIMEOUT:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" \
+step gpu-tests "${GPU_TESTS_TIMEOUT:-90}" "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/test_gpu.py tests/test_packed.py tests/test_heads.py
-step packed "${PACKED_TIMEOUT:-240}" "$PYTHON" scripts/gpu_check.py --shape "$SHAPE" --output "$OUTDIR/packed" \
+step packed "${PACKED_TIMEOUT:-150}" "$PYTHON" scripts/gpu_check.py --shape "$SHAPE" --output "$OUTDIR/packed" \
   ${PACKED_ARGS:-}
-step served "${SERVED_TIMEOUT:-300}" "$PYTHON" scripts/bench.py --shape "$SHAPE" --output "$OUTDIR/served" \
+step served "${SERVED_TIMEOUT:-330}" "$PYTHON" scripts/bench.py --shape "$SHAPE" --output "$OUTDIR/served" \
   ${SERVED_ARGS:-}
 
 echo "== summary (log, results.json, bench.png under $OUTDIR)"
