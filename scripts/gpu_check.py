@@ -1,10 +1,7 @@
-"""GPU check: parity and throughput of the packed runtime against the model card pipeline, in one
-process, on random weights in the exact Llama-3-8B shape (bf16). Meant for the device machine:
-
-    ARMORM_LLAMA3_TOKENIZER_JSON=build/gpu/tokenizer.json python scripts/gpu_check.py
-
-(`make gpu-check-prepare` writes build/gpu/ here; carry it.) Runs on CPU too with
-`--shape cpu-small --device cpu`. What it does not cover: the Triton hop (gRPC, ensemble, Python
+"""GPU check: bf16 fidelity (armorm.fidelity) and throughput of the packed runtime against the model card
+pipeline, in one process, on random weights in the exact Llama-3-8B shape (bf16). On the device machine it runs
+as the `packed` step of scripts/device_check.sh; here `make gpu-check`, or on CPU with
+`--shape cpu-small --device cpu [--dtype bfloat16]`. What it does not cover: the Triton hop (gRPC, ensemble, Python
 stubs), which needs the pip tritonserver on the device; `make bench` measures that.
 """
 
