@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from armorm.contract import NUM_OBJECTIVES
+from armorm_client.contract import NUM_OBJECTIVES
 
 
 @dataclass(frozen=True)

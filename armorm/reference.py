@@ -15,7 +15,7 @@ from armorm.checkpoint import Checkpoint, load_tokenizer
 from armorm.config import ArmoRMConfig
 from armorm.conversation import ConversationTokenizer, InputLimits, TokenizedConversation, validate_messages
 from armorm.heads import HeadWeights
-from armorm.result import ArmoRMScore
+from armorm_client.result import ArmoRMScore
 
 
 def hf_llama(config: ArmoRMConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,

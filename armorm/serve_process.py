@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from armorm.contract import ADMIN_HEADER, GRPC_HEADER_PREFIX
 from armorm.gateway import TlsFiles
 from armorm.server import ADMIN_KEY_ENV, API_KEY_ENV
 from armorm.triton_process import ServerStartError, ServerUrls, descendants, free_port, terminate
+from armorm_client.contract import ADMIN_HEADER, GRPC_HEADER_PREFIX
 
 # A port chosen free can be taken before armorm-serve binds it; it then exits 2 and is started again.
 PORT_RACE_ATTEMPTS = 3

@@ -1,6 +1,5 @@
 """A thin gRPC client for the served ArmoRM ensemble (tritonclient underneath)."""
 
-from armorm.result import ArmoRMScore
 from armorm_client.client import (
     ArmoRMClient,
     ArmoRMError,
@@ -12,6 +11,7 @@ from armorm_client.client import (
     ServerError,
     ServerUnavailableError,
 )
+from armorm_client.result import ArmoRMScore
 from armorm_client.retry import NO_RETRIES, RetryPolicy
 
 __all__ = [

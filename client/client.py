@@ -19,9 +19,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from armorm import contract
-from armorm.result import ArmoRMScore
-from armorm_client.retry import RetryPolicy, call_with_retries, call_with_retries_async, final_error
+from armorm_client import contract
+from armorm_client.result import ArmoRMScore
+from armorm_client.retry import RetryPolicy, call_with_retries, call_with_retries_async, stopped
 
 Messages = Sequence[dict[str, str]]
 Conversation = Messages | str | bytes
@@ -64,15 +64,10 @@ class ServerError(ArmoRMError):
 
 
 def to_error(err: InferenceServerException) -> ArmoRMError:
+    """The server's answer as a typed error, by its status code alone (armorm-serve's gateway gives transient
+    states UNAVAILABLE and key refusals UNAUTHENTICATED / PERMISSION_DENIED)."""
     status = str(err.status() or "")
     message = err.message() or str(err)
-    if "protocol is restricted" in message or "API is restricted" in message:
-        # Triton answers a missing/wrong key with UNAVAILABLE; retrying cannot help.
-        return PermissionDeniedError(f"{message} (pass api_key=...)", status)
-    if "is not healthy" in message or "has no available versions" in message:
-        # A model process died, or the models are unloading for a shutdown or restart (armorm-serve
-        # restarts a crashed server): transient, retry later.
-        return ServerUnavailableError(message, status)
     for suffix, kind in (("INVALID_ARGUMENT", InvalidConversationError), ("UNAVAILABLE", ServerUnavailableError),
                          ("DEADLINE_EXCEEDED", DeadlineExceededError),
                          ("PERMISSION_DENIED", PermissionDeniedError), ("UNAUTHENTICATED", PermissionDeniedError)):
@@ -228,14 +223,13 @@ class ArmoRMClient:
                     finish(index, ServerError(f"could not decode the response: {err}"))
                 return
             failure = to_error(error)
-            if isinstance(failure, ServerUnavailableError):
-                if attempt < policy.max_attempts:
-                    timer = threading.Timer(policy.delay(attempt), submit, (index, attempt + 1))
-                    timer.daemon = True
-                    timer.start()
-                    return
-                failure = final_error(failure, attempt, exhausted)
-            finish(index, failure)
+            wait = policy.after(attempt, isinstance(failure, ServerUnavailableError))
+            if wait is not None:
+                timer = threading.Timer(wait, submit, (index, attempt + 1))
+                timer.daemon = True
+                timer.start()
+                return
+            finish(index, stopped(failure, attempt, ServerUnavailableError, exhausted))
 
         if not items:
             return []

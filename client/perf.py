@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from armorm.samples import model_card_conversations
+from armorm_client.samples import model_card_conversations
 
 
 def perf_analyzer_binary() -> Path:

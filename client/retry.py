@@ -1,6 +1,7 @@
 """Retries with exponential backoff and full jitter, for UNAVAILABLE only (overload, restart, shutdown).
 
-INVALID_ARGUMENT and every other error are final: retrying a bad conversation cannot help.
+INVALID_ARGUMENT and every other error are final: retrying a bad conversation cannot help. One rule decides
+(`RetryPolicy.after`) for every client path: the blocking loop, the asyncio loop and score_batch's callbacks.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class RetryPolicy:
         cap = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
         return (rng or random).uniform(0.0, cap)
 
+    def after(self, attempt: int, retryable: bool) -> float | None:
+        """Seconds to wait before another attempt once attempt number `attempt` failed, or None: stop here."""
+        return self.delay(attempt) if retryable and attempt < self.max_attempts else None
+
 
 NO_RETRIES = RetryPolicy(max_attempts=1)
 
@@ -43,11 +48,12 @@ def call_with_retries(call: Callable[[], T], policy: RetryPolicy, retryable: typ
     while True:
         try:
             return call()
-        except retryable as err:
-            if attempt >= policy.max_attempts:
-                failure = final_error(err, attempt, on_exhausted)
+        except Exception as err:
+            wait = policy.after(attempt, isinstance(err, retryable))
+            if wait is None:
+                failure = stopped(err, attempt, retryable, on_exhausted)
                 raise failure from (None if failure is err else err)
-            sleep(policy.delay(attempt))
+            sleep(wait)
             attempt += 1
 
 
@@ -57,9 +63,17 @@ async def call_with_retries_async(call: Callable[[], Awaitable[T]], policy: Retr
     while True:
         try:
             return await call()
-        except retryable as err:
-            if attempt >= policy.max_attempts:
-                failure = final_error(err, attempt, on_exhausted)
+        except Exception as err:
+            wait = policy.after(attempt, isinstance(err, retryable))
+            if wait is None:
+                failure = stopped(err, attempt, retryable, on_exhausted)
                 raise failure from (None if failure is err else err)
-            await asyncio.sleep(policy.delay(attempt))
+            await asyncio.sleep(wait)
             attempt += 1
+
+
+def stopped(err: Exception, attempts: int, retryable: type[Exception],
+            on_exhausted: Callable[[Exception, int], Exception]) -> Exception:
+    """The error a caller gets when retrying stops: its own for a final error or a single attempt, else
+    on_exhausted's."""
+    return final_error(err, attempts, on_exhausted) if isinstance(err, retryable) else err

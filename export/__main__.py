@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 from armorm_export.parity import ExportParityError
-from armorm_export.repository import ExportOptions, export_repository
+from armorm_export.repository import BACKBONES, ExportOptions, export_repository
+
+# Three overlapping flags once chose how the backbone runs; --backbone is the one knob now.
+RETIRED_FLAGS = {
+    "--runtime": "use --backbone torch_packed or --backbone onnxruntime",
+    "--triton-backend": "use --backbone onnxruntime-native or --backbone tensorrt (python: the default)",
+    "--tensorrt": "use --backbone tensorrt",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,15 +27,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest conversation accepted (default: the checkpoint's max_position_embeddings)")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="fail when ONNX Runtime differs from the reference forward by more than this")
-    parser.add_argument("--runtime", choices=("torch_packed", "onnxruntime"), default="torch_packed",
-                        help="backbone runtime the config selects (both artifacts are written unless --no-onnx)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="torch_packed",
+                        help="how the backbone runs: " + "; ".join(f"{key}: {b.help}" for key, b in BACKBONES.items()))
     parser.add_argument("--no-onnx", action="store_true",
                         help="skip the ONNX export (torch_packed only; saves disk and time for the 8B model)")
-    parser.add_argument("--triton-backend", choices=("python", "onnxruntime", "tensorrt"), default="python",
-                        help="serve the backbone with Triton's native ONNX Runtime or TensorRT backend (NGC container)")
-    parser.add_argument("--tensorrt", action="store_true",
-                        help="also build a TensorRT plan where tensorrt is installed")
+    for old in RETIRED_FLAGS:
+        parser.add_argument(old, nargs="?", const="", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for old, advice in RETIRED_FLAGS.items():
+        if getattr(args, old.lstrip("-").replace("-", "_")) is not None:
+            parser.error(f"{old} is gone: {advice}")
     kind = args.instance_kind
     if kind == "auto":
         import torch
@@ -37,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_repository(args.checkpoint, args.output,
                           ExportOptions(instance_kind=kind, max_tokens=args.max_tokens, atol=args.atol,
-                                        tensorrt=args.tensorrt, runtime=args.runtime, onnx=not args.no_onnx,
-                                        triton_backend=args.triton_backend))
+                                        backbone=args.backbone, onnx=not args.no_onnx))
     except (ExportParityError, ValueError) as err:
         print(f"[export] FAILED: {err}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from armorm import contract
+from armorm_client import contract
 
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", contract.BACKBONE_ONNX), "tensorrt": ("tensorrt_plan", "model.plan")}
 

@@ -14,14 +14,14 @@ from google.protobuf import text_format
 from safetensors.torch import save_file
 from tritonclient.grpc import model_config_pb2
 
-from armorm import contract
 from armorm.backbone import ArmoRMBackbone
 from armorm.checkpoint import Checkpoint
 from armorm.heads import HeadWeights
 from armorm.onnx_backbone import OnnxBackbone, onnx_session
 from armorm.packed import PackedBackbone
 from armorm.reference import ArmoRMReference
-from armorm.samples import parity_conversations
+from armorm_client import contract
+from armorm_client.samples import parity_conversations
 from armorm_export import native_backbone, onnx_backbone, tensorrt_plan
 from armorm_export.parity import check_runtime
 from armorm_export.progress import say, step
@@ -35,10 +35,31 @@ class ExportOptions:
     instance_kind: str = "cpu"  # "cpu" or "gpu": where the backbone instance runs
     max_tokens: int | None = None  # default: the checkpoint's max_position_embeddings
     atol: float = 1e-4
-    tensorrt: bool = False
-    runtime: str = "torch_packed"  # the backbone runtime the config selects (contract.BACKBONE_RUNTIMES)
-    triton_backend: str = "python"  # or "onnxruntime" / "tensorrt": Triton's native backends (NGC container)
-    onnx: bool = True  # export and check the ONNX backbone (needed by runtime onnxruntime)
+    backbone: str = "torch_packed"  # how the backbone runs: a key of BACKBONES
+    onnx: bool = True  # export and check the ONNX backbone (every backbone but torch_packed needs it)
+
+    @property
+    def serving(self) -> BackboneServing:
+        return BACKBONES[self.backbone]
+
+
+@dataclass(frozen=True)
+class BackboneServing:
+    """One choice of how the backbone runs, and what the export writes for it."""
+
+    runtime: str  # the Python model's runtime parameter (contract.BACKBONE_RUNTIMES)
+    triton_backend: str  # "python", or Triton's native "onnxruntime" / "tensorrt" backend (NGC container)
+    help: str
+
+
+# The one export knob (--backbone): how the backbone runs.
+BACKBONES = {
+    "torch_packed": BackboneServing("torch_packed", "python", "Python model, padding-free PyTorch (default)"),
+    "onnxruntime": BackboneServing("onnxruntime", "python", "Python model running the exported ONNX"),
+    "onnxruntime-native": BackboneServing("onnxruntime", "onnxruntime", "Triton's native ONNX Runtime backend"),
+    "tensorrt": BackboneServing("onnxruntime", "tensorrt", "Triton's native TensorRT backend; the plan is built "
+                                "where tensorrt is installed, else the trtexec command is printed"),
+}
 
 
 def read_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -107,15 +128,16 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
             onnx_backbone.export_backbone(config, checkpoint.state, onnx_path)
             size = sum(p.stat().st_size for p in backbone_dir.glob("model.onnx*"))
             say(f"wrote {onnx_path} ({size / 2**20:.1f} MiB)")
-    elif options.runtime == "onnxruntime":
-        raise ValueError("runtime onnxruntime needs the ONNX export (drop --no-onnx)")
+    elif options.backbone != "torch_packed":
+        raise ValueError(f"--backbone {options.backbone} needs the ONNX export (drop --no-onnx)")
     config_path = output / contract.BACKBONE.name / "config.pbtxt"
     backbone_config = read_config(config_path)
-    set_parameter(backbone_config, "runtime", options.runtime)
+    serving = options.serving
+    set_parameter(backbone_config, "runtime", serving.runtime)
     if options.instance_kind == "gpu":
         for group in backbone_config.instance_group:
             group.kind = model_config_pb2.ModelInstanceGroup.Kind.KIND_GPU
-    write_config(config_path, backbone_config, f"runtime {options.runtime}, backbone on {options.instance_kind}")
+    write_config(config_path, backbone_config, f"runtime {serving.runtime}, backbone on {options.instance_kind}")
 
     with step("checking the backbone runtimes against the reference forward"):
         errors = verify_backbone(checkpoint, onnx_path if options.onnx else None, options.atol)
@@ -123,20 +145,18 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
             say(f"max |{name} - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
     del checkpoint
 
-    if (options.tensorrt or options.triton_backend == "tensorrt") and options.onnx:
+    if serving.triton_backend == "tensorrt":
         with step("TensorRT plan"):
             tensorrt_plan.build_if_available(onnx_path, backbone_dir / "model.plan", max_tokens)
-    if options.triton_backend != "python":
-        if not options.onnx:
-            raise ValueError(f"the native {options.triton_backend} backbone needs the ONNX export (drop --no-onnx)")
+    if serving.triton_backend != "python":
         path = backbone_dir.parent / "config.pbtxt"
-        config = native_backbone.native_backbone_config(read_config(path), options.triton_backend,
+        config = native_backbone.native_backbone_config(read_config(path), serving.triton_backend,
                                                         options.instance_kind == "gpu")
-        write_config(path, config, f"backbone on Triton's native {options.triton_backend} backend")
+        write_config(path, config, f"backbone on Triton's native {serving.triton_backend} backend")
         (backbone_dir / "model.py").unlink(missing_ok=True)
-        say(f"wrote {path} for Triton's native {options.triton_backend} backend (NGC container; the pip server "
+        say(f"wrote {path} for Triton's native {serving.triton_backend} backend (NGC container; the pip server "
             "has only the Python backend)")
-        if options.triton_backend == "tensorrt" and not (backbone_dir / "model.plan").exists():
+        if serving.triton_backend == "tensorrt" and not (backbone_dir / "model.plan").exists():
             say("no TensorRT here: build the plan on the serving GPU, e.g. trtexec --onnx=model.onnx "
                 f"--saveEngine=model.plan --minShapes=input_ids:1x1,gate_position:1,reward_position:1 "
                 f"--optShapes=input_ids:8x512,gate_position:8,reward_position:8 "

@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from armorm import contract
+from armorm_client import contract
 from armorm_export.repository import read_config, write_config
 
 

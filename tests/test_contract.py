@@ -1,5 +1,5 @@
 """Every config.pbtxt, hand-written and exported, parsed with Triton's own protobuf schema and checked
-against the declared I/O contract (armorm.contract)."""
+against the declared I/O contract (armorm_client.contract)."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from armorm import contract
+from armorm_client import contract
 from armorm_export.repository import read_config
 from tests.conversations import TEST_MAX_TOKENS
 

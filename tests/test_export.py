@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from armorm import contract
 from armorm.backbone import ArmoRMBackbone
 from armorm.checkpoint import Checkpoint
 from armorm.onnx_backbone import OnnxBackbone, onnx_session
+from armorm_client import contract
 from armorm_export import onnx_backbone as exporter
 from armorm_export.parity import ExportParityError, check_runtime
 from tests.conversations import varied_conversations
@@ -89,3 +89,20 @@ def test_tensorrt_is_optional(tmp_path):
 
     assert build_if_available(tmp_path / "model.onnx", tmp_path / "model.plan", 1024) is None
     assert not (tmp_path / "model.plan").exists()
+
+
+def test_one_knob_chooses_how_the_backbone_runs_and_retired_flags_say_what_replaced_them(capsys):
+    from armorm_export.__main__ import main
+    from armorm_export.repository import BACKBONES, ExportOptions
+
+    assert {name: (b.runtime, b.triton_backend) for name, b in BACKBONES.items()} == {
+        "torch_packed": ("torch_packed", "python"), "onnxruntime": ("onnxruntime", "python"),
+        "onnxruntime-native": ("onnxruntime", "onnxruntime"), "tensorrt": ("onnxruntime", "tensorrt")}
+    assert ExportOptions().serving is BACKBONES["torch_packed"]
+    retired = ((["--runtime", "onnxruntime"], "--backbone onnxruntime"),
+               (["--triton-backend", "tensorrt"], "--backbone tensorrt"), (["--tensorrt"], "--backbone tensorrt"))
+    for flags, advice in retired:
+        with pytest.raises(SystemExit) as stopped:
+            main(["checkpoint", "output", *flags])
+        assert stopped.value.code == 2
+        assert advice in capsys.readouterr().err

@@ -160,3 +160,11 @@ def test_a_key_header_that_is_not_utf8_is_a_wrong_key():
     policy = AccessPolicy(admin_key="adm")
     denial = policy.check(Api.LOGGING, {"armorm-admin-key": b"\xff".decode("utf-8", "surrogateescape")}.get)
     assert denial is not None and not denial.missing
+
+
+def test_triton_transient_states_are_recognised_for_unavailable():
+    from armorm.gateway.routes import transient_failure
+
+    assert transient_failure("Stub process 'armorm_backbone_0_0' is not healthy.")
+    assert transient_failure("Request for unknown model: 'armorm' has no available versions")
+    assert not transient_failure("messages is not valid JSON")

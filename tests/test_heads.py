@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from armorm import heads
-from armorm.contract import NUM_OBJECTIVES
+from armorm_client.contract import NUM_OBJECTIVES
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from armorm.samples import model_card_conversations
+from armorm_client.samples import model_card_conversations
 
 pytestmark = [pytest.mark.real_weights, pytest.mark.slow]
 CHECKPOINT = os.environ.get("ARMORM_CHECKPOINT")

@@ -14,7 +14,6 @@ import pytest
 from armorm.gateway import DRAINING_MESSAGE
 from armorm.gateway.stats import IN_FLIGHT
 from armorm.prometheus import scrape, total
-from armorm.result import ArmoRMScore
 from armorm.serve_process import ServeProcess
 from armorm.triton_process import process_group, shm_segments
 from armorm_client import (
@@ -25,6 +24,7 @@ from armorm_client import (
     RetryPolicy,
     ServerUnavailableError,
 )
+from armorm_client.result import ArmoRMScore
 from tests.conversations import varied_conversations
 from tests.repositories import derive
 from tests.test_server import assert_same

@@ -6,9 +6,11 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from armorm_client.client import (
+    DeadlineExceededError,
     InvalidConversationError,
     PermissionDeniedError,
     RetriesExhaustedError,
+    ServerError,
     ServerUnavailableError,
     exhausted,
     to_error,
@@ -62,12 +64,21 @@ def test_backoff_grows_exponentially_with_full_jitter_and_a_cap():
 @pytest.mark.parametrize(("status", "message", "kind"), [
     ("StatusCode.INVALID_ARGUMENT", "messages is not valid JSON", InvalidConversationError),
     ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", ServerUnavailableError),
-    ("StatusCode.INTERNAL", "Stub process 'armorm_backbone_0_0' is not healthy.", ServerUnavailableError),
-    ("StatusCode.NOT_FOUND", "Request for unknown model: 'armorm' has no available versions", ServerUnavailableError),
-    ("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'x'", PermissionDeniedError),
+    ("StatusCode.UNAVAILABLE", "Stub process 'armorm_backbone_0_0' is not healthy.", ServerUnavailableError),
+    ("StatusCode.INTERNAL", "anything at all", ServerError),
+    ("StatusCode.UNAUTHENTICATED", "the inference API needs the armorm-api-key header", PermissionDeniedError),
+    ("StatusCode.PERMISSION_DENIED", "wrong armorm-api-key", PermissionDeniedError),
+    ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceededError),
 ])
-def test_errors_are_classified(status, message, kind):
+def test_errors_are_classified_by_status_code_alone(status, message, kind):
     assert type(to_error(InferenceServerException(message, status=status))) is kind
+
+
+def test_one_rule_decides_when_to_stop():
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.after(1, retryable=True) is not None and policy.after(2, retryable=True) is not None
+    assert policy.after(3, retryable=True) is None
+    assert policy.after(1, retryable=False) is None
 
 
 def test_without_retries_the_error_is_the_servers_own():

@@ -2,9 +2,8 @@
 
 import pytest
 
-from armorm import contract
 from armorm.serve_process import ServeProcess
-from armorm_client import ArmoRMClient
+from armorm_client import ArmoRMClient, contract
 from armorm_export.repository import set_parameter
 from tests.conversations import varied_conversations
 from tests.repositories import derive

@@ -22,6 +22,7 @@ from armorm.gateway.routes import (
     Api,
     api_of_grpc,
     forwarded_grpc_metadata,
+    transient_failure,
 )
 
 PROTOCOL = "grpc"
@@ -151,11 +152,13 @@ class GrpcProxy(grpc.GenericRpcHandler):
             yield answer
 
     async def abort_like(self, err: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
-        details = err.details() or ""
-        if err.code() == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "socket" in details.lower()):
+        code, details = err.code(), err.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "socket" in details.lower()):
             self.gateway.stats.upstream_unavailable += 1
             details = UNREACHABLE
-        await context.abort(err.code(), details)
+        elif transient_failure(details):
+            code = grpc.StatusCode.UNAVAILABLE
+        await context.abort(code, details)
 
 
 class GrpcListener:

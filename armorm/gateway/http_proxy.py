@@ -17,7 +17,7 @@ from aiohttp import web
 
 from armorm.gateway.gateway import Gateway, Refusal
 from armorm.gateway.http_body import BodyError, infer_body_error
-from armorm.gateway.routes import Api, api_of_http
+from armorm.gateway.routes import Api, api_of_http, transient_failure
 
 PROTOCOL = "http"
 REFUSAL_STATUS = {Refusal.UNAUTHENTICATED: 401, Refusal.PERMISSION_DENIED: 403, Refusal.DRAINING: 503,
@@ -79,6 +79,8 @@ class HttpProxy:
         except aiohttp.ClientError:
             self.gateway.stats.upstream_unavailable += 1
             return error(503, "the model server is not reachable (starting or restarting); retry with backoff")
+        if status in (404, 500) and transient_failure(answer.decode("utf-8", "replace")):
+            status = 503  # a dead model process or unloading models: retryable, as on gRPC
         return web.Response(status=status, body=answer, headers=answer_headers)
 
     async def read_body(self, request: web.Request) -> bytes:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from armorm.contract import ADMIN_HEADER, API_KEY_HEADER, GRPC_HEADER_PREFIX
+from armorm_client.contract import ADMIN_HEADER, API_KEY_HEADER, GRPC_HEADER_PREFIX
 
 
 class Api(enum.Enum):
@@ -139,3 +139,15 @@ _KEY_HEADERS = frozenset({ADMIN_HEADER, API_KEY_HEADER, GRPC_HEADER_PREFIX + ADM
 def forwarded_grpc_metadata(metadata: tuple[tuple[str, str | bytes], ...]) -> tuple[tuple[str, str | bytes], ...]:
     return tuple((key, value) for key, value in metadata
                  if key not in _KEY_HEADERS and not key.startswith((":", "grpc-")) and key not in ("user-agent", "te"))
+
+
+# Triton 2.51 answers these transient states with INTERNAL or NOT_FOUND; the gateway passes them on as UNAVAILABLE
+# so that clients decide retries by status code alone.
+_TRANSIENT = (
+    "is not healthy",  # a model process died; the supervisor restarts the server
+    "has no available versions",  # the models are unloading: a restart or a shutdown
+)
+
+
+def transient_failure(details: str) -> bool:
+    return any(marker in details for marker in _TRANSIENT)

@@ -10,7 +10,6 @@ import numpy as np
 import triton_python_backend_utils as pb
 
 from armorm.codec import split_rows
-from armorm.contract import BACKBONE_CONFIG, BACKBONE_ONNX, BACKBONE_RUNTIMES, BACKBONE_WEIGHTS
 from armorm.metrics import AbortedRequests, BackboneMetrics
 from armorm.triton_glue import (
     ModelContext,
@@ -21,6 +20,7 @@ from armorm.triton_glue import (
     invalid_argument,
     tensors_response,
 )
+from armorm_client.contract import BACKBONE_CONFIG, BACKBONE_ONNX, BACKBONE_RUNTIMES, BACKBONE_WEIGHTS
 
 
 def conversations(request, vocab_size):

@@ -4,9 +4,9 @@ import torch
 import triton_python_backend_utils as pb
 
 from armorm import heads
-from armorm.contract import REGRESSION_WEIGHTS
 from armorm.metrics import AbortedRequests
 from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
+from armorm_client.contract import REGRESSION_WEIGHTS
 
 
 class TritonPythonModel:

@@ -7,10 +7,10 @@ import triton_python_backend_utils as pb
 
 from armorm.checkpoint import load_tokenizer
 from armorm.codec import bytes_items
-from armorm.contract import MESSAGES, TOKENIZER_DIR
 from armorm.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
 from armorm.metrics import TokenizerMetrics
 from armorm.triton_glue import ModelContext, RequestError, answer_each, input_array, invalid_argument, tensors_response
+from armorm_client.contract import MESSAGES, TOKENIZER_DIR
 
 # A request that fails even alone (answer_each) failed on its own content: the caller must change it.
 UNPROCESSABLE = "unprocessable"

@@ -1,13 +1,13 @@
 """Triton glue for ArmoRM's reward transform; the math is armorm.heads.transform. As the last step it
-also passes rewards, gating and num_tokens through (see armorm.contract.TRANSFORM)."""
+also passes rewards, gating and num_tokens through (see armorm_client.contract.TRANSFORM)."""
 
 import torch
 import triton_python_backend_utils as pb
 
 from armorm import heads
-from armorm.contract import COEFFICIENTS, PASSED_THROUGH, SCORE, TRANSFORM_WEIGHTS
 from armorm.metrics import COMPLETED, Counter
 from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
+from armorm_client.contract import COEFFICIENTS, PASSED_THROUGH, SCORE, TRANSFORM_WEIGHTS
 
 
 class TritonPythonModel:

@@ -1,7 +1,9 @@
 """The I/O contract of the served model repository, declared once.
 
 Every `config.pbtxt` under `model_repository/` is checked against these specs (tests/test_contract.py),
-the export writes nothing that disagrees with them, and the client reads tensor names from here.
+the export writes nothing that disagrees with them, and the client reads tensor names from here. It lives in
+the client package because that is the light one (numpy and tritonclient only): the server package imports it
+from here, so both sides share one declaration.
 """
 
 from __future__ import annotations

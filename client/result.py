@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from armorm.contract import OBJECTIVES
+from armorm_client.contract import OBJECTIVES
 
 
 @dataclass(frozen=True)
