@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from armorm.runtimes import BackboneStats
 
 # Names, declared once; tests and the README refer to these.
 CONVERSATIONS = "armorm_conversations_total"
@@ -73,11 +76,11 @@ class BackboneMetrics:
         self.saved = Counter(pb, BACKBONE_SAVED, "Tokens not recomputed because a prompt was shared")
         self.padding = Counter(pb, BACKBONE_PADDING, "Padding tokens computed (onnxruntime runtime)")
 
-    def record(self, stats: dict[str, int]) -> None:
+    def record(self, stats: BackboneStats) -> None:
         self.executions.add(1)
-        self.conversations.add(stats.get("conversations", 0))
-        self.forwards.add(stats.get("forwards", 0))
-        self.tokens.add(stats.get("tokens", 0))
-        self.computed.add(stats.get("computed_tokens", 0))
-        self.saved.add(stats.get("tokens", 0) + stats.get("padding_tokens", 0) - stats.get("computed_tokens", 0))
-        self.padding.add(stats.get("padding_tokens", 0))
+        self.conversations.add(stats.conversations)
+        self.forwards.add(stats.forwards)
+        self.tokens.add(stats.tokens)
+        self.computed.add(stats.computed_tokens)
+        self.saved.add(stats.saved_tokens)
+        self.padding.add(stats.padding_tokens)

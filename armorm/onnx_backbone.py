@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from armorm.codec import pad_right, token_budget_groups
+from armorm.runtimes import BackboneStats
 
 ONNX_INPUTS = ("input_ids", "gate_position", "reward_position")
 ONNX_OUTPUTS = ("gate_hidden", "reward_hidden")
@@ -33,7 +34,7 @@ class OnnxBackbone:
         self.session = session
         self.pad_token_id = pad_token_id
         self.max_batch_tokens = max_batch_tokens
-        self.last_stats: dict[str, int] = {}
+        self.last_stats = BackboneStats(0, 0, 0, 0)
 
     @property
     def providers(self) -> list[str]:
@@ -60,6 +61,6 @@ class OnnxBackbone:
             gate, reward = self.session.run(list(ONNX_OUTPUTS), feeds)
             for row, index in enumerate(group):
                 gate_out[index], reward_out[index] = gate[row], reward[row]
-        self.last_stats = {"conversations": count, "tokens": tokens, "computed_tokens": computed,
-                           "padding_tokens": computed - tokens, "forwards": len(groups)}
+        self.last_stats = BackboneStats(conversations=count, tokens=tokens, computed_tokens=computed,
+                                        forwards=len(groups), padding_tokens=computed - tokens)
         return np.stack(gate_out).astype(np.float32), np.stack(reward_out).astype(np.float32)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from armorm.backbone import ArmoRMBackbone, rotary_tables
+from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS, BackboneStats
 
 
 @dataclass
@@ -137,7 +138,8 @@ def _varlen_kernel():
 
 
 class PackedBackbone:
-    def __init__(self, module: ArmoRMBackbone, max_batch_tokens: int = 16384, attention: str = "auto") -> None:
+    def __init__(self, module: ArmoRMBackbone, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 attention: str = "auto") -> None:
         self.module = module
         self.config = module.config
         self.max_batch_tokens = max_batch_tokens
@@ -150,7 +152,7 @@ class PackedBackbone:
             raise RuntimeError("varlen attention needs torch.nn.attention.varlen, an SM80+ GPU and fp16/bf16")
         self.varlen = kernel
         self.varlen_kwargs = varlen_kwargs(kernel) if kernel is not None else {}
-        self.last_stats: dict[str, int] = {}
+        self.last_stats = BackboneStats(0, 0, 0, 0)
 
     @property
     def attention_name(self) -> str:
@@ -300,6 +302,6 @@ class PackedBackbone:
                 gate_out[torch.as_tensor(shared, device=self.device)] = torch.stack(
                     [prefix_gate[plan.prefix_of[i]] for i in shared])
         total = int(sum(len(ids) for ids in input_ids))
-        self.last_stats = {"conversations": count, "tokens": total, "computed_tokens": total - plan.saved_tokens,
-                           "shared_prompts": len(plan.prefixes), "forwards": forwards}
+        self.last_stats = BackboneStats(conversations=count, tokens=total, computed_tokens=total - plan.saved_tokens,
+                                        forwards=forwards, shared_prompts=len(plan.prefixes))
         return gate_out, reward_out

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from armorm.codec import batch_sizes, split_rows
+from armorm.parameters import Parameters
+from armorm_client.contract import GATE_HIDDEN, GATE_POSITION, INPUT_IDS, REWARD_HIDDEN, REWARD_POSITION
 
 
 @dataclass(frozen=True)
@@ -38,21 +40,18 @@ class ModelContext:
             device_id=int(args.get("model_instance_device_id", 0)),
         )
 
+    @property
+    def params(self) -> Parameters:
+        return Parameters(self.name, self.parameters)
+
     def parameter(self, key: str, default: str) -> str:
-        return self.parameters.get(key, default)
+        return self.params.get(key, default)
 
     def int_parameter(self, key: str, default: int) -> int:
-        value = self.parameter(key, str(default))
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f"{self.name}: parameter {key}={value!r} must be an integer") from None
+        return self.params.integer(key, default)
 
     def bool_parameter(self, key: str, default: bool) -> bool:
-        value = self.parameter(key, str(default).lower()).strip().lower()
-        if value not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{self.name}: parameter {key}={value!r} must be true or false")
-        return value in ("true", "1", "yes")
+        return self.params.boolean(key, default)
 
     def set_torch_threads(self, default: int) -> int:
         """Apply the `threads` parameter to torch; 0 keeps torch's own choice. Returns the count in use."""
@@ -175,3 +174,64 @@ def run_rowwise(
         for slot, index in enumerate(valid):
             responses[index] = tensors_response(pb, {name: parts[slot] for name, parts in per_output.items()})
     return responses
+
+
+@dataclass
+class BackboneBatch:
+    """A dynamic batch of backbone requests flattened into conversations for a runtime, and split back.
+
+    The backbone is callable directly, not only through the ensemble: ids are range-checked, since an
+    out-of-range id would trip a device-side assert that breaks the GPU context for every later request.
+    """
+
+    responses: list[Any]  # per request; None until answered
+    input_ids: list[np.ndarray]  # one unpadded 1-D array per conversation
+    gate_positions: np.ndarray
+    reward_positions: np.ndarray
+    owners: list[int]  # the request of each group of conversations
+    sizes: list[int]  # conversations per owner
+
+    @classmethod
+    def gather(cls, pb: Any, requests: Sequence[Any], vocab_size: int) -> BackboneBatch:
+        responses: list[Any] = [None] * len(requests)
+        ids: list[np.ndarray] = []
+        gates, rewards, owners, sizes = [], [], [], []
+        for index, request in enumerate(requests):
+            try:
+                rows, gate, reward = backbone_rows(pb, request, vocab_size)
+            except RequestError as err:
+                responses[index] = invalid_argument(pb, str(err))
+                continue
+            ids.extend(rows)
+            gates.append(gate)
+            rewards.append(reward)
+            owners.append(index)
+            sizes.append(len(rows))
+        return cls(responses, ids, np.concatenate(gates) if gates else np.zeros(0, np.int64),
+                   np.concatenate(rewards) if rewards else np.zeros(0, np.int64), owners, sizes)
+
+    def answer(self, pb: Any, gate_hidden: np.ndarray, reward_hidden: np.ndarray) -> list[Any]:
+        for index, gate_rows, reward_rows in zip(self.owners, split_rows(gate_hidden, self.sizes),
+                                                 split_rows(reward_hidden, self.sizes)):
+            self.responses[index] = tensors_response(pb, {GATE_HIDDEN.name: gate_rows, REWARD_HIDDEN.name: reward_rows})
+        return self.responses
+
+
+def backbone_rows(pb: Any, request: Any, vocab_size: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """A request's rows → (unpadded 1-D token arrays, gate positions, reward positions)."""
+    input_ids = input_array(pb, request, INPUT_IDS.name)
+    gate = input_array(pb, request, GATE_POSITION.name).reshape(-1)
+    reward = input_array(pb, request, REWARD_POSITION.name).reshape(-1)
+    if input_ids.ndim != 2 or not (input_ids.shape[0] == gate.shape[0] == reward.shape[0]):
+        raise RequestError(f"{INPUT_IDS.name} [batch, tokens], {GATE_POSITION.name} and {REWARD_POSITION.name} "
+                           "[batch, 1] disagree in batch")
+    if input_ids.shape[0] == 0:
+        raise RequestError("the request holds no rows; send at least one conversation")
+    length = input_ids.shape[1]
+    if ((gate < 0) | (gate >= length) | (reward < 0) | (reward >= length)).any():
+        raise RequestError(f"{GATE_POSITION.name} and {REWARD_POSITION.name} must lie in [0, {length})")
+    if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise RequestError(f"{INPUT_IDS.name} must lie in [0, {vocab_size})")
+    # Rows were padded to the request's longest; a row needs tokens up to its furthest position only.
+    ends = np.maximum(gate, reward) + 1
+    return [input_ids[row, : ends[row]] for row in range(input_ids.shape[0])], gate, reward

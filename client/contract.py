@@ -33,7 +33,6 @@ OBJECTIVES: tuple[str, ...] = (
 )
 NUM_OBJECTIVES = len(OBJECTIVES)
 
-BACKBONE_RUNTIMES = ("torch_packed", "onnxruntime")
 
 # -1 where the size depends on the checkpoint (hidden size) or on the request (tokens).
 VARIABLE = -1

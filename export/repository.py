@@ -47,12 +47,12 @@ class ExportOptions:
 class BackboneServing:
     """One choice of how the backbone runs, and what the export writes for it."""
 
-    runtime: str  # the Python model's runtime parameter (contract.BACKBONE_RUNTIMES)
+    runtime: str  # the Python model's runtime parameter (a key of armorm.runtimes.RUNTIMES)
     triton_backend: str  # "python", or Triton's native "onnxruntime" / "tensorrt" backend (NGC container)
     help: str
 
 
-# The one export knob (--backbone): how the backbone runs.
+# The one export knob (--backbone): how the backbone runs. Python-model runtimes come from armorm.runtimes.
 BACKBONES = {
     "torch_packed": BackboneServing("torch_packed", "python", "Python model, padding-free PyTorch (default)"),
     "onnxruntime": BackboneServing("onnxruntime", "python", "Python model running the exported ONNX"),

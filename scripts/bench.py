@@ -30,6 +30,7 @@ import torch
 from armorm.backbone import default_dtype
 from armorm.fidelity import floor_for, judge
 from armorm.random_checkpoint import TinySizes, write_random_checkpoint
+from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS
 
 SHAPES = {
     # name: (sizes, short mix, long mix, best-of-N prompt tokens, response range)
@@ -233,7 +234,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per point at least; the median is reported")
     parser.add_argument("--min-seconds", type=float, default=5.0, help="seconds of work per point at least")
     parser.add_argument("--output", type=Path, default=Path("build/bench"))
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     args = parser.parse_args()
     sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
     args.output.mkdir(parents=True, exist_ok=True)

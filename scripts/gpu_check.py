@@ -37,6 +37,7 @@ from armorm.fidelity import floor_for, judge  # noqa: E402
 from armorm.packed import PackedBackbone  # noqa: E402
 from armorm.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
 from armorm.reference import ArmoRMReference  # noqa: E402
+from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 
 
 def main() -> int:
@@ -49,7 +50,7 @@ def main() -> int:
     parser.add_argument("--long", type=int, default=24)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--output", type=Path, default=None, help="write results.json there")
     args = parser.parse_args()
     device = args.device
@@ -105,8 +106,8 @@ def main() -> int:
     for name, count, total, card_s, packed_s, difference, stats in rows:
         print(f"{name:<16} {count:>5} {total:>7} {count / card_s:>10.1f} {total / card_s:>10.0f} "
               f"{count / packed_s:>12.1f} {total / packed_s:>12.0f} {card_s / packed_s:>5.2f}x "
-              f"{stats['computed_tokens'] / packed_s * per_token / peak:>7.1%} "
-              f"{stats['computed_tokens'] / total:>8.0%} {difference:>11.3g}")
+              f"{stats.computed_tokens / packed_s * per_token / peak:>7.1%} "
+              f"{stats.computed_tokens / total:>8.0%} {difference:>11.3g}")
     del reference, packed
     fp32_reference = ArmoRMReference(checkpoint, device=device, dtype=torch.float32) if dtype != torch.float32 else None
     fidelity = []
@@ -123,7 +124,7 @@ def main() -> int:
             "fidelity": [{**asdict(v), "ok": v.ok} for v in fidelity], "rows": [
                 {"workload": name, "requests": count, "tokens": total, "card_seconds": card_s,
                  "packed_seconds": packed_s, "ratio_vs_card": card_s / packed_s,
-                 "fraction_of_gemm_peak": stats["computed_tokens"] / packed_s * per_token / peak,
+                 "fraction_of_gemm_peak": stats.computed_tokens / packed_s * per_token / peak,
                  "max_score_difference": difference}
                 for name, count, total, card_s, packed_s, difference, stats in rows]}, indent=2))
     return 0 if all(v.ok for v in fidelity) else 1

@@ -106,3 +106,10 @@ def test_one_knob_chooses_how_the_backbone_runs_and_retired_flags_say_what_repla
             main(["checkpoint", "output", *flags])
         assert stopped.value.code == 2
         assert advice in capsys.readouterr().err
+
+
+def test_every_export_choice_names_a_registered_runtime():
+    from armorm.runtimes import RUNTIMES
+    from armorm_export.repository import BACKBONES
+
+    assert {b.runtime for b in BACKBONES.values()} <= set(RUNTIMES)

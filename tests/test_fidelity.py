@@ -58,7 +58,7 @@ def fidelity_case(tiny_checkpoint):
 def test_the_packed_runtime_meets_the_criterion(fidelity_case):
     served, card, fp32, packed = fidelity_case
     verdict = judge("mix + best-of-4", served(), card, fp32)
-    assert packed.last_stats["shared_prompts"] == 3
+    assert packed.last_stats.shared_prompts == 3
     assert verdict.card_error > 0 and verdict.ok, verdict.line()
 
 

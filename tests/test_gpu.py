@@ -27,7 +27,7 @@ def test_packed_bf16_on_gpu_matches_the_reference(tiny_checkpoint):
                                               for r in ("Apple.", "A mango, ripe and sweet.", "Kiwi " * 30)]
     rows = reference.parity_rows(conversations)
     gate, reward = packed.run(rows.input_ids, rows.gate_positions, rows.reward_positions)
-    assert packed.last_stats["shared_prompts"] == 1
+    assert packed.last_stats.shared_prompts == 1
     gate, reward = gate.float().cpu().numpy(), reward.float().cpu().numpy()
     for index in range(len(rows)):
         scale = max(1.0, float(np.abs(rows.reward_hidden[index]).max()))

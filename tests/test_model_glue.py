@@ -135,3 +135,13 @@ def test_model_parameters_parse_strictly():
     with pytest.raises(ValueError, match="odd='maybe' must be true or false"):
         context.bool_parameter("odd", False)
     assert context.set_torch_threads(1) == torch.get_num_threads()  # 0: torch's own choice, not an error
+
+
+def test_an_unknown_runtime_names_the_registered_ones(tmp_path):
+    import pytest
+
+    from armorm.parameters import Parameters
+    from armorm.runtimes import RUNTIMES, RuntimeContext, create_runtime
+
+    with pytest.raises(ValueError, match="unknown backbone runtime 'nope'; use one of " + ", ".join(RUNTIMES)):
+        create_runtime("nope", RuntimeContext(tmp_path, {}, "cpu", Parameters("armorm_backbone")))

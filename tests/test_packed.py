@@ -51,8 +51,8 @@ def test_shared_prompt_is_computed_once(backbone, group):
     gate, _ = run(runner, group)
     stats = runner.last_stats
     prompt_tokens = int(group.gate_positions[0]) + 1
-    assert stats["shared_prompts"] == 1
-    assert stats["computed_tokens"] == stats["tokens"] - (len(RESPONSES) - 1) * prompt_tokens
+    assert stats.shared_prompts == 1
+    assert stats.computed_tokens == stats.tokens - (len(RESPONSES) - 1) * prompt_tokens
     # One gate row for the prompt, bit-identical for every response.
     assert all(torch.equal(gate[0], row) for row in gate)
 

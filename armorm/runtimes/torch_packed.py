@@ -1,0 +1,52 @@
+"""The torch_packed runtime: armorm.packed (padding-free, shared prompts once) on the stored bf16/fp32 weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from armorm.runtimes import BackboneStats, RuntimeContext
+from armorm_client.contract import BACKBONE_WEIGHTS
+
+
+class TorchPackedRuntime:
+    name = "torch_packed"
+
+    def __init__(self, context: RuntimeContext) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from armorm.backbone import ArmoRMBackbone, default_dtype
+        from armorm.config import ArmoRMConfig
+        from armorm.packed import PackedBackbone
+
+        threads = context.parameters.integer("threads", 0)  # 0: torch's own choice
+        if threads > 0:
+            torch.set_num_threads(threads)
+        dtype_name = context.parameters.get("dtype", "auto")
+        self.dtype = default_dtype(context.device) if dtype_name == "auto" else getattr(torch, dtype_name)
+        state = load_file(str(context.version_dir / BACKBONE_WEIGHTS))
+        module = ArmoRMBackbone.from_state_dict(ArmoRMConfig.from_dict(dict(context.config)), state, self.dtype)
+        self.packed = PackedBackbone(module.to(context.device), context.max_batch_tokens,
+                                     attention=context.parameters.get("attention", "auto"))
+        self.share_prompts = context.parameters.boolean("share_prompts", True)
+        self.device = context.device
+
+    def run(self, input_ids: Sequence[np.ndarray], gate_positions: np.ndarray,
+            reward_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, BackboneStats]:
+        import torch
+
+        gate, reward = self.packed.run(input_ids, gate_positions, reward_positions, share_prompts=self.share_prompts)
+        both = torch.stack((gate, reward)).cpu().numpy()  # one copy to the host
+        return both[0], both[1], self.packed.last_stats
+
+    def describe(self) -> str:
+        import torch
+
+        return (f"torch_packed on {self.device}, {self.dtype}, attention {self.packed.attention_name}, "
+                f"{torch.get_num_threads()} threads")
+
+
+def create(context: RuntimeContext) -> TorchPackedRuntime:
+    return TorchPackedRuntime(context)
