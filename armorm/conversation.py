@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from armorm_client.contract import GATE_POSITION, INPUT_IDS, NUM_TOKENS, REWARD_POSITION
+
 ROLES = ("system", "user", "assistant")
 # The end of the prompt as the chat template renders it; the gate reads the hidden state at its start.
 GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -255,9 +257,9 @@ def tokenize_requests(
         for row, conversation in enumerate(conversations):
             input_ids[row, : conversation.num_tokens] = conversation.input_ids
         results.append({
-            "input_ids": input_ids,
-            "gate_position": np.array([[c.gate_position] for c in conversations], dtype=np.int64),
-            "reward_position": np.array([[c.reward_position] for c in conversations], dtype=np.int64),
-            "num_tokens": np.array([[c.num_tokens] for c in conversations], dtype=np.int64),
+            INPUT_IDS.name: input_ids,
+            GATE_POSITION.name: np.array([[c.gate_position] for c in conversations], dtype=np.int64),
+            REWARD_POSITION.name: np.array([[c.reward_position] for c in conversations], dtype=np.int64),
+            NUM_TOKENS.name: np.array([[c.num_tokens] for c in conversations], dtype=np.int64),
         })
     return results

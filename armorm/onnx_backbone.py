@@ -9,9 +9,11 @@ import numpy as np
 
 from armorm.codec import pad_right, token_budget_groups
 from armorm.runtimes import BackboneStats
+from armorm_client.contract import GATE_HIDDEN, GATE_POSITION, INPUT_IDS, REWARD_HIDDEN, REWARD_POSITION
 
-ONNX_INPUTS = ("input_ids", "gate_position", "reward_position")
-ONNX_OUTPUTS = ("gate_hidden", "reward_hidden")
+# The exported graph's I/O carries the backbone's contract names.
+ONNX_INPUTS = (INPUT_IDS.name, GATE_POSITION.name, REWARD_POSITION.name)
+ONNX_OUTPUTS = (GATE_HIDDEN.name, REWARD_HIDDEN.name)
 
 
 def onnx_session(path: Path, use_cuda: bool = False, threads: int = 0):
@@ -53,11 +55,8 @@ class OnnxBackbone:
         for group in groups:
             padded = pad_right([input_ids[i] for i in group], self.pad_token_id)
             computed += padded.size
-            feeds = {
-                "input_ids": padded,
-                "gate_position": np.asarray(gate_positions[group], dtype=np.int64),
-                "reward_position": np.asarray(reward_positions[group], dtype=np.int64),
-            }
+            feeds = dict(zip(ONNX_INPUTS, (padded, np.asarray(gate_positions[group], dtype=np.int64),
+                                           np.asarray(reward_positions[group], dtype=np.int64))))
             gate, reward = self.session.run(list(ONNX_OUTPUTS), feeds)
             for row, index in enumerate(group):
                 gate_out[index], reward_out[index] = gate[row], reward[row]

@@ -106,16 +106,10 @@ def best_of_n(prompt: Messages, responses: Sequence[str]) -> list[list[dict[str,
 
 
 def decode_results(result: Any) -> list[ArmoRMScore]:
-    """One ArmoRMScore per row of the response."""
-    score, rewards = result.as_numpy("score"), result.as_numpy("rewards")
-    gating, coefficients = result.as_numpy("gating"), result.as_numpy("coefficients")
-    num_tokens = result.as_numpy("num_tokens")
-    return [
-        ArmoRMScore(score=float(score[row, 0]), rewards=rewards[row].astype(np.float32),
-                    gating=gating[row].astype(np.float32), coefficients=coefficients[row].astype(np.float32),
-                    num_tokens=int(num_tokens[row, 0]))
-        for row in range(score.shape[0])
-    ]
+    """One ArmoRMScore per row of the response, its fields read by the ensemble's declared outputs."""
+    arrays = {tensor.name: result.as_numpy(tensor.name) for tensor in contract.ENSEMBLE.outputs}
+    rows = next(iter(arrays.values())).shape[0]
+    return [ArmoRMScore.from_row({name: array[row] for name, array in arrays.items()}) for row in range(rows)]
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

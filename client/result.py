@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from armorm_client.contract import OBJECTIVES
+from armorm_client.contract import ENSEMBLE, OBJECTIVES
 
 
 @dataclass(frozen=True)
 class ArmoRMScore:
+    """One conversation's outputs; the fields are the ensemble's outputs (contract.ENSEMBLE), by name."""
+
     score: float
     rewards: np.ndarray  # [19] fp32, in OBJECTIVES order
     gating: np.ndarray  # [19]
@@ -28,11 +30,19 @@ class ArmoRMScore:
         order = np.argsort(-np.abs(self.coefficients), kind="stable")[:k]
         return [(OBJECTIVES[i], float(self.coefficients[i])) for i in order]
 
+    @classmethod
+    def from_row(cls, row: dict[str, np.ndarray]) -> ArmoRMScore:
+        """One row of each output tensor: [1]-shaped outputs become numbers, the others fp32 vectors."""
+        values = {}
+        for tensor in ENSEMBLE.outputs:
+            value = row[tensor.name]
+            if tensor.dims == (1,):
+                values[tensor.name] = int(value[0]) if tensor.data_type.startswith("TYPE_INT") else float(value[0])
+            else:
+                values[tensor.name] = np.asarray(value, dtype=np.float32)
+        return cls(**values)
+
     def to_dict(self) -> dict:
-        return {
-            "score": self.score,
-            "num_tokens": self.num_tokens,
-            "rewards": self.rewards_by_objective(),
-            "gating": dict(zip(OBJECTIVES, map(float, self.gating))),
-            "coefficients": self.coefficients_by_objective(),
-        }
+        """Numbers as they are, per-objective vectors keyed by objective name (JSON-ready)."""
+        return {tensor.name: getattr(self, tensor.name) if tensor.dims == (1,)
+                else dict(zip(OBJECTIVES, map(float, getattr(self, tensor.name)))) for tensor in ENSEMBLE.outputs}

@@ -7,7 +7,7 @@ import triton_python_backend_utils as pb
 from armorm import heads
 from armorm.metrics import AbortedRequests
 from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
-from armorm_client.contract import GATING_WEIGHTS
+from armorm_client.contract import GATE_HIDDEN, GATING, GATING_WEIGHTS
 
 
 class TritonPythonModel:
@@ -16,7 +16,7 @@ class TritonPythonModel:
         context.set_torch_threads(1)
         self.device = context.torch_device()
         self.weights = heads.GatingWeights.load(context.version_dir / GATING_WEIGHTS, self.device)
-        self.widths = {"gate_hidden": int(self.weights.layers[0][0].shape[1])}
+        self.widths = {GATE_HIDDEN.name: int(self.weights.layers[0][0].shape[1])}
         self.aborted = AbortedRequests(pb, context.name)
 
     def execute(self, requests):
@@ -30,6 +30,6 @@ class TritonPythonModel:
     @torch.inference_mode()
     def compute(self, inputs):
         # Responses to one prompt share their gate row bit for bit: compute each distinct row once.
-        unique, inverse = np.unique(inputs["gate_hidden"], axis=0, return_inverse=True)
+        unique, inverse = np.unique(inputs[GATE_HIDDEN.name], axis=0, return_inverse=True)
         gating = heads.gating(torch.from_numpy(unique).to(self.device), self.weights).cpu().numpy()
-        return {"gating": gating[inverse.reshape(-1)]}
+        return {GATING.name: gating[inverse.reshape(-1)]}

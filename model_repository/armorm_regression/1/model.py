@@ -6,7 +6,7 @@ import triton_python_backend_utils as pb
 from armorm import heads
 from armorm.metrics import AbortedRequests
 from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
-from armorm_client.contract import REGRESSION_WEIGHTS
+from armorm_client.contract import REGRESSION_WEIGHTS, REWARD_HIDDEN, REWARDS
 
 
 class TritonPythonModel:
@@ -15,7 +15,7 @@ class TritonPythonModel:
         context.set_torch_threads(1)
         self.device = context.torch_device()
         self.weights = heads.RegressionWeights.load(context.version_dir / REGRESSION_WEIGHTS, self.device)
-        self.widths = {"reward_hidden": int(self.weights.weight.shape[1])}
+        self.widths = {REWARD_HIDDEN.name: int(self.weights.weight.shape[1])}
         self.aborted = AbortedRequests(pb, context.name)
 
     def execute(self, requests):
@@ -28,5 +28,5 @@ class TritonPythonModel:
 
     @torch.inference_mode()
     def compute(self, inputs):
-        hidden = torch.from_numpy(inputs["reward_hidden"]).to(self.device)
-        return {"rewards": heads.regression(hidden, self.weights).cpu().numpy()}
+        hidden = torch.from_numpy(inputs[REWARD_HIDDEN.name]).to(self.device)
+        return {REWARDS.name: heads.regression(hidden, self.weights).cpu().numpy()}

@@ -10,7 +10,7 @@ from armorm.codec import bytes_items
 from armorm.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
 from armorm.metrics import TokenizerMetrics
 from armorm.triton_glue import ModelContext, RequestError, answer_each, input_array, invalid_argument, tensors_response
-from armorm_client.contract import MESSAGES, TOKENIZER_DIR
+from armorm_client.contract import MESSAGES, NUM_TOKENS, TOKENIZER_DIR
 
 # A request that fails even alone (answer_each) failed on its own content: the caller must change it.
 UNPROCESSABLE = "unprocessable"
@@ -47,7 +47,7 @@ class TritonPythonModel:
                 rejected[getattr(result, "reason", "input")] += 1
                 responses.append(invalid_argument(pb, str(result)))
             else:
-                admitted.append(result["num_tokens"])
+                admitted.append(result[NUM_TOKENS.name])
                 responses.append(tensors_response(pb, result))
         self.count(rejected, admitted)
         return responses

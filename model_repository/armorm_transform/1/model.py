@@ -7,7 +7,7 @@ import triton_python_backend_utils as pb
 from armorm import heads
 from armorm.metrics import COMPLETED, Counter
 from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
-from armorm_client.contract import COEFFICIENTS, PASSED_THROUGH, SCORE, TRANSFORM_WEIGHTS
+from armorm_client.contract import COEFFICIENTS, GATING, PASSED_THROUGH, REWARDS, SCORE, TRANSFORM_WEIGHTS
 
 
 class TritonPythonModel:
@@ -29,8 +29,8 @@ class TritonPythonModel:
 
     @torch.inference_mode()
     def compute(self, inputs):
-        rewards = torch.from_numpy(inputs["rewards"]).to(self.device)
-        gating = torch.from_numpy(inputs["gating"]).to(self.device)
+        rewards = torch.from_numpy(inputs[REWARDS.name]).to(self.device)
+        gating = torch.from_numpy(inputs[GATING.name]).to(self.device)
         score, coefficients = heads.transform(rewards, gating, self.weights)
         computed = {SCORE.name: score.unsqueeze(-1).cpu().numpy(), COEFFICIENTS.name: coefficients.cpu().numpy()}
         return {**computed, **{tensor.name: inputs[tensor.name] for tensor in PASSED_THROUGH}}
