@@ -74,6 +74,12 @@ def tiny_config(sizes: TinySizes = TinySizes()) -> ArmoRMConfig:
         num_attention_heads=sizes.num_attention_heads,
         num_key_value_heads=sizes.num_key_value_heads,
         gating_hidden_dim=sizes.gating_hidden_dim,
+        # Unlike ArmoRM's (and ArmoRMConfig's defaults), so that a config field the served path drops shows up as
+        # a parity failure against the reference, which reads config.json itself. Token ids are the tokenizer's.
+        rms_norm_eps=1e-6,
+        rope_theta=250000.0,
+        max_position_embeddings=6144,
+        gating_temperature=7.5,
         extra=extra,
     )
 

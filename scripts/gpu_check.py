@@ -32,7 +32,8 @@ from bench import (  # noqa: E402
 
 from armorm import heads  # noqa: E402
 from armorm.backbone import ArmoRMBackbone, default_dtype  # noqa: E402
-from armorm.checkpoint import Checkpoint  # noqa: E402
+from armorm.checkpoint import Checkpoint, load_tokenizer  # noqa: E402
+from armorm.conversation import ConversationTokenizer, InputLimits  # noqa: E402
 from armorm.fidelity import floor_for, judge  # noqa: E402
 from armorm.packed import PackedBackbone  # noqa: E402
 from armorm.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
@@ -64,6 +65,9 @@ def main() -> int:
     checkpoint = Checkpoint(directory, config, state)
     reference = ArmoRMReference(checkpoint, device=device, dtype=dtype)
     packed = PackedBackbone(ArmoRMBackbone.from_state_dict(config, state, dtype).to(device), args.max_batch_tokens)
+    # The served path's own tokenizer and heads: what runs behind the packed runtime in the served ensemble.
+    tokenizer = ConversationTokenizer(load_tokenizer(directory), InputLimits(max_tokens=config.max_position_embeddings))
+    served_heads = heads.HeadWeights.from_state_dict(state, config).to(device)
     print(f"[gpu-check] {args.shape} weights on {device} ({dtype}) in {time.perf_counter() - t0:.1f}s; "
           f"attention {packed.attention_name}", file=sys.stderr, flush=True)
 
@@ -80,7 +84,7 @@ def main() -> int:
     for name, conversations in workloads.items():
         card_row, card_scores = card_pipeline(reference, conversations)
         card, card_s = np.array(card_scores), card_row.seconds
-        tokens = [reference.tokenizer.tokenize(m) for m in conversations]
+        tokens = [tokenizer.tokenize(m) for m in conversations]
         total = sum(t.num_tokens for t in tokens)
         ids = [t.input_ids for t in tokens]
         gates = np.array([t.gate_position for t in tokens])
@@ -89,7 +93,7 @@ def main() -> int:
         sync(device)
         start = time.perf_counter()
         gate, reward = packed.run(ids, gates, rewards)
-        served = heads.score_rows(gate, reward, reference.heads)[0].cpu().numpy()
+        served = heads.score_rows(gate, reward, served_heads)[0].cpu().numpy()
         sync(device)
         packed_s = time.perf_counter() - start
         difference = float(np.abs(served - card).max())

@@ -15,7 +15,9 @@ import torch
 from armorm import heads
 from armorm import packed as packed_module
 from armorm.backbone import ArmoRMBackbone, rotary_tables
-from armorm.checkpoint import Checkpoint
+from armorm.checkpoint import Checkpoint, load_tokenizer
+from armorm.config import ArmoRMConfig
+from armorm.conversation import ConversationTokenizer
 from armorm.fidelity import judge
 from armorm.packed import Layout, PackedBackbone
 from armorm.reference import ArmoRMReference
@@ -26,12 +28,13 @@ from bench import best_of_n, flatten, mix  # noqa: E402
 
 def test_the_bf16_reference_keeps_rope_in_fp32_as_the_model_card_does(tiny_checkpoint):
     reference = ArmoRMReference(tiny_checkpoint, dtype=torch.bfloat16)
+    config = ArmoRMConfig.from_dict(reference.raw_config)
     rotary = reference.backbone.rotary_emb
     assert rotary.inv_freq.dtype == torch.float32
     positions = torch.tensor([[0, 1000, 4000, 8000]])
-    probe = torch.zeros(1, 4, reference.config.hidden_size, dtype=torch.bfloat16)
+    probe = torch.zeros(1, 4, config.hidden_size, dtype=torch.bfloat16)
     cos, sin = rotary(probe, position_ids=positions)
-    expected_cos, expected_sin = rotary_tables(reference.config, positions[0], torch.float32)
+    expected_cos, expected_sin = rotary_tables(config, positions[0], torch.float32)
     # Only the final cast to bf16 may differ (a bf16 inv_freq is off by radians at these positions).
     assert float((cos[0].float() - expected_cos).abs().max()) <= 8e-3
     assert float((sin[0].float() - expected_sin).abs().max()) <= 8e-3
@@ -43,13 +46,16 @@ def fidelity_case(tiny_checkpoint):
     fp32 = ArmoRMReference(checkpoint, dtype=torch.float32)
     card = ArmoRMReference(checkpoint, dtype=torch.bfloat16)
     conversations = flatten(best_of_n(3, 4, 300, (20, 80), seed=3)) + mix(6, 100, 600, seed=1)
-    tokens = [fp32.tokenizer.tokenize(m) for m in conversations]
+    # The served path: its tokenizer, the packed runtime in bf16, its heads.
+    tokenizer = ConversationTokenizer(load_tokenizer(checkpoint.directory))
+    tokens = [tokenizer.tokenize(m) for m in conversations]
     packed = PackedBackbone(ArmoRMBackbone.from_state_dict(checkpoint.config, checkpoint.state, torch.bfloat16))
+    served_heads = heads.HeadWeights.from_state_dict(checkpoint.state, checkpoint.config)
 
     def served() -> np.ndarray:
         gate, reward = packed.run([t.input_ids for t in tokens], np.array([t.gate_position for t in tokens]),
                                   np.array([t.reward_position for t in tokens]))
-        return heads.score_rows(gate, reward, fp32.heads)[0].numpy()
+        return heads.score_rows(gate, reward, served_heads)[0].numpy()
 
     return (served, [card.score(m).score for m in conversations], [fp32.score(m).score for m in conversations],
             packed)

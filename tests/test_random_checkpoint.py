@@ -13,9 +13,17 @@ def test_config_keys_and_values(tiny_checkpoint):
     assert raw["architectures"] == ["LlamaForRewardModelWithGating"]
     assert raw["auto_map"]["AutoModelForSequenceClassification"] == "modeling_custom.LlamaForRewardModelWithGating"
     for key, value in {"vocab_size": 128257, "pad_token_id": 128256, "bos_token_id": 128000, "num_objectives": 19,
-                       "gating_temperature": 10, "gating_n_hidden": 3, "rope_theta": 500000.0,
-                       "max_position_embeddings": 8192, "torch_dtype": "float32"}.items():
+                       "gating_n_hidden": 3, "torch_dtype": "float32"}.items():
         assert raw[key] == value, key
+    # Same keys as ArmoRM's config.json, other values: a field the served path dropped would fall back to
+    # ArmoRMConfig's default (ArmoRM's value) and fail parity against the reference, which reads config.json.
+    from armorm.config import ArmoRMConfig
+
+    defaults = ArmoRMConfig()
+    for key in ("rms_norm_eps", "rope_theta", "max_position_embeddings", "gating_temperature", "hidden_size",
+                "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "gating_hidden_dim"):
+        assert raw[key] != getattr(defaults, key), key
 
 
 def test_parameter_names_and_dtypes(tiny_checkpoint):
