@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from armorm.conversation import TokenizedConversation  # a plain record; the logic here is the oracle's own
 from armorm_client.result import ArmoRMScore
 
 GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -116,17 +117,6 @@ def find_token_for_gating(ids: Sequence[int], pattern: Sequence[int]) -> int:
 
 
 @dataclass(frozen=True)
-class ReferenceTokens:
-    input_ids: np.ndarray  # int64 [num_tokens]
-    gate_position: int
-    reward_position: int
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
-
-
-@dataclass(frozen=True)
 class ParityRows:
     """Reference hidden rows of some conversations, with the inputs a backbone runtime takes
     (`runtime.run(input_ids, gate_positions, reward_positions)`)."""
@@ -166,17 +156,17 @@ class ArmoRMReference:
         self.backbone = hf_llama(self.raw_config, state, dtype, self.device)
         self.heads = RewardHeads.load(self.raw_config, state).to(self.device)
 
-    def tokenize(self, messages: Sequence[Mapping[str, str]]) -> ReferenceTokens:
+    def tokenize(self, messages: Sequence[Mapping[str, str]]) -> TokenizedConversation:
         ids = self.tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=False)
         if isinstance(ids, Mapping):  # newer transformers return a BatchEncoding
             ids = ids["input_ids"]
         ids_array = np.asarray(ids, dtype=np.int64)
         pads = ids_array == self.pad_token_id
         reward = (int(pads.argmax()) - 1) % ids_array.shape[0]  # no pad: argmax 0 → the last token
-        return ReferenceTokens(ids_array, find_token_for_gating(ids_array.tolist(), self.gate_pattern), reward)
+        return TokenizedConversation(ids_array, find_token_for_gating(ids_array.tolist(), self.gate_pattern), reward)
 
     @torch.inference_mode()
-    def rows_of(self, tokens: ReferenceTokens) -> tuple[torch.Tensor, torch.Tensor]:
+    def rows_of(self, tokens: TokenizedConversation) -> tuple[torch.Tensor, torch.Tensor]:
         """(gate_hidden, reward_hidden) [hidden] of a tokenized conversation."""
         ids = torch.as_tensor(tokens.input_ids, device=self.device).unsqueeze(0)
         hidden = self.backbone(input_ids=ids).last_hidden_state[0]
