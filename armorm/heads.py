@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from armorm.config import ArmoRMConfig
+from armorm_client.contract import COEFFICIENTS, SCORE
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,15 @@ def transform(
     score = (gating_output * (rewards.float() @ weights.matrix)).sum(dim=-1)
     coefficients = gating_output @ weights.matrix.T
     return score, coefficients
+
+
+def transform_outputs(rewards: torch.Tensor, gating_output: torch.Tensor,
+                      weights: TransformWeights) -> dict[str, torch.Tensor]:
+    """The transform step's computed outputs by contract name, shaped as declared ([batch, 1] for one value).
+    The served transform model returns these plus what it passes through: a new output is declared in the
+    contract and computed here, nowhere else."""
+    score, coefficients = transform(rewards, gating_output, weights)
+    return {SCORE.name: score.unsqueeze(-1), COEFFICIENTS.name: coefficients}
 
 
 def score_rows(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,8 @@ class ArmoRMScore:
     gating: np.ndarray  # [19]
     coefficients: np.ndarray  # [19] = gating @ Tᵀ
     num_tokens: int
+    # Outputs the server declares beyond these (a newer contract): by name, [1]-shaped ones as numbers.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def rewards_by_objective(self) -> dict[str, float]:
         return dict(zip(OBJECTIVES, map(float, self.rewards)))
@@ -40,9 +43,13 @@ class ArmoRMScore:
                 values[tensor.name] = int(value[0]) if tensor.data_type.startswith("TYPE_INT") else float(value[0])
             else:
                 values[tensor.name] = np.asarray(value, dtype=np.float32)
-        return cls(**values)
+        known = {name: values.pop(name) for name in cls.__dataclass_fields__ if name in values}
+        return cls(**known, extra=values)
 
     def to_dict(self) -> dict:
         """Numbers as they are, per-objective vectors keyed by objective name (JSON-ready)."""
-        return {tensor.name: getattr(self, tensor.name) if tensor.dims == (1,)
-                else dict(zip(OBJECTIVES, map(float, getattr(self, tensor.name)))) for tensor in ENSEMBLE.outputs}
+        def value(name: str) -> Any:
+            return getattr(self, name) if name in self.__dataclass_fields__ else self.extra[name]
+
+        return {tensor.name: value(tensor.name) if tensor.dims == (1,)
+                else dict(zip(OBJECTIVES, map(float, value(tensor.name)))) for tensor in ENSEMBLE.outputs}

@@ -72,12 +72,34 @@ def write_config(path: Path, config: model_config_pb2.ModelConfig, note: str) ->
 
 
 def copy_templates(output: Path) -> None:
-    """Fresh model folders: artifacts of an earlier export (an old plan, other weights) must not survive."""
+    """Fresh model folders (artifacts of an earlier export, an old plan or other weights, must not survive), each
+    config's inputs and outputs written from the contract."""
     for spec in contract.ALL_MODELS:
         shutil.rmtree(output / spec.name, ignore_errors=True)
         shutil.copytree(TEMPLATES / spec.name, output / spec.name, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".gitkeep"))
         (output / spec.name / "1").mkdir(exist_ok=True)
+        path = output / spec.name / "config.pbtxt"
+        config = read_config(path)
+        apply_contract(config, spec)
+        write_config(path, config, "inputs and outputs from client/contract.py")
+
+
+def apply_contract(config: model_config_pb2.ModelConfig, spec: contract.ModelSpec) -> None:
+    """The model's inputs and outputs as the contract declares them; for the ensemble also the last step's
+    output_map (its outputs are the ensemble's, by name: any subset of them can be requested)."""
+    del config.input[:]
+    del config.output[:]
+    for tensor in spec.inputs:
+        config.input.add(name=tensor.name, data_type=model_config_pb2.DataType.Value(tensor.data_type),
+                         dims=tensor.dims, allow_ragged_batch=tensor.ragged)
+    for tensor in spec.outputs:
+        config.output.add(name=tensor.name, data_type=model_config_pb2.DataType.Value(tensor.data_type),
+                          dims=tensor.dims)
+    if spec is contract.ENSEMBLE:
+        last = config.ensemble_scheduling.step[-1]
+        last.output_map.clear()
+        last.output_map.update({tensor.name: tensor.name for tensor in contract.TRANSFORM.outputs})
 
 
 def set_parameter(config: model_config_pb2.ModelConfig, key: str, value: str) -> None:

@@ -67,8 +67,14 @@ def check_ensemble_wiring(config: mc.ModelConfig) -> None:
     assert {s.model_name for s in config.ensemble_scheduling.step} == set(specs)
 
 
-def test_hand_written_configs_match_the_contract():
-    check_repository(TEMPLATES)
+def test_templates_leave_inputs_and_outputs_to_the_contract():
+    """The export writes every model's I/O from client/contract.py: a template that declared its own could drift."""
+    for spec in contract.ALL_MODELS:
+        config = load(TEMPLATES, spec.name)
+        assert not config.input and not config.output, f"{spec.name}: I/O belongs in the contract"
+        assert config.name == spec.name
+    last = load(TEMPLATES, contract.ENSEMBLE.name).ensemble_scheduling.step[-1]
+    assert last.model_name == contract.TRANSFORM.name and not last.output_map
 
 
 def test_exported_configs_match_the_contract(exported_repository):
@@ -77,8 +83,8 @@ def test_exported_configs_match_the_contract(exported_repository):
     assert tokenizer.parameters["max_tokens"].string_value == str(TEST_MAX_TOKENS)
 
 
-def test_wiring_check_catches_a_miswired_step():
-    config = load(TEMPLATES, contract.ENSEMBLE.name)
+def test_wiring_check_catches_a_miswired_step(exported_repository):
+    config = load(exported_repository, contract.ENSEMBLE.name)
     config.ensemble_scheduling.step[2].input_map["reward_hidden"] = "_gate_hidden_typo"
     with pytest.raises(AssertionError, match="reads"):
         check_ensemble_wiring(config)

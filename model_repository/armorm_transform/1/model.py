@@ -7,7 +7,7 @@ import triton_python_backend_utils as pb
 from armorm import heads
 from armorm.metrics import COMPLETED, Counter
 from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
-from armorm_client.contract import COEFFICIENTS, GATING, PASSED_THROUGH, REWARDS, SCORE, TRANSFORM_WEIGHTS
+from armorm_client.contract import GATING, PASSED_THROUGH, REWARDS, TRANSFORM_WEIGHTS
 
 
 class TritonPythonModel:
@@ -31,6 +31,6 @@ class TritonPythonModel:
     def compute(self, inputs):
         rewards = torch.from_numpy(inputs[REWARDS.name]).to(self.device)
         gating = torch.from_numpy(inputs[GATING.name]).to(self.device)
-        score, coefficients = heads.transform(rewards, gating, self.weights)
-        computed = {SCORE.name: score.unsqueeze(-1).cpu().numpy(), COEFFICIENTS.name: coefficients.cpu().numpy()}
+        computed = {name: value.cpu().numpy() for name, value in heads.transform_outputs(rewards, gating,
+                                                                                          self.weights).items()}
         return {**computed, **{tensor.name: inputs[tensor.name] for tensor in PASSED_THROUGH}}
