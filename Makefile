@@ -54,7 +54,7 @@ $(HELM):
 tools: $(HELM) ## helm (for the chart tests)
 
 $(DEFAULT_MODEL)/config.json: | $(BIN)/.installed
-	$(BIN)/python -m armorm.random_checkpoint $(DEFAULT_MODEL)
+	$(BIN)/python -m armorm.testing.random_checkpoint $(DEFAULT_MODEL)
 
 checkpoint: $(DEFAULT_MODEL)/config.json ## write the small random checkpoint in ArmoRM's on-disk format
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from armorm.backbone import ArmoRMBackbone
-from armorm.config import ArmoRMConfig
-from armorm.onnx_backbone import ONNX_INPUTS, ONNX_OUTPUTS
+from armorm.model.backbone import ArmoRMBackbone
+from armorm.model.config import ArmoRMConfig
+from armorm.model.onnx_backbone import ONNX_INPUTS, ONNX_OUTPUTS
 
 # Protobuf's hard limit; above it weights go to an external data file next to model.onnx.
 PROTOBUF_LIMIT = 2**31 - 1

@@ -14,12 +14,12 @@ from google.protobuf import text_format
 from safetensors.torch import save_file
 from tritonclient.grpc import model_config_pb2
 
-from armorm.backbone import ArmoRMBackbone
-from armorm.checkpoint import Checkpoint
-from armorm.heads import HeadWeights
-from armorm.onnx_backbone import OnnxBackbone, onnx_session
-from armorm.packed import PackedBackbone
-from armorm.reference import ArmoRMReference
+from armorm.model.backbone import ArmoRMBackbone
+from armorm.model.checkpoint import Checkpoint
+from armorm.model.heads import HeadWeights
+from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
+from armorm.model.packed import PackedBackbone
+from armorm.testing.reference import ArmoRMReference
 from armorm_client import contract
 from armorm_client.samples import parity_conversations
 from armorm_export import native_backbone, onnx_backbone, tensorrt_plan

@@ -5,7 +5,7 @@
 (c) best-of-N (N responses per prompt) both ways; served uses one request per prompt.
 Each point runs its workload at least --repeats times and --min-seconds long; the median run is reported with
 the spread of all runs. Reports req/s, tokens/s, p50/p99 latency, served/(a) ratios, the fraction of the
-measured GEMM peak, and the bf16 fidelity of the served path (armorm.fidelity: RMS error against an fp32
+measured GEMM peak, and the bf16 fidelity of the served path (armorm.testing.fidelity: RMS error against an fp32
 forward vs the card's own). Prints a table, writes build/bench/results.json and build/bench/bench.png.
 
 CPU (default): a small random model. GPU (--shape llama3-8b): random weights in the exact 8B shape.
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from armorm.backbone import default_dtype
-from armorm.fidelity import floor_for, judge
-from armorm.random_checkpoint import TinySizes, write_random_checkpoint
+from armorm.model.backbone import default_dtype
 from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS
+from armorm.testing.fidelity import floor_for, judge
+from armorm.testing.random_checkpoint import TinySizes, write_random_checkpoint
 
 SHAPES = {
     # name: (sizes, short mix, long mix, best-of-N prompt tokens, response range)
@@ -268,7 +268,7 @@ def main() -> int:
     groups = best_of_n(args.prompts, args.n, prompt_tokens, response_range, seed=3)
     bon_name = f"best-of-{args.n} (prompt {prompt_tokens}, responses {response_range[0]}-{response_range[1]})"
 
-    from armorm.reference import ArmoRMReference
+    from armorm.testing.reference import ArmoRMReference
 
     say(f"model card pipeline on {args.device} ({dtype})")
     reference = ArmoRMReference(checkpoint, device=args.device, dtype=dtype)
@@ -290,9 +290,9 @@ def main() -> int:
         torch.cuda.empty_cache()
     fp32_scores = fp32_reference_scores(checkpoint, args.device, dtype, {**workloads, bon_name: flat}, card_scores, say)
 
-    from armorm import metrics
-    from armorm.prometheus import scrape, total
-    from armorm.serve_process import ServeProcess
+    from armorm.launcher.serve_process import ServeProcess
+    from armorm.serving import metrics
+    from armorm.serving.prometheus import scrape, total
 
     worst = 0.0
     served_scores: dict[str, list[float]] = {name: [] for name in card_scores}
@@ -350,11 +350,11 @@ def main() -> int:
 
 def fp32_reference_scores(checkpoint: Path, device: str, dtype: torch.dtype, workloads: dict, card_scores: dict,
                           say) -> dict[str, list[float]]:
-    """Every benchmarked conversation's score from an fp32 forward (armorm.fidelity judges both paths by it).
+    """Every benchmarked conversation's score from an fp32 forward (armorm.testing.fidelity judges both paths by it).
     When the card already ran in fp32, its scores are that reference."""
     if dtype == torch.float32:
         return card_scores
-    from armorm.reference import ArmoRMReference
+    from armorm.testing.reference import ArmoRMReference
 
     say(f"fp32 reference forward on {device} for the fidelity criterion")
     reference = ArmoRMReference(checkpoint, device=device, dtype=torch.float32)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from armorm.serve_process import ServeProcess
+from armorm.launcher.serve_process import ServeProcess
 from armorm_client import ArmoRMClient
 from armorm_client.samples import MODEL_CARD_PROMPT, model_card_conversations
 

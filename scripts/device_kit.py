@@ -134,7 +134,7 @@ def build(output: Path, python: str, preset: int = 6) -> Path:
         xz_tar(output / "site.tar.xz", [(path, str(path.relative_to(site))) for path in sorted(site.rglob("*"))
                                         if path.is_file()], preset)
     say("Llama-3 tokenizer → tokenizer.json.xz")
-    from armorm.random_checkpoint import llama3_tokenizer_json
+    from armorm.testing.random_checkpoint import llama3_tokenizer_json
 
     (output / "tokenizer.json.xz").write_bytes(lzma.compress(json.dumps(llama3_tokenizer_json()).encode()))
     files = {str(p.relative_to(output)): p for p in sorted(output.rglob("*")) if p.is_file()}

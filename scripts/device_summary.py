@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def fidelity_lines(data: dict) -> list[str]:
-    """armorm.fidelity verdicts: the served (or packed) path's error against fp32 vs the card's own."""
+    """armorm.testing.fidelity verdicts: the served (or packed) path's error against fp32 vs the card's own."""
     return [f"  fidelity {row['workload'][:40]:<40} RMS vs fp32: served {row['served_error']:.3g}, card "
             f"{row['card_error']:.3g}, bound {row['bound']:.3g} -> {'OK' if row['ok'] else 'FAIL'}"
             for row in data["fidelity"]]

@@ -1,4 +1,4 @@
-"""GPU check: bf16 fidelity (armorm.fidelity) and throughput of the packed runtime against the model card
+"""GPU check: bf16 fidelity (armorm.testing.fidelity) and throughput of the packed runtime against the model card
 pipeline, in one process, on random weights in the exact Llama-3-8B shape (bf16). On the device machine it runs
 as the `packed` step of scripts/device_check.sh; here `make gpu-check`, or on CPU with
 `--shape cpu-small --device cpu [--dtype bfloat16]`. What it does not cover: the Triton hop (gRPC, ensemble, Python
@@ -30,15 +30,15 @@ from bench import (  # noqa: E402
     sync,
 )
 
-from armorm import heads  # noqa: E402
-from armorm.backbone import ArmoRMBackbone, default_dtype  # noqa: E402
-from armorm.checkpoint import Checkpoint, load_tokenizer  # noqa: E402
-from armorm.conversation import ConversationTokenizer, InputLimits  # noqa: E402
-from armorm.fidelity import floor_for, judge  # noqa: E402
-from armorm.packed import PackedBackbone  # noqa: E402
-from armorm.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
-from armorm.reference import ArmoRMReference  # noqa: E402
+from armorm.model import heads  # noqa: E402
+from armorm.model.backbone import ArmoRMBackbone, default_dtype  # noqa: E402
+from armorm.model.checkpoint import Checkpoint, load_tokenizer  # noqa: E402
+from armorm.model.conversation import ConversationTokenizer, InputLimits  # noqa: E402
+from armorm.model.packed import PackedBackbone  # noqa: E402
 from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
+from armorm.testing.fidelity import floor_for, judge  # noqa: E402
+from armorm.testing.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
+from armorm.testing.reference import ArmoRMReference  # noqa: E402
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from armorm.random_checkpoint import write_random_checkpoint
+from armorm.testing.random_checkpoint import write_random_checkpoint
 from tests.conversations import TEST_MAX_TOKENS
 
 
@@ -19,7 +19,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def reference(tiny_checkpoint: Path):
-    from armorm.reference import ArmoRMReference
+    from armorm.testing.reference import ArmoRMReference
 
     return ArmoRMReference(tiny_checkpoint)
 
@@ -34,7 +34,7 @@ def exported_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def server(exported_repository: Path, tmp_path_factory: pytest.TempPathFactory):
-    from armorm.serve_process import ServeProcess
+    from armorm.launcher.serve_process import ServeProcess
 
     with ServeProcess(exported_repository, tmp_path_factory.mktemp("server"), admin_key="test-admin-key") as running:
         yield running

@@ -1,6 +1,6 @@
 import numpy as np
 
-from armorm.codec import bytes_items, pad_right, split_rows, token_budget_groups
+from armorm.serving.codec import bytes_items, pad_right, split_rows, token_budget_groups
 
 
 def test_split_rows_inverts_concatenate():

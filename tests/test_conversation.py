@@ -1,12 +1,12 @@
-"""Validation, chat template, token positions (armorm.conversation) with the checkpoint's tokenizer."""
+"""Validation, chat template, token positions (armorm.model.conversation) with the checkpoint's tokenizer."""
 
 import json
 
 import numpy as np
 import pytest
 
-from armorm.checkpoint import load_tokenizer
-from armorm.conversation import (
+from armorm.model.checkpoint import load_tokenizer
+from armorm.model.conversation import (
     ConversationError,
     ConversationTokenizer,
     InputLimits,

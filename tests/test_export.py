@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from armorm.backbone import ArmoRMBackbone
-from armorm.checkpoint import Checkpoint
-from armorm.onnx_backbone import OnnxBackbone, onnx_session
+from armorm.model.backbone import ArmoRMBackbone
+from armorm.model.checkpoint import Checkpoint
+from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
 from armorm_client import contract
 from armorm_export import onnx_backbone as exporter
 from armorm_export.parity import ExportParityError, check_runtime

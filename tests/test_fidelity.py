@@ -1,5 +1,5 @@
 """bf16 fidelity: the reference's bf16 path computes what the model card computes, and the criterion used by the
-GPU check (armorm.fidelity) passes the packed runtime while catching an off-by-one in shared-prompt positions
+GPU check (armorm.testing.fidelity) passes the packed runtime while catching an off-by-one in shared-prompt positions
 and a wrong causal alignment, injected here on CPU in bf16."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from armorm import heads
-from armorm import packed as packed_module
-from armorm.backbone import ArmoRMBackbone, rotary_tables
-from armorm.checkpoint import Checkpoint, load_tokenizer
-from armorm.config import ArmoRMConfig
-from armorm.conversation import ConversationTokenizer
-from armorm.fidelity import judge
-from armorm.packed import Layout, PackedBackbone
-from armorm.reference import ArmoRMReference
+from armorm.model import heads
+from armorm.model import packed as packed_module
+from armorm.model.backbone import ArmoRMBackbone, rotary_tables
+from armorm.model.checkpoint import Checkpoint, load_tokenizer
+from armorm.model.config import ArmoRMConfig
+from armorm.model.conversation import ConversationTokenizer
+from armorm.model.packed import Layout, PackedBackbone
+from armorm.testing.fidelity import judge
+from armorm.testing.reference import ArmoRMReference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from bench import best_of_n, flatten, mix  # noqa: E402

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from armorm.backbone import ArmoRMBackbone
-from armorm.checkpoint import Checkpoint
-from armorm.packed import PackedBackbone
-from armorm.reference import ArmoRMReference
+from armorm.model.backbone import ArmoRMBackbone
+from armorm.model.checkpoint import Checkpoint
+from armorm.model.packed import PackedBackbone
+from armorm.testing.reference import ArmoRMReference
 from tests.conversations import varied_conversations
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -1,10 +1,10 @@
-"""The head math against explicit loops written from armorm.md, not from armorm.heads."""
+"""The head math against explicit loops written from armorm.md, not from armorm.model.heads."""
 
 import numpy as np
 import pytest
 import torch
 
-from armorm import heads
+from armorm.model import heads
 from armorm_client.contract import NUM_OBJECTIVES
 
 
@@ -80,7 +80,7 @@ def test_head_weights_round_trip_through_files(weights, tmp_path):
 
 
 def test_missing_head_parameters_are_named():
-    from armorm.random_checkpoint import random_parameters, tiny_config
+    from armorm.testing.random_checkpoint import random_parameters, tiny_config
 
     config = tiny_config()
     state = random_parameters(config, seed=0)

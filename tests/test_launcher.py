@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from armorm.server import RestartPolicy, Supervisor
-from armorm.triton_process import ServerStartError, TritonServer, remove_orphaned_segments, shm_segments
+from armorm.launcher.server import RestartPolicy, Supervisor
+from armorm.launcher.triton_process import ServerStartError, TritonServer, remove_orphaned_segments, shm_segments
 
 
 @pytest.mark.integration
@@ -38,7 +38,7 @@ def test_armorm_serve_refuses_a_port_that_something_else_holds(exported_reposito
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "armorm.server", str(exported_repository), "--grpc-port",
+        done = subprocess.run([sys.executable, "-m", "armorm.launcher.server", str(exported_repository), "--grpc-port",
                                str(port), "--log-file", str(tmp_path / "triton.log")],
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr

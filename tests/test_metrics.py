@@ -2,8 +2,8 @@
 
 import pytest
 
-from armorm import metrics
-from armorm.prometheus import parse, scrape, total
+from armorm.serving import metrics
+from armorm.serving.prometheus import parse, scrape, total
 from armorm_client import InvalidConversationError
 from tests.conversations import varied_conversations
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import torch
 
-from armorm import heads
-from armorm.checkpoint import Checkpoint
+from armorm.model import heads
+from armorm.model.checkpoint import Checkpoint
 from tests import fake_pb
 
 
@@ -103,7 +103,7 @@ def test_transform_passes_rewards_gating_and_num_tokens_through(exported_reposit
 
 
 def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exported_repository, monkeypatch):
-    from armorm import metrics
+    from armorm.serving import metrics
 
     model = fake_pb.load_model(exported_repository, "armorm_regression", monkeypatch)
 
@@ -126,7 +126,7 @@ def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exporte
 def test_model_parameters_parse_strictly():
     import pytest
 
-    from armorm.triton_glue import ModelContext
+    from armorm.serving.triton_glue import ModelContext
 
     context = ModelContext("m", None, {"on": "TRUE", "off": "0", "odd": "maybe", "threads": "0"}, "CPU", 0)
     assert context.bool_parameter("on", False) is True
@@ -140,8 +140,8 @@ def test_model_parameters_parse_strictly():
 def test_an_unknown_runtime_names_the_registered_ones(tmp_path):
     import pytest
 
-    from armorm.parameters import Parameters
     from armorm.runtimes import RUNTIMES, RuntimeContext, create_runtime
+    from armorm.serving.parameters import Parameters
 
     with pytest.raises(ValueError, match="unknown backbone runtime 'nope'; use one of " + ", ".join(RUNTIMES)):
         create_runtime("nope", RuntimeContext(tmp_path, {}, "cpu", Parameters("armorm_backbone")))

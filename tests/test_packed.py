@@ -1,12 +1,12 @@
-"""The packed, padding-free runtime (armorm.packed) against the Hugging Face reference, fp32 on CPU."""
+"""The packed, padding-free runtime (armorm.model.packed) against the Hugging Face reference, fp32 on CPU."""
 
 import numpy as np
 import pytest
 import torch
 
-from armorm.backbone import ArmoRMBackbone
-from armorm.checkpoint import Checkpoint
-from armorm.packed import PackedBackbone, budget_chunks, plan_sharing
+from armorm.model.backbone import ArmoRMBackbone
+from armorm.model.checkpoint import Checkpoint
+from armorm.model.packed import PackedBackbone, budget_chunks, plan_sharing
 from tests.conversations import varied_conversations
 
 ATOL = 1e-4
@@ -72,7 +72,7 @@ def test_budget_chunks_bound_tokens_and_run_long_ones_alone():
 
 
 def test_varlen_arguments_follow_the_kernel_signature():
-    from armorm.packed import varlen_kwargs
+    from armorm.model.packed import varlen_kwargs
 
     def older(q, k, v, cu_q, cu_k, max_q, max_k, *, is_causal=False):
         pass

@@ -5,7 +5,7 @@ import json
 import torch
 from safetensors import safe_open
 
-from armorm.checkpoint import Checkpoint, load_tokenizer, weight_files
+from armorm.model.checkpoint import Checkpoint, load_tokenizer, weight_files
 
 
 def test_config_keys_and_values(tiny_checkpoint):
@@ -17,7 +17,7 @@ def test_config_keys_and_values(tiny_checkpoint):
         assert raw[key] == value, key
     # Same keys as ArmoRM's config.json, other values: a field the served path dropped would fall back to
     # ArmoRMConfig's default (ArmoRM's value) and fail parity against the reference, which reads config.json.
-    from armorm.config import ArmoRMConfig
+    from armorm.model.config import ArmoRMConfig
 
     defaults = ArmoRMConfig()
     for key in ("rms_norm_eps", "rope_theta", "max_position_embeddings", "gating_temperature", "hidden_size",

@@ -14,7 +14,7 @@ CHECKPOINT = os.environ.get("ARMORM_CHECKPOINT")
 
 @pytest.mark.skipif(not CHECKPOINT, reason="set ARMORM_CHECKPOINT to the real ArmoRM checkpoint to run")
 def test_model_card_golden_values():
-    from armorm.reference import ArmoRMReference
+    from armorm.testing.reference import ArmoRMReference
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     reference = ArmoRMReference(CHECKPOINT, device=device, dtype=torch.bfloat16)

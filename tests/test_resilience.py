@@ -13,9 +13,9 @@ import pytest
 
 from armorm.gateway import DRAINING_MESSAGE
 from armorm.gateway.stats import IN_FLIGHT
-from armorm.prometheus import scrape, total
-from armorm.serve_process import ServeProcess
-from armorm.triton_process import process_group, shm_segments
+from armorm.launcher.serve_process import ServeProcess
+from armorm.launcher.triton_process import process_group, shm_segments
+from armorm.serving.prometheus import scrape, total
 from armorm_client import (
     NO_RETRIES,
     ArmoRMClient,

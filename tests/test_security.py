@@ -13,8 +13,8 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from armorm.gateway import TlsFiles
-from armorm.serve_process import ServeProcess
-from armorm.triton_process import descendants
+from armorm.launcher.serve_process import ServeProcess
+from armorm.launcher.triton_process import descendants
 from armorm_client import ArmoRMClient, PermissionDeniedError
 from tests.conversations import varied_conversations
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from armorm.serve_process import ServeProcess
+from armorm.launcher.serve_process import ServeProcess
 from armorm_client import ArmoRMClient, contract
 from armorm_export.repository import set_parameter
 from tests.conversations import varied_conversations

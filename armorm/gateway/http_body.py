@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any
 
-from armorm.conversation import json_kind
+from armorm.model.conversation import json_kind
 
 # KServe v2 datatypes and the JSON values each accepts in "data".
 _INTEGERS = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})

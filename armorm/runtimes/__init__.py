@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from armorm.parameters import Parameters
+from armorm.serving.parameters import Parameters
 
 # Tokens per backbone forward (a longer conversation runs alone): the one declaration of the default.
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -24,7 +24,7 @@ DEFAULT_RUNTIME = "torch_packed"
 
 @dataclass(frozen=True)
 class BackboneStats:
-    """What one `run` did, for the metrics (armorm.metrics.BackboneMetrics)."""
+    """What one `run` did, for the metrics (armorm.serving.metrics.BackboneMetrics)."""
 
     conversations: int
     tokens: int  # in the conversations

@@ -14,7 +14,7 @@ class OnnxRuntimeBackbone:
     name = "onnxruntime"
 
     def __init__(self, context: RuntimeContext) -> None:
-        from armorm.onnx_backbone import OnnxBackbone, onnx_session
+        from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
 
         session = onnx_session(context.version_dir / BACKBONE_ONNX, use_cuda=context.device != "cpu",
                                threads=context.parameters.integer("threads", 0))

@@ -1,4 +1,4 @@
-"""The torch_packed runtime: armorm.packed (padding-free, shared prompts once) on the stored bf16/fp32 weights."""
+"""The torch_packed runtime: armorm.model.packed (padding-free, shared prompts once) on the stored bf16/fp32 weights."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ class TorchPackedRuntime:
         import torch
         from safetensors.torch import load_file
 
-        from armorm.backbone import ArmoRMBackbone, default_dtype
-        from armorm.config import ArmoRMConfig
-        from armorm.packed import PackedBackbone
+        from armorm.model.backbone import ArmoRMBackbone, default_dtype
+        from armorm.model.config import ArmoRMConfig
+        from armorm.model.packed import PackedBackbone
 
         threads = context.parameters.integer("threads", 0)  # 0: torch's own choice
         if threads > 0:

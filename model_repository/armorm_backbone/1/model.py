@@ -1,16 +1,16 @@
 """Triton glue for the backbone: ragged batches of token ids → the two hidden rows per conversation.
 
 The runtime (config parameter `runtime`) comes from armorm.runtimes; request assembly and splitting are
-armorm.triton_glue.BackboneBatch.
+armorm.serving.triton_glue.BackboneBatch.
 """
 
 import json
 
 import triton_python_backend_utils as pb
 
-from armorm.metrics import AbortedRequests, BackboneMetrics
 from armorm.runtimes import DEFAULT_RUNTIME, RuntimeContext, create_runtime
-from armorm.triton_glue import BackboneBatch, ModelContext, answer_each, failed_internally
+from armorm.serving.metrics import AbortedRequests, BackboneMetrics
+from armorm.serving.triton_glue import BackboneBatch, ModelContext, answer_each, failed_internally
 from armorm_client.contract import BACKBONE_CONFIG
 
 

@@ -1,12 +1,12 @@
-"""Triton glue for ArmoRM's gating MLP; the math is armorm.heads.gating."""
+"""Triton glue for ArmoRM's gating MLP; the math is armorm.model.heads.gating."""
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb
 
-from armorm import heads
-from armorm.metrics import AbortedRequests
-from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
+from armorm.model import heads
+from armorm.serving.metrics import AbortedRequests
+from armorm.serving.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
 from armorm_client.contract import GATE_HIDDEN, GATING, GATING_WEIGHTS
 
 

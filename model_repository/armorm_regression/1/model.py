@@ -1,11 +1,11 @@
-"""Triton glue for ArmoRM's regression head; the math is armorm.heads.regression."""
+"""Triton glue for ArmoRM's regression head; the math is armorm.model.heads.regression."""
 
 import torch
 import triton_python_backend_utils as pb
 
-from armorm import heads
-from armorm.metrics import AbortedRequests
-from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
+from armorm.model import heads
+from armorm.serving.metrics import AbortedRequests
+from armorm.serving.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
 from armorm_client.contract import REGRESSION_WEIGHTS, REWARD_HIDDEN, REWARDS
 
 

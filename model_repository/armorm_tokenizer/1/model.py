@@ -1,15 +1,22 @@
 """Triton glue for the tokenizer step: validation, chat template, token ids and positions live in
-armorm.conversation; a bad request fails alone with INVALID_ARGUMENT."""
+armorm.model.conversation; a bad request fails alone with INVALID_ARGUMENT."""
 
 from collections import Counter
 
 import triton_python_backend_utils as pb
 
-from armorm.checkpoint import load_tokenizer
-from armorm.codec import bytes_items
-from armorm.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
-from armorm.metrics import TokenizerMetrics
-from armorm.triton_glue import ModelContext, RequestError, answer_each, input_array, invalid_argument, tensors_response
+from armorm.model.checkpoint import load_tokenizer
+from armorm.model.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
+from armorm.serving.codec import bytes_items
+from armorm.serving.metrics import TokenizerMetrics
+from armorm.serving.triton_glue import (
+    ModelContext,
+    RequestError,
+    answer_each,
+    input_array,
+    invalid_argument,
+    tensors_response,
+)
 from armorm_client.contract import MESSAGES, NUM_TOKENS, TOKENIZER_DIR
 
 # A request that fails even alone (answer_each) failed on its own content: the caller must change it.

@@ -1,12 +1,12 @@
-"""Triton glue for ArmoRM's reward transform; the math is armorm.heads.transform. As the last step it
+"""Triton glue for ArmoRM's reward transform; the math is armorm.model.heads.transform. As the last step it
 also passes rewards, gating and num_tokens through (see armorm_client.contract.TRANSFORM)."""
 
 import torch
 import triton_python_backend_utils as pb
 
-from armorm import heads
-from armorm.metrics import COMPLETED, Counter
-from armorm.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
+from armorm.model import heads
+from armorm.serving.metrics import COMPLETED, Counter
+from armorm.serving.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
 from armorm_client.contract import GATING, PASSED_THROUGH, REWARDS, TRANSFORM_WEIGHTS
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from armorm.conversation import TokenizedConversation  # a plain record; the logic here is the oracle's own
+from armorm.model.conversation import TokenizedConversation  # a plain record; the logic here is the oracle's own
 from armorm_client.result import ArmoRMScore
 
 GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from armorm.gateway import TlsFiles
-from armorm.server import ADMIN_KEY_ENV, API_KEY_ENV
-from armorm.triton_process import ServerStartError, ServerUrls, descendants, free_port, terminate
+from armorm.launcher.server import ADMIN_KEY_ENV, API_KEY_ENV
+from armorm.launcher.triton_process import ServerStartError, ServerUrls, descendants, free_port, terminate
 from armorm_client.contract import ADMIN_HEADER, GRPC_HEADER_PREFIX
 
 # A port chosen free can be taken before armorm-serve binds it; it then exits 2 and is started again.
@@ -61,7 +61,7 @@ class ServeProcess(ServerUrls):
         return grpcclient.InferenceServerClient(self.grpc_url, ssl=True, root_certificates=str(self.tls.cert))
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", "armorm.server", str(self.repository), "--host", self.host,
+        command = [sys.executable, "-m", "armorm.launcher.server", str(self.repository), "--host", self.host,
                    "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
                    "--metrics-port", str(self.metrics_port), "--log-file", str(self.triton_log),
                    "--startup-timeout", str(self.startup_timeout)]

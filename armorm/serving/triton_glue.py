@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from armorm.codec import batch_sizes, split_rows
-from armorm.parameters import Parameters
+from armorm.serving.codec import batch_sizes, split_rows
+from armorm.serving.parameters import Parameters
 from armorm_client.contract import GATE_HIDDEN, GATE_POSITION, INPUT_IDS, REWARD_HIDDEN, REWARD_POSITION
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from armorm.backbone import ArmoRMBackbone, rotary_tables
+from armorm.model.backbone import ArmoRMBackbone, rotary_tables
 from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS, BackboneStats
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from armorm.checkpoint import SHARD_INDEX
-from armorm.config import ArmoRMConfig
+from armorm.model.checkpoint import SHARD_INDEX
+from armorm.model.config import ArmoRMConfig
 
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"

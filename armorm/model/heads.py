@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from armorm.config import ArmoRMConfig
+from armorm.model.config import ArmoRMConfig
 from armorm_client.contract import COEFFICIENTS, SCORE
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from armorm.config import ArmoRMConfig
+from armorm.model.config import ArmoRMConfig
 
 
 class RMSNorm(nn.Module):

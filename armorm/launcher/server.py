@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from armorm.gateway import AccessPolicy, Gateway, GatewayConfig, GatewayStartError, TlsFiles, UpstreamSockets
-from armorm.triton_process import ServerStartError, TritonServer, remove_orphaned_segments
+from armorm.launcher.triton_process import ServerStartError, TritonServer, remove_orphaned_segments
 
 ADMIN_KEY_ENV = "ARMORM_ADMIN_KEY"
 API_KEY_ENV = "ARMORM_API_KEY"

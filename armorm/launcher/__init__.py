@@ -1,0 +1,1 @@
+"""armorm-serve: the supervisor, one tritonserver process, and armorm-serve as a child process."""

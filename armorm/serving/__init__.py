@@ -1,0 +1,1 @@
+"""What every served model.py shares: parameters, per-request errors, batch merge/split, metrics."""
