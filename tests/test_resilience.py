@@ -250,7 +250,10 @@ def test_soak_mixed_lengths_with_invalid_requests(server, reference):
         else:
             assert isinstance(result, ArmoRMScore), (index, result)
             assert_same(result, expected[slot], f"soak request {index}")
-    bound = (16 << 10) * count  # 16 KiB per request; leaking one request's tensors would exceed it
+    # The backbone's torch allocator swings by ±20 MiB with batch composition (seen per process over 5 × 1000
+    # requests: gateway +0.5 MiB, tritonserver +1 MiB, backbone -8 to +19 MiB): a fixed allowance for that, then
+    # 4 KiB per request. A leak of 30 KiB per request fails at the default 2000; ARMORM_SOAK_REQUESTS tightens it.
+    bound = (48 << 20) + (4 << 10) * count
     print(f"soak: {count} requests in {seconds:.1f}s ({count / seconds:.0f} req/s); RSS {baseline / 2**20:.0f} MiB, "
           f"grew {grown / 2**20:.1f} MiB (bound {bound / 2**20:.0f} MiB)")
     assert grown <= bound, f"server memory grew by {grown / 2**20:.1f} MiB over {count} requests"
