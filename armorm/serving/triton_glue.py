@@ -142,6 +142,13 @@ def check_rows(array: np.ndarray, name: str, width: int) -> np.ndarray:
     return array
 
 
+def answer_rowwise(pb: Any, requests: Sequence[Any], widths: Mapping[str, int],
+                   compute: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> list[Any]:
+    """A head step's whole execute(): run_rowwise over the batch, through answer_each (a failure is retried per
+    request, INTERNAL for the ones that fail alone)."""
+    return answer_each(pb, requests, lambda batch: run_rowwise(pb, batch, widths, compute), failed_internally)
+
+
 def run_rowwise(
     pb: Any,
     requests: Sequence[Any],

@@ -6,7 +6,7 @@ import triton_python_backend_utils as pb
 
 from armorm.model import heads
 from armorm.serving.metrics import AbortedRequests
-from armorm.serving.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
+from armorm.serving.triton_glue import ModelContext, answer_rowwise
 from armorm_client.contract import GATE_HIDDEN, GATING, GATING_WEIGHTS
 
 
@@ -20,12 +20,9 @@ class TritonPythonModel:
         self.aborted = AbortedRequests(pb, context.name)
 
     def execute(self, requests):
-        responses = answer_each(pb, requests, self.respond, failed_internally)
+        responses = answer_rowwise(pb, requests, self.widths, self.compute)
         self.aborted.count(responses)
         return responses
-
-    def respond(self, requests):
-        return run_rowwise(pb, requests, self.widths, self.compute)
 
     @torch.inference_mode()
     def compute(self, inputs):

@@ -6,7 +6,7 @@ import triton_python_backend_utils as pb
 
 from armorm.model import heads
 from armorm.serving.metrics import COMPLETED, Counter
-from armorm.serving.triton_glue import ModelContext, answer_each, failed_internally, run_rowwise
+from armorm.serving.triton_glue import ModelContext, answer_rowwise
 from armorm_client.contract import GATING, PASSED_THROUGH, REWARDS, TRANSFORM_WEIGHTS
 
 
@@ -20,12 +20,9 @@ class TritonPythonModel:
         self.completed = Counter(pb, COMPLETED, "Requests that left the pipeline's last step, success or error")
 
     def execute(self, requests):
-        responses = answer_each(pb, requests, self.respond, failed_internally)
+        responses = answer_rowwise(pb, requests, self.widths, self.compute)
         self.completed.add(len(responses))
         return responses
-
-    def respond(self, requests):
-        return run_rowwise(pb, requests, self.widths, self.compute)
 
     @torch.inference_mode()
     def compute(self, inputs):
