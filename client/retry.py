@@ -36,11 +36,6 @@ class RetryPolicy:
 NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
-def final_error(err: Exception, attempts: int, on_exhausted: Callable[[Exception, int], Exception]) -> Exception:
-    """What a caller gets once retrying stops: a single attempt's own error, else on_exhausted's."""
-    return err if attempts <= 1 else on_exhausted(err, attempts)
-
-
 def call_with_retries(call: Callable[[], T], policy: RetryPolicy, retryable: type[Exception],
                       on_exhausted: Callable[[Exception, int], Exception],
                       sleep: Callable[[float], None] = time.sleep) -> T:
@@ -76,4 +71,4 @@ def stopped(err: Exception, attempts: int, retryable: type[Exception],
             on_exhausted: Callable[[Exception, int], Exception]) -> Exception:
     """The error a caller gets when retrying stops: its own for a final error or a single attempt, else
     on_exhausted's."""
-    return final_error(err, attempts, on_exhausted) if isinstance(err, retryable) else err
+    return on_exhausted(err, attempts) if isinstance(err, retryable) and attempts > 1 else err

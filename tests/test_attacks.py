@@ -320,16 +320,11 @@ def test_odd_but_valid_unicode_is_scored(attacked, reference):
 
 
 def test_a_bad_row_is_named(attacked):
-    status = {}
-
-    def send():
-        client = grpcclient.InferenceServerClient(attacked.grpc_url)
-        with pytest.raises(InferenceServerException) as caught:
-            client.infer("armorm", [messages_tensor([GOOD, GOOD, b"[]"])])
-        status["message"] = caught.value.message()
-
-    send()
-    assert "row 2 of 3: messages is an empty list" in status["message"]
+    client = grpcclient.InferenceServerClient(attacked.grpc_url)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("armorm", [messages_tensor([GOOD, GOOD, b"[]"])])
+    assert caught.value.status() == INVALID
+    assert "row 2 of 3: messages is an empty list" in caught.value.message()
 
 
 OUTPUT_NAMES = [t.name for t in contract.ENSEMBLE.outputs]
@@ -443,11 +438,12 @@ def test_bare_triton_survives_a_large_form_body(bare_triton, port):
     assert bare_triton.process.poll() is None, f"tritonserver died with code {bare_triton.process.returncode}"
 
 
-@pytest.mark.xfail(strict=True, reason="upstream triton-inference-server/server#7368 (fixed in 2.53 / NGC 24.12) "
-                                        "and #8034 (fixed in 2.57 / NGC 25.04): gRPC cancellation races")
+# Not strict: a race. Alone it crashed 2.51 within two bursts in every run seen here, but inside the full suite it
+# once survived all 20; a strict marker would fail CI at random. The form-body crash above is deterministic.
+@pytest.mark.xfail(strict=False, reason="upstream triton-inference-server/server#7368 (fixed in 2.53 / NGC 24.12) "
+                                         "and #8034 (fixed in 2.57 / NGC 25.04): gRPC cancellation races")
 def test_bare_triton_survives_floods_of_short_deadlines(bare_triton):
-    # A race: it crashed within two bursts in most runs seen here, once not within six of 1 s deadlines. Up to 20
-    # bursts of 0.5 s deadlines keep the strict marker honest; a fixed server costs about 30 s here.
+    # Up to 20 bursts of 0.5 s deadlines; a server that survives them costs about 30 s here.
     for _ in range(20):
         try:
             asyncio.run(deadline_burst(bare_triton.grpc_url, 3000, 0.5))

@@ -2,6 +2,7 @@
 torch, no server package) and scores against the live server exactly as the reference does."""
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -30,7 +31,10 @@ def test_a_client_only_environment_scores_against_the_server(server, reference, 
     environment = tmp_path / "client-venv"
     venv.create(environment, with_pip=True)
     python = environment / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(CLIENT)], check=True, timeout=600)
+    source = shutil.copytree(CLIENT, tmp_path / "client", ignore=shutil.ignore_patterns("__pycache__", "build",
+                                                                                      "*.egg-info"))
+    # From a copy: pip builds a local project in place, and the test must not write into the source tree.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(source)], check=True, timeout=600)
     installed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], check=True, capture_output=True,
                                text=True).stdout
     names = {package["name"].lower() for package in json.loads(installed)}

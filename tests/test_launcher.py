@@ -2,6 +2,7 @@
 it cannot own refused, orphaned shared memory removed, and a restart policy that backs off instead of giving up."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -44,6 +45,25 @@ def test_armorm_serve_refuses_a_port_that_something_else_holds(exported_reposito
     assert done.returncode == 2, done.stderr
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in done.stderr
     assert not (tmp_path / "triton.log").exists(), "tritonserver must not start"
+
+
+def test_orphaned_socket_directories_are_removed_and_live_owners_are_kept():
+    import tempfile
+
+    from armorm.launcher.triton_process import SOCKET_DIR_PREFIX, private_socket_dir, remove_orphaned_socket_dirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{dead.pid}-"))
+    (orphan / "grpc.sock:0").touch()
+    mine = private_socket_dir()
+    try:
+        assert oct(mine.stat().st_mode & 0o777) == "0o700"
+        assert str(orphan) in remove_orphaned_socket_dirs()
+        assert not orphan.exists() and mine.exists()
+    finally:
+        shutil.rmtree(orphan, ignore_errors=True)
+        shutil.rmtree(mine, ignore_errors=True)
 
 
 def test_orphaned_shared_memory_is_removed_and_live_owners_are_kept():

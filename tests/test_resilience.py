@@ -14,7 +14,7 @@ import pytest
 from armorm.gateway import DRAINING_MESSAGE
 from armorm.gateway.stats import IN_FLIGHT
 from armorm.launcher.serve_process import ServeProcess
-from armorm.launcher.triton_process import process_group, shm_segments
+from armorm.launcher.triton_process import live_processes, process_group, shm_segments
 from armorm.serving.prometheus import scrape, total
 from armorm_client import (
     NO_RETRIES,
@@ -115,16 +115,7 @@ def backbone_stub(repository: Path) -> int:
 
 def process_group_of_any(repository: Path) -> dict[int, str]:
     """Every process whose command line names `repository` (its server and stubs)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(repository) in command:
-                found[int(entry.name)] = command
-    return found
+    return {p.pid: p.command for p in live_processes() if str(repository) in p.command}
 
 
 def test_a_killed_model_process_fails_fast_and_the_supervisor_restarts_the_server(exported_repository, tmp_path,

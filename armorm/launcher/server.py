@@ -17,16 +17,22 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from armorm.gateway import AccessPolicy, Gateway, GatewayConfig, GatewayStartError, TlsFiles, UpstreamSockets
-from armorm.launcher.triton_process import ServerStartError, TritonServer, remove_orphaned_segments
+from armorm.launcher.triton_process import (
+    ServerStartError,
+    TritonServer,
+    private_socket_dir,
+    remove_orphaned_segments,
+    remove_orphaned_socket_dirs,
+)
 
 ADMIN_KEY_ENV = "ARMORM_ADMIN_KEY"
 API_KEY_ENV = "ARMORM_API_KEY"
@@ -155,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.log_file != "-":
         Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
-    for name in remove_orphaned_segments():
-        say(f"removed shared memory left by a killed server: /dev/shm/{name}")
-    private = Path(tempfile.mkdtemp(prefix="armorm-"))  # 0700: only this user can reach Triton's sockets
+    for name in remove_orphaned_segments() + remove_orphaned_socket_dirs():
+        say(f"removed what a killed server left: {name}")
+    private = private_socket_dir()  # 0700: only this user can reach Triton's sockets
     sockets = UpstreamSockets(private)
     policy = AccessPolicy(admin_key=os.environ.get(ADMIN_KEY_ENV) or None, api_key=os.environ.get(API_KEY_ENV) or None)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway.start()
     except GatewayStartError as err:
         say(f"cannot start: {err}")
-        private.rmdir()
+        shutil.rmtree(private, ignore_errors=True)
         return 2
     triton = TritonServer(args.repository, log_path=Path(args.log_file), extra_args=args.extra,
                           startup_timeout=args.startup_timeout, sockets=sockets)
@@ -181,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if supervisor.triton.process is not None and supervisor.triton.process.poll() is None:
             supervisor.triton.stop(timeout=10.0)
         gateway.stop()
-        sockets.clear()
-        private.rmdir()
+        shutil.rmtree(private, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,33 @@ def shm_segments(prefix: str = SHM_PREFIX) -> set[str]:
     return {p.name for p in shm.glob(prefix + "*")} if shm.exists() else set()
 
 
+SOCKET_DIR_PREFIX = "armorm-sockets-"
+_SOCKET_DIR_OWNER = re.compile(re.escape(SOCKET_DIR_PREFIX) + r"(\d+)-")
+
+
+def private_socket_dir() -> Path:
+    """A 0700 directory for tritonserver's sockets, named after this process so that a killed owner's is found."""
+    return Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
+
+
+def remove_orphaned_socket_dirs() -> list[str]:
+    """Delete socket directories whose owning armorm-serve is gone."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(SOCKET_DIR_PREFIX + "*"):
+        match = _SOCKET_DIR_OWNER.match(path.name)
+        if match is None or _alive(int(match.group(1))) or path.owner() != _user():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(str(path))
+    return removed
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
 def remove_orphaned_segments() -> list[str]:
     """Delete shared-memory segments whose owning process is gone (e.g. a supervisor killed with SIGKILL)."""
     removed = []

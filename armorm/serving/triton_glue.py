@@ -86,10 +86,6 @@ def internal_error(pb: Any, message: str) -> Any:
     return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.INTERNAL))
 
 
-def unavailable(pb: Any, message: str) -> Any:
-    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.UNAVAILABLE))
-
-
 def answer_each(
     pb: Any,
     requests: Sequence[Any],
