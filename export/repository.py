@@ -183,8 +183,24 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
                 f"--saveEngine=model.plan --minShapes=input_ids:1x1,gate_position:1,reward_position:1 "
                 f"--optShapes=input_ids:8x512,gate_position:8,reward_position:8 "
                 f"--maxShapes=input_ids:64x{max_tokens},gate_position:64,reward_position:64")
+    write_placements(output / contract.BACKBONE.name)
     say(f"model repository ready: {output}")
     return output
+
+
+PLACEMENTS = {"cpu": model_config_pb2.ModelInstanceGroup.Kind.KIND_CPU,
+              "gpu": model_config_pb2.ModelInstanceGroup.Kind.KIND_GPU}
+
+
+def write_placements(model_dir: Path) -> None:
+    """The model's config once per placement, under configs/ (Triton's --model-config-name): armorm-serve picks
+    one when it starts on its node, so a repository exported on a build host without a GPU still runs on one."""
+    config = read_config(model_dir / "config.pbtxt")
+    (model_dir / "configs").mkdir(exist_ok=True)
+    for name, kind in PLACEMENTS.items():
+        for group in config.instance_group:
+            group.kind = kind
+        write_config(model_dir / "configs" / f"{name}.pbtxt", config, f"placement {name}; chosen by armorm-serve")
 
 
 def verify_backbone(checkpoint: Checkpoint, onnx_path: Path | None, atol: float) -> dict[str, float]:

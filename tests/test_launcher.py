@@ -136,3 +136,50 @@ def test_a_crash_loop_backs_off_and_keeps_trying_until_stopped():
 def test_max_restarts_gives_up_when_asked():
     supervisor = Supervisor(NeverStarts(), IdleGateway(), RestartPolicy(max_restarts=2, initial_backoff_s=0.01), 1.0)
     assert supervisor.run() == 1
+
+
+def test_placement_is_chosen_on_the_node_not_at_export(tmp_path):
+    from armorm.launcher.placement import PlacementError, choose_placement, placement_config
+
+    repository = tmp_path / "repository"
+    for name in ("cpu", "gpu"):
+        placement_config(repository, name).parent.mkdir(parents=True, exist_ok=True)
+        placement_config(repository, name).write_text("")
+    assert choose_placement(repository, "auto", gpus=1).triton_flags() == ["--model-config-name=gpu"]
+    assert choose_placement(repository, "auto", gpus=0).triton_flags() == ["--model-config-name=cpu"]
+    assert choose_placement(repository, "cpu", gpus=4).triton_flags() == ["--model-config-name=cpu"]
+    assert choose_placement(repository, "exported", gpus=4).triton_flags() == []
+    with pytest.raises(PlacementError, match="no CUDA device is visible"):
+        choose_placement(repository, "gpu", gpus=0)
+    old = tmp_path / "old-export"  # no configs/: only what was exported
+    assert choose_placement(old, "auto", gpus=0).triton_flags() == []
+    with pytest.raises(PlacementError, match="export it again"):
+        choose_placement(old, "auto", gpus=1)  # a GPU node must not silently run an old KIND_CPU repository
+
+
+@pytest.mark.integration
+def test_a_repository_exported_on_a_gpu_host_serves_on_a_cpu_node(exported_repository, tmp_path):
+    """config.pbtxt says KIND_GPU (exported where a GPU was); this node has none: armorm-serve loads configs/cpu."""
+    import torch
+
+    from armorm.launcher.serve_process import ServeProcess
+    from armorm_client import ArmoRMClient
+    from tests.conversations import varied_conversations
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a node without a GPU")
+    repository = tmp_path / "repository"
+    shutil.copytree(exported_repository, repository)
+    config = repository / "armorm_backbone" / "config.pbtxt"
+    config.write_text(config.read_text().replace("KIND_CPU", "KIND_GPU"))
+    refused = subprocess.run([sys.executable, "-m", "armorm.launcher.server", str(repository), "--backbone-device",
+                              "gpu", "--log-file", str(tmp_path / "refused.log")],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "no CUDA device is visible" in refused.stderr, refused.stderr
+    assert not (tmp_path / "refused.log").exists(), "tritonserver must not start"
+    with ServeProcess(repository, tmp_path / "logs") as served:
+        assert "backbone on CPU (0 GPU(s) visible)" in served.cli_log.read_text()
+        kind = served.grpc_client().get_model_config("armorm_backbone", as_json=True)["config"]["instance_group"]
+        assert [group["kind"] for group in kind] == ["KIND_CPU"]
+        with ArmoRMClient(served.grpc_url) as client:
+            assert client.score(varied_conversations()[0]).num_tokens > 0

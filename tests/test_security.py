@@ -27,10 +27,11 @@ def grpc_status(call, *args) -> str:
     return caught.value.status()
 
 
-def http_status(url: str, method: str = "GET", headers: dict | None = None, body: bytes | None = None) -> int:
+def http_status(url: str, method: str = "GET", headers: dict | None = None, body: bytes | None = None,
+                context=None) -> int:
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback test server
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:  # noqa: S310 - loopback
             return response.status
     except urllib.error.HTTPError as err:
         return err.code
@@ -126,10 +127,11 @@ def test_inference_needs_the_api_key(secured_server):
         assert denied.value.status == "StatusCode.PERMISSION_DENIED"
     body = json.dumps({"inputs": [{"name": "messages", "shape": [1, 1], "datatype": "BYTES",
                                    "data": [json.dumps(varied_conversations()[0])]}]}).encode()
-    url = f"http://{secured_server.http_url}/v2/models/armorm/infer"
-    assert http_status(url, "POST", body=body) == 401
-    assert http_status(url, "POST", {"armorm-api-key": "wrong"}, body) == 403
-    assert http_status(url, "POST", {"armorm-api-key": "s3cret"}, body) == 200
+    url = f"{secured_server.http_base}/v2/models/armorm/infer"
+    tls = secured_server.http_ssl_context()
+    assert http_status(url, "POST", body=body, context=tls) == 401
+    assert http_status(url, "POST", {"armorm-api-key": "wrong"}, body, tls) == 403
+    assert http_status(url, "POST", {"armorm-api-key": "s3cret"}, body, tls) == 200
     with ArmoRMClient(secured_server.grpc_url, ssl=True, root_certificates=cert, api_key="s3cret") as keyed:
         assert keyed.score(varied_conversations()[0]).num_tokens > 0
 
@@ -140,6 +142,21 @@ def test_plaintext_client_cannot_talk_to_a_tls_server(secured_server):
     with ArmoRMClient(secured_server.grpc_url, api_key="s3cret", timeout_s=5, retry=NO_RETRIES) as plaintext:
         with pytest.raises(ServerUnavailableError):
             plaintext.score(varied_conversations()[0])
+
+
+def test_http_is_served_over_tls_too(secured_server):
+    """With --tls-cert the HTTP port speaks only HTTPS: the key never crosses the network in plaintext."""
+    import ssl
+
+    plain = f"http://{secured_server.http_url}/v2/health/ready"
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(plain, timeout=10)  # noqa: S310 - loopback test server
+    verified = ssl.create_default_context(cafile=str(secured_server.tls.cert))
+    assert http_status(f"https://{secured_server.http_url}/v2/health/ready", context=verified) == 200
+    untrusted = ssl.create_default_context()  # the system's CAs do not know this certificate
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(f"https://{secured_server.http_url}/v2/health/ready", timeout=10,  # noqa: S310
+                               context=untrusted)
 
 
 def make_ca_signed(directory):
@@ -163,7 +180,8 @@ def test_mutual_tls_requires_a_client_certificate(exported_repository, tmp_path)
 
     certs = make_ca_signed(tmp_path)
     tls = TlsFiles(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
-    with ServeProcess(exported_repository, tmp_path / "logs", tls=tls) as server:
+    client = (certs / "client.pem", certs / "client.key")
+    with ServeProcess(exported_repository, tmp_path / "logs", tls=tls, client_certificate=client) as server:
         ca = str(certs / "ca.pem")
         with ArmoRMClient(server.grpc_url, ssl=True, root_certificates=ca, private_key=str(certs / "client.key"),
                           certificate_chain=str(certs / "client.pem")) as trusted:
@@ -171,3 +189,10 @@ def test_mutual_tls_requires_a_client_certificate(exported_repository, tmp_path)
         with ArmoRMClient(server.grpc_url, ssl=True, root_certificates=ca, retry=NO_RETRIES, timeout_s=5) as anonymous:
             with pytest.raises(ServerUnavailableError):
                 anonymous.score(varied_conversations()[0])
+        import ssl
+
+        no_certificate = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            urllib.request.urlopen(f"{server.http_base}/v2/health/ready", timeout=10,  # noqa: S310 - loopback
+                                   context=no_certificate).read()
+        assert http_status(f"{server.http_base}/v2/health/ready", context=server.http_ssl_context()) == 200

@@ -40,7 +40,8 @@ class GatewayStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """PEM files for gRPC TLS; with client_ca set, clients must present a certificate it signed (mutual TLS)."""
+    """PEM files for TLS on the gRPC and HTTP ports; with client_ca set, clients must present a certificate it
+    signed (mutual TLS)."""
 
     cert: Path
     key: Path
@@ -91,6 +92,9 @@ class GatewayConfig:
     tls: TlsFiles | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    # A gRPC connection older than this is asked to reconnect (GOAWAY once its calls end): a client behind a
+    # Kubernetes Service then re-resolves and reaches new replicas. None: connections live forever.
+    max_connection_age_s: float | None = None
 
 
 class Refusal(enum.Enum):

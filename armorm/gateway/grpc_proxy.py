@@ -175,11 +175,16 @@ async def start_grpc(gateway: Gateway) -> GrpcListener:
     channel = grpc.aio.insecure_channel(config.upstream.grpc_target, options=_UPSTREAM_OPTIONS)
     # Beyond this many concurrent calls gRPC answers RESOURCE_EXHAUSTED before reading more messages: memory
     # stays bounded even when callers without keys send large messages.
-    server = grpc.aio.server(maximum_concurrent_rpcs=config.max_in_flight + 256, options=[
+    options = [
         ("grpc.so_reuseport", 0),  # never share a port with another process (a stale server, say)
         ("grpc.max_receive_message_length", config.max_request_bytes),
         ("grpc.max_send_message_length", -1),
-    ])
+    ]
+    if config.max_connection_age_s:
+        age_ms = int(config.max_connection_age_s * 1000)
+        # Calls running when the age is reached get as long again to finish before the connection closes.
+        options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
+    server = grpc.aio.server(maximum_concurrent_rpcs=config.max_in_flight + 256, options=options)
     server.add_generic_rpc_handlers((GrpcProxy(gateway, channel),))
     address = f"{config.host}:{config.grpc_port}"
     try:

@@ -10,12 +10,13 @@ get 400 with a reason instead of Triton's 500.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from armorm.gateway.gateway import Gateway, Refusal
+from armorm.gateway.gateway import Gateway, Refusal, TlsFiles
 from armorm.gateway.http_body import BodyError, infer_body_error
 from armorm.gateway.routes import Api, api_of_http, transient_failure
 
@@ -117,12 +118,13 @@ class HttpListener:
 
 
 async def listen(app: web.Application, session: aiohttp.ClientSession, host: str, port: int,
-                 what: str) -> HttpListener:
-    """Serve `app` on host:port; `session` (its way to Triton) is closed with it, or at once if the port is taken."""
+                 what: str, tls: ssl.SSLContext | None = None) -> HttpListener:
+    """Serve `app` on host:port (HTTPS with `tls`); `session` (its way to Triton) is closed with it, or at once
+    if the port is taken."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)  # a slow upload must not hold a stop
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=False).start()
+        await web.TCPSite(runner, host, port, reuse_port=False, ssl_context=tls).start()
     except OSError as err:
         await runner.cleanup()
         await session.close()
@@ -145,7 +147,19 @@ async def start_http(gateway: Gateway) -> HttpListener:
     proxy = HttpProxy(gateway, session)
     app = web.Application(client_max_size=config.max_request_bytes)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    return await listen(app, session, config.host, config.http_port, "HTTP")
+    tls = server_ssl_context(config.tls) if config.tls else None
+    return await listen(app, session, config.host, config.http_port, "HTTPS" if tls else "HTTP", tls)
+
+
+def server_ssl_context(files: TlsFiles) -> ssl.SSLContext:
+    """HTTPS with the gRPC port's certificate; with a client CA, clients must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(files.cert, files.key)
+    if files.client_ca is not None:
+        context.load_verify_locations(files.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 async def start_metrics(gateway: Gateway) -> HttpListener:

@@ -7,6 +7,7 @@ and SIGTERM → wait → SIGKILL on stop. Keys reach it through the environment 
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ class ServeProcess(ServerUrls):
     admin_key: str | None = None
     api_key: str | None = None
     tls: TlsFiles | None = None
+    client_certificate: tuple[Path, Path] | None = None  # (cert, key) for a server that requires one (mTLS)
     extra_args: Sequence[str] = ()
     startup_timeout: float = 300.0
     host: str = "127.0.0.1"
@@ -93,10 +95,24 @@ class ServeProcess(ServerUrls):
         raise ServerStartError(f"armorm-serve did not become ready (exit code {self.process.poll()}):\n"
                                + self.log_tails())
 
+    @property
+    def http_base(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.http_url}"
+
+    def http_ssl_context(self) -> ssl.SSLContext | None:
+        """For HTTPS to this loopback server: its certificate is trusted as it is (no chain or name checks)."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        if self.client_certificate is not None:
+            context.load_cert_chain(*self.client_certificate)
+        return context
+
     def is_ready(self) -> bool:
         try:
-            url = f"http://{self.http_url}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback server
+            url = f"{self.http_base}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2, context=self.http_ssl_context()) as response:  # noqa: S310
                 return response.status == 200
         except OSError:
             return False

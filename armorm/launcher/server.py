@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from armorm.gateway import AccessPolicy, Gateway, GatewayConfig, GatewayStartError, TlsFiles, UpstreamSockets
+from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, visible_gpus
 from armorm.launcher.triton_process import (
     ServerStartError,
     TritonServer,
@@ -134,13 +135,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS")
+    parser.add_argument("--backbone-device", choices=DEVICES, default="auto",
+                        help="where the backbone runs: auto (a GPU when this node has one), cpu, gpu (refuse to "
+                             "start without one), exported (the repository's config.pbtxt as written)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC and HTTP over TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     parser.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
     parser.add_argument("--max-request-bytes", type=int, default=GatewayConfig.max_request_bytes,
                         help="largest request body or message accepted (default %(default)s)")
     parser.add_argument("--max-in-flight", type=int, default=GatewayConfig.max_in_flight,
                         help="inference calls inside the model server beyond which new ones get UNAVAILABLE")
+    parser.add_argument("--max-connection-age", type=float, default=None, metavar="SECONDS",
+                        help="ask gRPC clients to reconnect after this long (behind a Kubernetes Service they then "
+                             "reach new replicas); default: connections live as long as the client keeps them")
     parser.add_argument("--log-file", default="build/tritonserver.log", help="tritonserver's log; - for stdout")
     parser.add_argument("--max-restarts", type=int, default=None,
                         help="give up (exit 1) after this many restarts within --restart-window; default: never "
@@ -161,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.log_file != "-":
         Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        gpus = visible_gpus() if args.backbone_device in ("auto", "gpu") else 0
+        placement = choose_placement(args.repository, args.backbone_device, gpus)
+    except PlacementError as err:
+        say(f"cannot start: {err}")
+        return 2
+    say(placement.reason)
     for name in remove_orphaned_segments() + remove_orphaned_socket_dirs():
         say(f"removed what a killed server left: {name}")
     private = private_socket_dir()  # 0700: only this user can reach Triton's sockets
@@ -168,14 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     policy = AccessPolicy(admin_key=os.environ.get(ADMIN_KEY_ENV) or None, api_key=os.environ.get(API_KEY_ENV) or None)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     gateway = Gateway(GatewayConfig(sockets, args.host, args.grpc_port, args.http_port, args.metrics_port, policy,
-                                    tls, args.max_request_bytes, args.max_in_flight))
+                                    tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age))
     try:
         gateway.start()
     except GatewayStartError as err:
         say(f"cannot start: {err}")
         shutil.rmtree(private, ignore_errors=True)
         return 2
-    triton = TritonServer(args.repository, log_path=Path(args.log_file), extra_args=args.extra,
+    triton = TritonServer(args.repository, log_path=Path(args.log_file),
+                          extra_args=placement.triton_flags() + args.extra,
                           startup_timeout=args.startup_timeout, sockets=sockets)
     supervisor = Supervisor(triton, gateway, RestartPolicy(args.max_restarts, args.restart_window),
                             args.drain_timeout)
