@@ -40,7 +40,9 @@ def summary(messages: Any, width: int = 48) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="armorm-score", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="a .json or .jsonl file of conversations, or - for stdin")
-    parser.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
+    parser.add_argument("--url", default="localhost:8001",
+                        help="the server's gRPC address; dns:///NAME:PORT sends calls round-robin to every address "
+                             "NAME resolves to (a headless Kubernetes Service: every replica)")
     parser.add_argument("--model", default="armorm")
     parser.add_argument("--format", choices=("table", "jsonl"), default="table")
     parser.add_argument("--max-in-flight", type=int, default=64)

@@ -116,6 +116,30 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[start: start + size] for start in range(0, len(items), size)]
 
 
+# Targets that name several servers: gRPC resolves them itself (dns:///host:port re-resolves on reconnect).
+BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
+def balanced(url: str) -> bool:
+    return url.startswith(BALANCED_SCHEMES)
+
+
+def round_robin_channel_args() -> list[tuple[str, Any]]:
+    """tritonclient's own channel defaults plus round-robin: one subchannel per resolved address, each call to
+    the next. Behind a headless Kubernetes Service this spreads one client's calls over every ready replica."""
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.dns_min_time_between_resolutions_ms", 5000)]
+
+
 class _Options:
     """What both clients share: model, deadline, retry policy, headers, TLS."""
 
@@ -124,6 +148,8 @@ class _Options:
         self.url, self.model, self.timeout_s, self.retry = url, model, timeout_s, retry
         self.headers = {api_key_header: api_key} if api_key else None
         self.connect = dict(client_options)
+        if balanced(url) and "channel_args" not in self.connect:
+            self.connect["channel_args"] = round_robin_channel_args()
         if ssl:
             self.connect.update(ssl=True, root_certificates=root_certificates)
 

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if differences else 0
     pins = resolve(REQUIREMENTS)
     write_lock(pins)
-    print(f"wrote {LOCK.relative_to(ROOT)}: {len(pins)} packages (torch {pins.get('torch')}, numpy {pins.get('numpy')})")
+    print(f"wrote {LOCK.relative_to(ROOT)}: {len(pins)} packages "
+          f"(torch {pins.get('torch')}, numpy {pins.get('numpy')})")
     return 0
 
 
