@@ -79,14 +79,22 @@ def cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
-def test_no_key_is_on_any_command_line_and_triton_is_not_reachable_over_tcp(exported_repository, tmp_path):
+def test_no_key_is_on_any_command_line_or_in_a_child_environment(exported_repository, tmp_path):
+    """Keys given as files (a mounted Secret, ARMORM_*_KEY_FILE) and as variables both stay in armorm-serve:
+    no command line shows them and neither tritonserver nor a model process inherits them."""
     admin, api = "admin-1c9f4e7a2b", "api-83d02f6e51"
-    with ServeProcess(exported_repository, tmp_path, admin_key=admin, api_key=api) as server:
+    (tmp_path / "api-key").write_text(api + "\n")
+    with ServeProcess(exported_repository, tmp_path, admin_key=admin,
+                      extra_env={"ARMORM_API_KEY_FILE": str(tmp_path / "api-key")}) as server:
         processes = {server.process.pid: "armorm-serve", **descendants(server.process.pid)}
         assert len(processes) >= 7, processes  # armorm-serve, tritonserver, five model processes
         for pid in processes:
             line = cmdline(pid)
             assert admin.encode() not in line and api.encode() not in line, f"a key is readable in ps: {line[:200]!r}"
+        for pid in descendants(server.process.pid):
+            environment = Path(f"/proc/{pid}/environ").read_bytes()
+            assert admin.encode() not in environment and api.encode() not in environment, f"pid {pid} inherited a key"
+            assert b"ARMORM_API_KEY_FILE" not in environment
         # Triton itself listens only on Unix sockets in a directory that only this user can open.
         triton = cmdline(server.triton_pid()).decode().split("\0")
         addresses = [arg.split("=", 1)[1] for arg in triton if arg.startswith(("--grpc-address", "--http-address",
@@ -96,6 +104,8 @@ def test_no_key_is_on_any_command_line_and_triton_is_not_reachable_over_tcp(expo
         assert directory.stat().st_mode & 0o077 == 0, oct(directory.stat().st_mode)
         with ArmoRMClient(server.grpc_url, api_key=api) as keyed:
             assert keyed.score(varied_conversations()[0]).num_tokens > 0
+        with ArmoRMClient(server.grpc_url, api_key="wrong") as wrong, pytest.raises(PermissionDeniedError):
+            wrong.score(varied_conversations()[0])
 
 
 def make_certificate(directory):

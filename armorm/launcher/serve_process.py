@@ -33,6 +33,7 @@ class ServeProcess(ServerUrls):
     api_key: str | None = None
     tls: TlsFiles | None = None
     client_certificate: tuple[Path, Path] | None = None  # (cert, key) for a server that requires one (mTLS)
+    extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: Sequence[str] = ()
     startup_timeout: float = 300.0
     host: str = "127.0.0.1"
@@ -77,6 +78,7 @@ class ServeProcess(ServerUrls):
         env = {k: v for k, v in os.environ.items() if k not in (ADMIN_KEY_ENV, API_KEY_ENV)}
         env.update({name: value for name, value in ((ADMIN_KEY_ENV, self.admin_key), (API_KEY_ENV, self.api_key))
                     if value})
+        env.update(self.extra_env)
         return env
 
     def start(self) -> ServeProcess:

@@ -7,7 +7,8 @@ supervisor that restarts tritonserver when it or a model process dies.
   UNAVAILABLE meanwhile, which they retry.
 - Shutdown (SIGTERM/SIGINT): the gateway refuses new inference and reports not ready, every call already inside
   Triton finishes (counted exactly by the gateway, at most `--drain-timeout`), then Triton stops.
-- Secrets (ARMORM_ADMIN_KEY, ARMORM_API_KEY) are read from the environment and stay in this process.
+- Secrets (ARMORM_ADMIN_KEY, ARMORM_API_KEY, or files named by ARMORM_ADMIN_KEY_FILE, ARMORM_API_KEY_FILE) are
+  read at start, removed from the environment, and stay in this process.
 - If this process is killed outright, the kernel sends tritonserver SIGTERM (parent-death signal), and the next
   start removes shared memory that a killed server left behind.
 """
@@ -37,6 +38,17 @@ from armorm.launcher.triton_process import (
 
 ADMIN_KEY_ENV = "ARMORM_ADMIN_KEY"
 API_KEY_ENV = "ARMORM_API_KEY"
+FILE_SUFFIX = "_FILE"  # ARMORM_API_KEY_FILE=/secrets/api-key: the key from a file (a mounted Secret)
+
+
+def take_secret(name: str) -> str | None:
+    """The key from `name`_FILE (a path) or `name`, removed from this process's environment either way, so that
+    tritonserver and the model processes it starts never inherit it."""
+    path = os.environ.pop(name + FILE_SUFFIX, None)
+    value = os.environ.pop(name, None)
+    if path:
+        value = Path(path).read_text().strip()
+    return value or None
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"removed what a killed server left: {name}")
     private = private_socket_dir()  # 0700: only this user can reach Triton's sockets
     sockets = UpstreamSockets(private)
-    policy = AccessPolicy(admin_key=os.environ.get(ADMIN_KEY_ENV) or None, api_key=os.environ.get(API_KEY_ENV) or None)
+    try:
+        policy = AccessPolicy(admin_key=take_secret(ADMIN_KEY_ENV), api_key=take_secret(API_KEY_ENV))
+    except OSError as err:
+        say(f"cannot start: cannot read a key file: {err}")
+        return 2
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     gateway = Gateway(GatewayConfig(sockets, args.host, args.grpc_port, args.http_port, args.metrics_port, policy,
                                     tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age))

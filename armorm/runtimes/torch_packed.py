@@ -26,7 +26,8 @@ class TorchPackedRuntime:
             torch.set_num_threads(threads)
         dtype_name = context.parameters.get("dtype", "auto")
         self.dtype = default_dtype(context.device) if dtype_name == "auto" else getattr(torch, dtype_name)
-        state = load_file(str(context.version_dir / BACKBONE_WEIGHTS))
+        # Straight onto the device: the pod's host memory never holds the 16 GB of weights (chart memory limits).
+        state = load_file(str(context.version_dir / BACKBONE_WEIGHTS), device=str(context.device))
         module = ArmoRMBackbone.from_state_dict(ArmoRMConfig.from_dict(dict(context.config)), state, self.dtype)
         self.packed = PackedBackbone(module.to(context.device), context.max_batch_tokens,
                                      attention=context.parameters.get("attention", "auto"))
