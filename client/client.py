@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -208,60 +209,82 @@ class ArmoRMClient:
 
         With return_exceptions=False the first failure is raised once all requests have finished.
         """
-        items = list(conversations)
-        results: list[ArmoRMScore | ArmoRMError | None] = [None] * len(items)
-        slots = threading.Semaphore(max(1, max_in_flight))
-        done = threading.Event()
-        remaining = [len(items)]
-        lock = threading.Lock()
-        policy = self._options.retry
-
-        def finish(index: int, value: ArmoRMScore | ArmoRMError) -> None:
-            results[index] = value
-            slots.release()
-            with lock:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    done.set()
-
-        def submit(index: int, attempt: int) -> None:
-            try:
-                self._client.async_infer(
-                    self._options.model, build_inputs([items[index]]),
-                    callback=lambda result, error: answered(index, attempt, result, error),
-                    outputs=build_outputs(), client_timeout=self._options.timeout_s, headers=self._options.headers)
-            except InferenceServerException as err:
-                answered(index, attempt, None, err)
-            except Exception as err:  # noqa: BLE001 - e.g. a conversation json cannot encode: fail its slot only
-                finish(index, ArmoRMError(f"could not send request {index}: {err}"))
-
-        def answered(index: int, attempt: int, result: Any, error: InferenceServerException | None) -> None:
-            if error is None:
-                try:
-                    finish(index, decode_results(result)[0])
-                except Exception as err:  # noqa: BLE001 - a malformed answer fails its own slot
-                    finish(index, ServerError(f"could not decode the response: {err}"))
-                return
-            failure = to_error(error)
-            wait = policy.after(attempt, isinstance(failure, ServerUnavailableError))
-            if wait is not None:
-                timer = threading.Timer(wait, submit, (index, attempt + 1))
-                timer.daemon = True
-                timer.start()
-                return
-            finish(index, stopped(failure, attempt, ServerUnavailableError, exhausted))
-
-        if not items:
-            return []
-        for index in range(len(items)):
-            slots.acquire()
-            submit(index, 1)
-        done.wait()
+        results = [value if isinstance(value, ArmoRMError) else value[0]
+                   for value in self.score_stream(([c] for c in conversations), max_in_flight)]
         if not return_exceptions:
             for value in results:
                 if isinstance(value, ArmoRMError):
                     raise value
-        return results  # type: ignore[return-value]
+        return results
+
+    def score_stream(self, requests: Iterable[Sequence[Conversation]],
+                     window: int = 64) -> Iterator[list[ArmoRMScore] | ArmoRMError]:
+        """One request per item (its conversations scored together: rows sharing a prompt compute it once),
+        answered in input order as the answers arrive, with at most `window` requests in flight.
+
+        Memory stays bounded by the window whatever the length of `requests` (read lazily). A request that
+        fails yields its error (UNAVAILABLE is retried first, as everywhere). Stopping the iteration (break,
+        Ctrl-C) sends nothing more; requests already in flight finish on the server and are dropped.
+        """
+        policy = self._options.retry
+        pending: deque[_Pending] = deque()
+
+        def submit(slot: _Pending, attempt: int) -> None:
+            try:
+                self._client.async_infer(
+                    self._options.model, build_inputs(slot.conversations),
+                    callback=lambda result, error: answered(slot, attempt, result, error),
+                    outputs=build_outputs(), client_timeout=self._options.timeout_s, headers=self._options.headers)
+            except InferenceServerException as err:
+                answered(slot, attempt, None, err)
+            except Exception as err:  # noqa: BLE001 - e.g. a conversation json cannot encode: fail its slot only
+                slot.finish(InvalidConversationError(f"could not send the request: {err}"))
+
+        def answered(slot: _Pending, attempt: int, result: Any, error: InferenceServerException | None) -> None:
+            if error is None:
+                try:
+                    slot.finish(decode_results(result))
+                except Exception as err:  # noqa: BLE001 - a malformed answer fails its own slot
+                    slot.finish(ServerError(f"could not decode the response: {err}"))
+                return
+            failure = to_error(error)
+            wait = policy.after(attempt, isinstance(failure, ServerUnavailableError))
+            if wait is not None:
+                timer = threading.Timer(wait, submit, (slot, attempt + 1))
+                timer.daemon = True
+                timer.start()
+                return
+            slot.finish(stopped(failure, attempt, ServerUnavailableError, exhausted))
+
+        for conversations in requests:
+            if len(pending) >= max(1, window):
+                yield pending.popleft().wait()
+            slot = _Pending(list(conversations))
+            pending.append(slot)
+            submit(slot, 1)
+        while pending:
+            yield pending.popleft().wait()
+
+
+class _Pending:
+    """One request of score_stream: filled by a gRPC callback thread, read by the iterating thread."""
+
+    __slots__ = ("conversations", "value", "_done")
+
+    def __init__(self, conversations: list[Conversation]) -> None:
+        self.conversations = conversations
+        self.value: list[ArmoRMScore] | ArmoRMError | None = None
+        self._done = threading.Event()
+
+    def finish(self, value: list[ArmoRMScore] | ArmoRMError) -> None:
+        self.value = value
+        self.conversations = []  # the request's text is not needed any more: free it now
+        self._done.set()
+
+    def wait(self) -> list[ArmoRMScore] | ArmoRMError:
+        while not self._done.wait(0.5):  # short waits: Ctrl-C is seen at once
+            pass
+        return self.value  # type: ignore[return-value]
 
 
 class AsyncArmoRMClient:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+# 16 preference pairs (prompt, chosen, rejected) across RewardBench's sections and prior sets, for the demo and
+# tests: `armorm-score --pairs "$(python -c 'import armorm_client.samples as s; print(s.SAMPLE_PAIRS)')"`.
+SAMPLE_PAIRS = Path(__file__).resolve().parent / "sample_pairs.jsonl"
+
 MODEL_CARD_PROMPT = 'What are some synonyms for the word "beautiful"?'
 # The first is the model card's response; the other two bracket it (more complete, unhelpful).
 MODEL_CARD_RESPONSES = (

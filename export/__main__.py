@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the backbone runs; auto: GPU if torch sees one here")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="longest conversation accepted (default: the checkpoint's max_position_embeddings)")
+    parser.add_argument("--truncate", action="store_true",
+                        help="score the first --max-tokens tokens of longer conversations, as the model card's "
+                             "pipeline does (truncation=True); default: refuse them with INVALID_ARGUMENT")
     parser.add_argument("--atol", type=float, default=1e-4,
                         help="fail when ONNX Runtime differs from the reference forward by more than this")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="torch_packed",
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         export_repository(args.checkpoint, args.output,
                           ExportOptions(instance_kind=kind, max_tokens=args.max_tokens, atol=args.atol,
-                                        backbone=args.backbone, onnx=not args.no_onnx))
+                                        backbone=args.backbone, onnx=not args.no_onnx,
+                                        truncate=args.truncate))
     except (ExportParityError, ValueError) as err:
         print(f"[export] FAILED: {err}", file=sys.stderr)
         return 1

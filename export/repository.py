@@ -37,6 +37,7 @@ class ExportOptions:
     atol: float = 1e-4
     backbone: str = "torch_packed"  # how the backbone runs: a key of BACKBONES
     onnx: bool = True  # export and check the ONNX backbone (every backbone but torch_packed needs it)
+    truncate: bool = False  # score the first max_tokens tokens of longer conversations (the card's pipeline)
 
     @property
     def serving(self) -> BackboneServing:
@@ -127,7 +128,8 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
         config_path = output / contract.TOKENIZER.name / "config.pbtxt"
         tokenizer_config = read_config(config_path)
         set_parameter(tokenizer_config, "max_tokens", str(max_tokens))
-        write_config(config_path, tokenizer_config, f"max_tokens={max_tokens}")
+        set_parameter(tokenizer_config, "truncate", "true" if options.truncate else "false")
+        write_config(config_path, tokenizer_config, f"max_tokens={max_tokens}, truncate={options.truncate}")
 
     with step("head weights and objective names"):
         head_weights = HeadWeights.from_state_dict(checkpoint.state, config)
@@ -183,24 +185,9 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
                 f"--saveEngine=model.plan --minShapes=input_ids:1x1,gate_position:1,reward_position:1 "
                 f"--optShapes=input_ids:8x512,gate_position:8,reward_position:8 "
                 f"--maxShapes=input_ids:64x{max_tokens},gate_position:64,reward_position:64")
-    write_placements(output / contract.BACKBONE.name)
     say(f"model repository ready: {output}")
     return output
 
-
-PLACEMENTS = {"cpu": model_config_pb2.ModelInstanceGroup.Kind.KIND_CPU,
-              "gpu": model_config_pb2.ModelInstanceGroup.Kind.KIND_GPU}
-
-
-def write_placements(model_dir: Path) -> None:
-    """The model's config once per placement, under configs/ (Triton's --model-config-name): armorm-serve picks
-    one when it starts on its node, so a repository exported on a build host without a GPU still runs on one."""
-    config = read_config(model_dir / "config.pbtxt")
-    (model_dir / "configs").mkdir(exist_ok=True)
-    for name, kind in PLACEMENTS.items():
-        for group in config.instance_group:
-            group.kind = kind
-        write_config(model_dir / "configs" / f"{name}.pbtxt", config, f"placement {name}; chosen by armorm-serve")
 
 
 def verify_backbone(checkpoint: Checkpoint, onnx_path: Path | None, atol: float) -> dict[str, float]:

@@ -116,16 +116,3 @@ def test_native_backbone_configs_match_the_contract(backend, exported_repository
     assert all(t.HasField("reshape") and list(t.reshape.shape) == [] for t in positions)
     assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.Kind.KIND_GPU
 
-
-def test_backbone_ships_a_config_per_placement(exported_repository):
-    """armorm-serve picks configs/cpu or configs/gpu at start; each is the exported config but for the kind."""
-    model_dir = exported_repository / contract.BACKBONE.name
-    exported = load(exported_repository, contract.BACKBONE.name)
-    for name, kind in (("cpu", mc.ModelInstanceGroup.Kind.KIND_CPU), ("gpu", mc.ModelInstanceGroup.Kind.KIND_GPU)):
-        config = read_config(model_dir / "configs" / f"{name}.pbtxt")
-        assert [group.kind for group in config.instance_group] == [kind] * len(exported.instance_group)
-        check_tensors(contract.BACKBONE.inputs, config.input, f"configs/{name}", "input")
-        check_tensors(contract.BACKBONE.outputs, config.output, f"configs/{name}", "output")
-        del config.instance_group[:], exported.instance_group[:]
-        assert config == exported, f"configs/{name}.pbtxt differs from config.pbtxt beyond the instance kind"
-        exported = load(exported_repository, contract.BACKBONE.name)

@@ -142,3 +142,25 @@ def test_a_bad_row_is_named_in_a_multi_row_request(tokenizer):
     assert str(parsed).startswith("row 2 of 3: messages is an empty list") and parsed.reason == "schema"
     assert str(tokenized).startswith("row 1 of 2: the conversation is") and tokenized.reason == "too_long"
     assert str(alone).startswith("messages is an empty list"), "a single row needs no row number"
+
+
+def test_opt_in_truncation_keeps_the_start_like_the_card_pipeline(tiny_checkpoint):
+    """truncate=True: the first max_tokens tokens, as the card's pipeline tokenizes (truncation=True,
+    max_length); the gate stays at the prompt's end, the reward reads the last kept token."""
+    hf = load_tokenizer(tiny_checkpoint)
+    messages = chat(("user", "Say something long."), ("assistant", "word " * 300))
+    limit = 120
+    cut = ConversationTokenizer(hf, InputLimits(max_tokens=limit, truncate=True)).tokenize(messages)
+    full = ConversationTokenizer(hf, InputLimits(max_tokens=4096)).tokenize(messages)
+    card = hf.apply_chat_template(messages, tokenize=True, truncation=True, max_length=limit)
+    card = card["input_ids"] if isinstance(card, dict) or hasattr(card, "keys") else card
+    np.testing.assert_array_equal(cut.input_ids, np.asarray(card))
+    assert cut.num_tokens == limit and cut.truncated_from == full.num_tokens > limit
+    assert cut.gate_position == full.gate_position and cut.reward_position == limit - 1
+    assert full.truncated_from is None
+    with pytest.raises(ConversationError, match=r"tokens long; the limit is 120"):  # the default still refuses
+        ConversationTokenizer(hf, InputLimits(max_tokens=limit)).tokenize(messages)
+    with pytest.raises(ConversationError, match=r"the prompt alone is \d+ tokens long; the limit is 120") as err:
+        ConversationTokenizer(hf, InputLimits(max_tokens=limit, truncate=True)).tokenize(
+            chat(("user", "word " * 300), ("assistant", "ok")))
+    assert err.value.reason == "too_long"

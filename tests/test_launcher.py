@@ -138,28 +138,32 @@ def test_max_restarts_gives_up_when_asked():
     assert supervisor.run() == 1
 
 
-def test_placement_is_chosen_on_the_node_not_at_export(tmp_path):
-    from armorm.launcher.placement import PlacementError, choose_placement, placement_config
+def test_placement_is_chosen_on_the_node_and_only_the_kind_changes(exported_repository, tmp_path):
+    from armorm.launcher.placement import KINDS, PlacementError, choose_placement, read_config, serving_repository
 
-    repository = tmp_path / "repository"
-    for name in ("cpu", "gpu"):
-        placement_config(repository, name).parent.mkdir(parents=True, exist_ok=True)
-        placement_config(repository, name).write_text("")
-    assert choose_placement(repository, "auto", gpus=1).triton_flags() == ["--model-config-name=gpu"]
-    assert choose_placement(repository, "auto", gpus=0).triton_flags() == ["--model-config-name=cpu"]
-    assert choose_placement(repository, "cpu", gpus=4).triton_flags() == ["--model-config-name=cpu"]
-    assert choose_placement(repository, "exported", gpus=4).triton_flags() == []
+    assert choose_placement("auto", gpus=1).device == "gpu"
+    assert choose_placement("auto", gpus=0).device == "cpu"
+    assert choose_placement("cpu", gpus=4).device == "cpu"
+    assert choose_placement("exported", gpus=4).device is None
     with pytest.raises(PlacementError, match="no CUDA device is visible"):
-        choose_placement(repository, "gpu", gpus=0)
-    old = tmp_path / "old-export"  # no configs/: only what was exported
-    assert choose_placement(old, "auto", gpus=0).triton_flags() == []
-    with pytest.raises(PlacementError, match="export it again"):
-        choose_placement(old, "auto", gpus=1)  # a GPU node must not silently run an old KIND_CPU repository
+        choose_placement("gpu", gpus=0)
+    # Already placed as asked (the tests' repository is exported for the CPU): served as it is.
+    assert serving_repository(exported_repository, choose_placement("cpu", 0), tmp_path / "a") == exported_repository
+    view = serving_repository(exported_repository, choose_placement("gpu", 1), tmp_path / "b")
+    assert view != exported_repository and not (tmp_path / "a").exists()
+    original = read_config(exported_repository / "armorm_backbone" / "config.pbtxt")
+    placed = read_config(view / "armorm_backbone" / "config.pbtxt")
+    assert [g.kind for g in placed.instance_group] == [KINDS["gpu"]] * len(original.instance_group)
+    del placed.instance_group[:], original.instance_group[:]
+    assert placed == original, "only the instance kind may differ"
+    assert (view / "armorm_backbone" / "1").resolve() == (exported_repository / "armorm_backbone" / "1").resolve()
+    assert (view / "armorm").resolve() == (exported_repository / "armorm").resolve()
 
 
 @pytest.mark.integration
 def test_a_repository_exported_on_a_gpu_host_serves_on_a_cpu_node(exported_repository, tmp_path):
-    """config.pbtxt says KIND_GPU (exported where a GPU was); this node has none: armorm-serve loads configs/cpu."""
+    """config.pbtxt says KIND_GPU (exported where a GPU was); this node has none: armorm-serve serves a view of
+    the repository whose backbone runs on the CPU, with every other setting of config.pbtxt kept."""
     import torch
 
     from armorm.launcher.serve_process import ServeProcess
@@ -177,9 +181,12 @@ def test_a_repository_exported_on_a_gpu_host_serves_on_a_cpu_node(exported_repos
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "no CUDA device is visible" in refused.stderr, refused.stderr
     assert not (tmp_path / "refused.log").exists(), "tritonserver must not start"
+    config.write_text(config.read_text().replace("max_queue_size: 512", "max_queue_size: 7"))  # an operator's edit
     with ServeProcess(repository, tmp_path / "logs") as served:
-        assert "backbone on CPU (0 GPU(s) visible)" in served.cli_log.read_text()
-        kind = served.grpc_client().get_model_config("armorm_backbone", as_json=True)["config"]["instance_group"]
-        assert [group["kind"] for group in kind] == ["KIND_CPU"]
+        log = served.cli_log.read_text()
+        assert "backbone on CPU (0 GPU(s) visible)" in log and "instance kind set for this node" in log
+        loaded = served.grpc_client().get_model_config("armorm_backbone", as_json=True)["config"]
+        assert [group["kind"] for group in loaded["instance_group"]] == ["KIND_CPU"]
+        assert loaded["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 7, "edits still apply"
         with ArmoRMClient(served.grpc_url) as client:
             assert client.score(varied_conversations()[0]).num_tokens > 0

@@ -127,7 +127,7 @@ def test_cli_scores_a_jsonl_file(server, tmp_path, singles):
                            "--format", "jsonl"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, "one row was invalid"
     rows = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    assert [r["id"] for r in rows] == [0, 1, 2, 3]
     for row, expected in zip(rows[:3], singles):
         assert abs(row["score"] - expected.score) <= SCORE_ATOL
         expected_rewards = expected.rewards_by_objective()

@@ -1,8 +1,9 @@
 """Where the backbone runs, decided when the server starts on its node, not when the repository was exported.
 
-The export writes the backbone's config for both placements (`armorm_backbone/configs/{cpu,gpu}.pbtxt`, next to
-the export host's own choice in `config.pbtxt`); `armorm-serve` passes `--model-config-name` for the one this
-node can run. Models without a `configs/` folder keep their `config.pbtxt`.
+The repository (often a read-only volume) is left as it is. When its backbone config places the backbone
+elsewhere than this node needs, tritonserver is pointed at a private view of it: every model folder linked
+as it is, and the backbone's folder holding its files linked plus a copy of its config.pbtxt with the instance
+kind changed. So edits to config.pbtxt (queue sizes, batching, parameters) always take effect.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
 from armorm_client.contract import BACKBONE
 
 DEVICES = ("auto", "cpu", "gpu", "exported")
+KINDS = {"cpu": mc.ModelInstanceGroup.Kind.KIND_CPU, "gpu": mc.ModelInstanceGroup.Kind.KIND_GPU}
 _COUNT_GPUS = "import torch; print(torch.cuda.device_count())"
 
 
@@ -24,15 +29,8 @@ class PlacementError(RuntimeError):
 
 @dataclass(frozen=True)
 class Placement:
-    config_name: str | None  # for --model-config-name; None: each model's config.pbtxt
+    device: str | None  # "cpu" or "gpu"; None: as exported
     reason: str
-
-    def triton_flags(self) -> list[str]:
-        return [f"--model-config-name={self.config_name}"] if self.config_name else []
-
-
-def placement_config(repository: Path, name: str) -> Path:
-    return repository / BACKBONE.name / "configs" / f"{name}.pbtxt"
 
 
 def visible_gpus(timeout: float = 120.0) -> int:
@@ -47,20 +45,57 @@ def visible_gpus(timeout: float = 120.0) -> int:
         return 0
 
 
-def choose_placement(repository: Path, requested: str, gpus: int) -> Placement:
-    """The backbone config to load for `requested` ("auto", "cpu", "gpu" or "exported") on a node with `gpus`."""
+def choose_placement(requested: str, gpus: int) -> Placement:
+    """The backbone's device for `requested` ("auto", "cpu", "gpu" or "exported") on a node with `gpus`."""
     if requested not in DEVICES:
         raise PlacementError(f"--backbone-device {requested!r}: choose one of {', '.join(DEVICES)}")
     if requested == "exported":
-        return Placement(None, "as exported (config.pbtxt)")
-    device = requested if requested != "auto" else ("gpu" if gpus else "cpu")
-    if requested == "auto" and device == "cpu" and not placement_config(repository, device).exists():
-        return Placement(None, "as exported (config.pbtxt): no GPU here and no configs/ in the repository")
-    if device == "gpu" and gpus == 0:
+        return Placement(None, "backbone placed as exported (config.pbtxt)")
+    if requested == "gpu" and gpus == 0:
         raise PlacementError("--backbone-device gpu, but no CUDA device is visible here: give the container a GPU "
                              "(Kubernetes: an nvidia.com/gpu limit; Docker: --gpus) or pass --backbone-device cpu")
-    if not placement_config(repository, device).exists():
-        raise PlacementError(f"{placement_config(repository, device)} is missing: the repository predates "
-                             "start-time placement; export it again, or pass --backbone-device exported")
+    device = requested if requested != "auto" else ("gpu" if gpus else "cpu")
     why = f"{gpus} GPU(s) visible" if requested == "auto" else "--backbone-device"
     return Placement(device, f"backbone on {device.upper()} ({why})")
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def placed_config(config: mc.ModelConfig, device: str) -> mc.ModelConfig | None:
+    """`config` with every instance group of kind `device`; None when it already is."""
+    kind = KINDS[device]
+    if config.instance_group and all(group.kind == kind for group in config.instance_group):
+        return None
+    placed = mc.ModelConfig()
+    placed.CopyFrom(config)
+    if not placed.instance_group:
+        placed.instance_group.add(count=1)
+    for group in placed.instance_group:
+        group.kind = kind
+    return placed
+
+
+def serving_repository(repository: Path, placement: Placement, scratch: Path) -> Path:
+    """The repository tritonserver should load: `repository` itself when the backbone is already placed as
+    asked, else a view of it under `scratch` with only the backbone's instance kind changed."""
+    if placement.device is None:
+        return repository
+    backbone = repository / BACKBONE.name
+    placed = placed_config(read_config(backbone / "config.pbtxt"), placement.device)
+    if placed is None:
+        return repository
+    view = scratch / "repository"
+    view.mkdir(parents=True)
+    for entry in sorted(repository.iterdir()):
+        if entry.name != BACKBONE.name:
+            (view / entry.name).symlink_to(entry.resolve())
+    (view / BACKBONE.name).mkdir()
+    for entry in sorted(backbone.iterdir()):
+        if entry.name != "config.pbtxt":
+            (view / BACKBONE.name / entry.name).symlink_to(entry.resolve())
+    (view / BACKBONE.name / "config.pbtxt").write_text(
+        f"# {backbone / 'config.pbtxt'} with the instance kind for this node (armorm-serve)\n"
+        + text_format.MessageToString(placed))
+    return view

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from armorm.gateway import AccessPolicy, Gateway, GatewayConfig, GatewayStartError, TlsFiles, UpstreamSockets
-from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, visible_gpus
+from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, serving_repository, visible_gpus
 from armorm.launcher.triton_process import (
     ServerStartError,
     TritonServer,
@@ -182,20 +182,22 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
     try:
         gpus = visible_gpus() if args.backbone_device in ("auto", "gpu") else 0
-        placement = choose_placement(args.repository, args.backbone_device, gpus)
+        placement = choose_placement(args.backbone_device, gpus)
+        policy = AccessPolicy(admin_key=take_secret(ADMIN_KEY_ENV), api_key=take_secret(API_KEY_ENV))
     except PlacementError as err:
         say(f"cannot start: {err}")
+        return 2
+    except OSError as err:
+        say(f"cannot start: cannot read a key file: {err}")
         return 2
     say(placement.reason)
     for name in remove_orphaned_segments() + remove_orphaned_socket_dirs():
         say(f"removed what a killed server left: {name}")
     private = private_socket_dir()  # 0700: only this user can reach Triton's sockets
     sockets = UpstreamSockets(private)
-    try:
-        policy = AccessPolicy(admin_key=take_secret(ADMIN_KEY_ENV), api_key=take_secret(API_KEY_ENV))
-    except OSError as err:
-        say(f"cannot start: cannot read a key file: {err}")
-        return 2
+    repository = serving_repository(args.repository, placement, private)
+    if repository != args.repository:
+        say(f"serving {args.repository} through {repository}: the backbone's instance kind set for this node")
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     gateway = Gateway(GatewayConfig(sockets, args.host, args.grpc_port, args.http_port, args.metrics_port, policy,
                                     tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age))
@@ -205,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"cannot start: {err}")
         shutil.rmtree(private, ignore_errors=True)
         return 2
-    triton = TritonServer(args.repository, log_path=Path(args.log_file),
-                          extra_args=placement.triton_flags() + args.extra,
+    triton = TritonServer(repository, log_path=Path(args.log_file), extra_args=args.extra,
                           startup_timeout=args.startup_timeout, sockets=sockets)
     supervisor = Supervisor(triton, gateway, RestartPolicy(args.max_restarts, args.restart_window),
                             args.drain_timeout)

@@ -21,6 +21,10 @@ ROLES = ("system", "user", "assistant")
 GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
+# Key of tokenize_requests' results that counts the rows cut to max_tokens (not an output tensor).
+TRUNCATED_ROWS = "truncated_rows"
+
+
 class ConversationError(ValueError):
     """A request that cannot be scored; the message tells the caller what to fix.
 
@@ -41,6 +45,9 @@ class InputLimits:
     # The original pipeline parses special-token text inside content ("<|eot_id|>…", "[PAD]"), which
     # lets a response move the positions ArmoRM reads (reward hacking). False keeps that parity.
     reject_special_tokens: bool = False
+    # The model card's ArmoRMPipeline tokenizes with truncation=True, max_length=4096: keep the first max_tokens
+    # tokens and read the positions in what is left. False (the default) rejects long conversations instead.
+    truncate: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class TokenizedConversation:
     input_ids: np.ndarray  # int64 [num_tokens]
     gate_position: int
     reward_position: int
+    truncated_from: int | None = None  # the full length when the conversation was truncated to max_tokens
 
     @property
     def num_tokens(self) -> int:
@@ -197,9 +205,11 @@ class ConversationTokenizer:
         return result
 
     def _positions(self, ids: list[int]) -> TokenizedConversation | ConversationError:
-        if len(ids) > self.limits.max_tokens:
+        limit = self.limits.max_tokens
+        truncated_from = None
+        if len(ids) > limit and not self.limits.truncate:
             return ConversationError(
-                f"the conversation is {len(ids)} tokens long; the limit is {self.limits.max_tokens} tokens "
+                f"the conversation is {len(ids)} tokens long; the limit is {limit} tokens "
                 "(shorten the prompt or the response)",
                 "too_long",
             )
@@ -208,7 +218,15 @@ class ConversationTokenizer:
             gate = find_gate_position(input_ids, self.gate_pattern)
         except ConversationError as err:
             return err
-        return TokenizedConversation(input_ids, gate, find_reward_position(input_ids, self.pad_token_id))
+        if len(ids) > limit:
+            prompt_end = gate + len(self.gate_pattern)
+            if prompt_end > limit:  # the card's pipeline would read the gate at an earlier turn, or fail
+                return ConversationError(
+                    f"the prompt alone is {prompt_end} tokens long; the limit is {limit} tokens and truncation keeps "
+                    "only the start of the response, never of the prompt (shorten the prompt)", "too_long")
+            truncated_from, input_ids = len(ids), input_ids[:limit]
+        return TokenizedConversation(input_ids, gate, find_reward_position(input_ids, self.pad_token_id),
+                                     truncated_from)
 
 
 def name_row(err: ConversationError, row: int, rows: int) -> ConversationError:
@@ -261,5 +279,7 @@ def tokenize_requests(
             GATE_POSITION.name: np.array([[c.gate_position] for c in conversations], dtype=np.int64),
             REWARD_POSITION.name: np.array([[c.reward_position] for c in conversations], dtype=np.int64),
             NUM_TOKENS.name: np.array([[c.num_tokens] for c in conversations], dtype=np.int64),
+            # Not an output tensor: the tokenizer step pops it for its metric.
+            TRUNCATED_ROWS: sum(c.truncated_from is not None for c in conversations),
         })
     return results

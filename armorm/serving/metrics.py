@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 CONVERSATIONS = "armorm_conversations_total"
 TOKENS = "armorm_tokens_total"
 REJECTED = "armorm_rejected_requests_total"
+TRUNCATED = "armorm_truncated_conversations_total"
 BACKBONE_EXECUTIONS = "armorm_backbone_executions_total"
 BACKBONE_CONVERSATIONS = "armorm_backbone_conversations_total"
 BACKBONE_FORWARDS = "armorm_backbone_forward_passes_total"
@@ -50,6 +51,7 @@ class TokenizerMetrics:
         self.conversations = Counter(pb, CONVERSATIONS, "Conversations accepted for scoring")
         self.tokens = Counter(pb, TOKENS, "Tokens in accepted conversations (chat template applied)")
         self.rejected = Counter(pb, REJECTED, "Requests rejected with INVALID_ARGUMENT, by reason")
+        self.truncated = Counter(pb, TRUNCATED, "Conversations cut to max_tokens before scoring (truncate=true)")
 
 
 class AbortedRequests:

@@ -156,8 +156,11 @@ class ArmoRMReference:
         self.backbone = hf_llama(self.raw_config, state, dtype, self.device)
         self.heads = RewardHeads.load(self.raw_config, state).to(self.device)
 
-    def tokenize(self, messages: Sequence[Mapping[str, str]]) -> TokenizedConversation:
-        ids = self.tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=False)
+    def tokenize(self, messages: Sequence[Mapping[str, str]], max_length: int | None = None) -> TokenizedConversation:
+        """As the model card's pipeline tokenizes; with `max_length`, its truncation=True, max_length=…"""
+        truncation = {"truncation": True, "max_length": max_length} if max_length else {}
+        ids = self.tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=False,
+                                                 **truncation)
         if isinstance(ids, Mapping):  # newer transformers return a BatchEncoding
             ids = ids["input_ids"]
         ids_array = np.asarray(ids, dtype=np.int64)
@@ -185,8 +188,8 @@ class ArmoRMReference:
         )
 
     @torch.inference_mode()
-    def score(self, messages: Sequence[Mapping[str, str]]) -> ArmoRMScore:
-        tokens = self.tokenize(messages)
+    def score(self, messages: Sequence[Mapping[str, str]], max_length: int | None = None) -> ArmoRMScore:
+        tokens = self.tokenize(messages, max_length)
         gate_hidden, reward_hidden = self.rows_of(tokens)
         outputs = self.heads(gate_hidden.float().unsqueeze(0), reward_hidden.float().unsqueeze(0))
         return ArmoRMScore(score=float(outputs["score"][0]), rewards=outputs["rewards"][0].cpu().numpy(),

@@ -6,7 +6,13 @@ from collections import Counter
 import triton_python_backend_utils as pb
 
 from armorm.model.checkpoint import load_tokenizer
-from armorm.model.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
+from armorm.model.conversation import (
+    TRUNCATED_ROWS,
+    ConversationError,
+    ConversationTokenizer,
+    InputLimits,
+    tokenize_requests,
+)
 from armorm.serving.codec import bytes_items
 from armorm.serving.metrics import TokenizerMetrics
 from armorm.serving.triton_glue import (
@@ -31,6 +37,7 @@ class TritonPythonModel:
             max_messages=context.int_parameter("max_messages", InputLimits.max_messages),
             max_tokens=context.int_parameter("max_tokens", InputLimits.max_tokens),
             reject_special_tokens=context.bool_parameter("reject_special_tokens", False),
+            truncate=context.bool_parameter("truncate", False),
         )
         self.tokenizer = ConversationTokenizer(load_tokenizer(context.version_dir / TOKENIZER_DIR), limits)
         self.metrics = TokenizerMetrics(pb)
@@ -47,7 +54,7 @@ class TritonPythonModel:
                 rows.append(err)
         readable = [r for r in rows if not isinstance(r, RequestError)]
         tokenized = iter(tokenize_requests(self.tokenizer, readable))
-        responses, rejected, admitted = [], Counter(), []
+        responses, rejected, admitted, truncated = [], Counter(), [], 0
         for row in rows:
             result = row if isinstance(row, RequestError) else next(tokenized)
             if isinstance(result, (RequestError, ConversationError)):
@@ -55,8 +62,9 @@ class TritonPythonModel:
                 responses.append(invalid_argument(pb, str(result)))
             else:
                 admitted.append(result[NUM_TOKENS.name])
+                truncated += int(result.pop(TRUNCATED_ROWS, 0))
                 responses.append(tensors_response(pb, result))
-        self.count(rejected, admitted)
+        self.count(rejected, admitted, truncated)
         return responses
 
     def unprocessable(self, pb_module, err):
@@ -64,8 +72,10 @@ class TritonPythonModel:
         return invalid_argument(pb_module, f"this request's conversation could not be tokenized ({type(err).__name__}: "
                                            f"{str(err)[:200]}); check its text")
 
-    def count(self, rejected, admitted):
+    def count(self, rejected, admitted, truncated):
         """Once per batch: each metric update is a round trip to the server process."""
+        if truncated:
+            self.metrics.truncated.add(truncated)
         for reason, number in rejected.items():
             self.metrics.rejected.add(number, reason=reason)
         if admitted:

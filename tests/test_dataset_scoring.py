@@ -1,0 +1,170 @@
+"""armorm-score at dataset scale, as a subprocess against the live server: flat memory while the input grows
+tenfold, rows in input order, Ctrl-C then --resume equal to an uninterrupted run, Parquet in and out, bad rows
+written with their error among good ones, and preference pairs with accuracy checked by hand."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from armorm_client.samples import SAMPLE_PAIRS
+from tests.conversations import varied_conversations
+
+pytestmark = pytest.mark.integration
+SCORE_ATOL = 1e-4
+
+
+def score_command(server, *args) -> list[str]:
+    return [sys.executable, "-m", "armorm_client", *map(str, args), "--url", server.grpc_url, "--progress", "off"]
+
+
+def run(server, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(score_command(server, *args), capture_output=True, text=True, timeout=timeout)
+
+
+def short_rows(count: int) -> list[dict]:
+    """Short conversations, each a little different, with their own ids."""
+    return [{"id": f"r{i}", "prompt": f"Count to {i % 97}.", "response": f"{' '.join(map(str, range(i % 7)))} done"}
+            for i in range(count)]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def peak_rss_mib(command: list[str]) -> tuple[int, float]:
+    """(exit code, the process's peak resident memory in MiB) from the kernel's own accounting."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss / 1024
+
+
+def test_memory_stays_flat_while_the_input_grows_tenfold(server, tmp_path):
+    """2 000 and 20 000 rows: the client's peak RSS differs by less than 16 MiB and stays under 400 MiB (the
+    window of 64 requests, not the file, is what it holds); the 20 000 rows come back complete and in order."""
+    small = write_jsonl(tmp_path / "small.jsonl", short_rows(2000))
+    large = write_jsonl(tmp_path / "large.jsonl", short_rows(20000))
+    code_small, peak_small = peak_rss_mib(score_command(server, small, "-o", tmp_path / "small.out.jsonl"))
+    code_large, peak_large = peak_rss_mib(score_command(server, large, "-o", tmp_path / "large.out.jsonl"))
+    assert code_small == code_large == 0
+    print(f"peak RSS: {peak_small:.1f} MiB for 2000 rows, {peak_large:.1f} MiB for 20000 rows")
+    assert peak_large - peak_small < 16, f"memory grew with the input: {peak_small:.1f} → {peak_large:.1f} MiB"
+    assert peak_large < 400
+    rows = read_jsonl(tmp_path / "large.out.jsonl")
+    assert [row["id"] for row in rows] == [f"r{i}" for i in range(20000)]
+    assert all(isinstance(row["score"], float) and row["num_tokens"] > 0 for row in rows)
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(server, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", short_rows(4000))
+    whole = tmp_path / "whole.jsonl"
+    assert run(server, source, "-o", whole).returncode == 0
+    partial = tmp_path / "partial.jsonl"
+    process = subprocess.Popen(score_command(server, source, "-o", partial, "--window", "8"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not partial.exists() or partial.stat().st_size < 50_000):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr
+    interrupted = read_jsonl(partial)  # every line whole
+    assert 0 < len(interrupted) < 4000, "interrupted mid-way"
+    resumed = run(server, source, "-o", partial, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed after {len(interrupted)} rows" in resumed.stderr
+    final, expected = read_jsonl(partial), read_jsonl(whole)
+    assert [r["id"] for r in final] == [r["id"] for r in expected], "complete, in order, no duplicates"
+    assert all(abs(a["score"] - b["score"]) <= SCORE_ATOL for a, b in zip(final, expected))
+    again = run(server, source, "-o", partial, "--resume")  # nothing left: a no-op, not a duplicate
+    assert again.returncode == 0 and len(read_jsonl(partial)) == 4000
+
+
+def test_resume_refuses_an_output_of_another_input(server, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", short_rows(5))
+    output = write_jsonl(tmp_path / "out.jsonl", [{"id": "other", "score": 0.0}])
+    done = run(server, source, "-o", output, "--resume")
+    assert done.returncode != 0 and "is it the same input?" in done.stderr
+
+
+def test_parquet_in_and_out(server, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = short_rows(300)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    output = tmp_path / "out.parquet"
+    done = run(server, source, "-o", output)
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(output).to_pylist()
+    reference = tmp_path / "reference.jsonl"
+    assert run(server, write_jsonl(tmp_path / "in.jsonl", rows), "-o", reference).returncode == 0
+    expected = read_jsonl(reference)
+    assert [r["id"] for r in table] == [r["id"] for r in expected]
+    for got, want in zip(table, expected):
+        assert abs(got["score"] - want["score"]) <= SCORE_ATOL and got["num_tokens"] == want["num_tokens"]
+        assert got["rewards"].keys() == want["rewards"].keys() and got["error"] is None
+
+
+def test_bad_rows_are_written_with_their_error_and_the_rest_is_scored(server, tmp_path, reference):
+    good = varied_conversations()[:3]
+    lines = [json.dumps({"messages": good[0]}),
+             "{not json",
+             json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),  # the server refuses it
+             json.dumps({"text": "no known shape"}),
+             json.dumps({"prompt": "Hi", "response": good[1][-1]["content"]}),
+             json.dumps(good[2])]
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "out.jsonl"
+    done = run(server, source, "-o", output, "--window", "2")
+    assert done.returncode == 1, "some rows failed"
+    rows = read_jsonl(output)
+    assert [r["id"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert "line 2 is not JSON" in rows[1]["error"] and rows[1]["status"] == "INVALID_ROW"
+    assert rows[2]["status"] == "StatusCode.INVALID_ARGUMENT" and "assistant" in rows[2]["error"]
+    assert "no 'messages' list" in rows[3]["error"]
+    for index, conversation in ((0, good[0]), (5, good[2])):
+        assert abs(rows[index]["score"] - reference.score(conversation).score) <= SCORE_ATOL
+    assert "error" not in rows[4]
+
+
+def test_pairs_accuracy_equals_a_hand_count_from_reference_scores(server, tmp_path, reference):
+    pairs = [json.loads(line) for line in SAMPLE_PAIRS.read_text().splitlines()]
+    tie = {"id": "tie", "subset": "shp", "prompt": "Same?", "chosen": "Yes.", "rejected": "Yes."}
+    source = write_jsonl(tmp_path / "pairs.jsonl", pairs + [tie])
+    output, plot = tmp_path / "margins.jsonl", tmp_path / "pairs.png"
+    done = run(server, source, "--pairs", "-o", output, "--plot", plot)
+    assert done.returncode == 0, done.stderr
+    reference_margins = []
+    for row in pairs + [tie]:
+        prompt = [{"role": "user", "content": row["prompt"]}]
+        chosen = reference.score([*prompt, {"role": "assistant", "content": row["chosen"]}]).score
+        rejected = reference.score([*prompt, {"role": "assistant", "content": row["rejected"]}]).score
+        reference_margins.append(chosen - rejected)
+    rows = read_jsonl(output)
+    assert [r["id"] for r in rows] == [p["id"] for p in pairs] + ["tie"]
+    for row, margin in zip(rows, reference_margins):
+        assert abs(row["margin"] - margin) <= 2 * SCORE_ATOL
+        if abs(margin) > 1e-3:  # clear of float noise: the verdict is the reference's
+            assert row["correct"] == (1 if margin > 0 else 0), row["id"]
+    assert rows[-1]["margin"] == 0 and rows[-1]["correct"] == 0, "a tie counts as wrong"
+    right = sum(1 for margin in reference_margins if margin > 1e-3)  # the hand count (no near-ties here)
+    assert all(abs(m) > 1e-3 or m == 0 for m in reference_margins), "a near-tie would make the count ambiguous"
+    accuracy = 100 * right / len(rows)
+    assert f"pairs: {len(rows)} scored, accuracy {accuracy:.2f}%" in done.stdout
+    assert "RewardBench: Chat " in done.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

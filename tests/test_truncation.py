@@ -1,0 +1,55 @@
+"""Opt-in truncation (tokenizer parameter truncate="true", armorm-export --truncate), against a real server:
+a long conversation is scored on its first max_tokens tokens exactly as the model card's pipeline scores it
+(truncation=True, max_length), the metric counts it, and a prompt longer than the limit is still refused."""
+
+import shutil
+
+import pytest
+
+from armorm.launcher.serve_process import ServeProcess
+from armorm.serving.metrics import TRUNCATED
+from armorm.serving.prometheus import scrape, total
+from armorm_client import ArmoRMClient, InvalidConversationError
+from armorm_export.repository import read_config, set_parameter, write_config
+from tests.conversations import TEST_MAX_TOKENS, varied_conversations
+from tests.test_server import assert_same
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def truncating_server(exported_repository, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("truncating") / "repository"
+    shutil.copytree(exported_repository, repository)
+    config_path = repository / "armorm_tokenizer" / "config.pbtxt"
+    config = read_config(config_path)
+    assert config.parameters["truncate"].string_value == "false", "the export's default refuses long conversations"
+    set_parameter(config, "truncate", "true")  # what armorm-export --truncate writes
+    write_config(config_path, config, "truncate=true for the test")
+    with ServeProcess(repository, tmp_path_factory.mktemp("truncating-logs")) as running:
+        yield running
+
+
+def long_conversation(prompt: str = "Write a long story.") -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": "once upon a time " * 600}]
+
+
+def test_a_long_conversation_is_scored_like_the_card_pipeline_truncates_it(truncating_server, reference, client):
+    conversation = long_conversation()
+    with pytest.raises(InvalidConversationError, match="tokens long; the limit is"):
+        client.score(conversation)  # the default server refuses it
+    before = total(scrape(truncating_server.metrics_url), TRUNCATED)
+    with ArmoRMClient(truncating_server.grpc_url) as truncating:
+        served = truncating.score(conversation)
+        short = varied_conversations()[0]
+        assert_same(truncating.score(short), reference.score(short), "a short conversation, unchanged")
+    assert served.num_tokens == TEST_MAX_TOKENS, "num_tokens tells what was scored"
+    assert_same(served, reference.score(conversation, max_length=TEST_MAX_TOKENS), "truncated as the card does")
+    assert total(scrape(truncating_server.metrics_url), TRUNCATED) == before + 1
+
+
+def test_a_prompt_over_the_limit_is_still_refused(truncating_server):
+    with ArmoRMClient(truncating_server.grpc_url) as truncating:
+        with pytest.raises(InvalidConversationError, match=r"the prompt alone is \d+ tokens long"):
+            truncating.score(long_conversation("tell me " * 1500))
+        assert truncating.score(varied_conversations()[1]).num_tokens > 0
