@@ -259,6 +259,6 @@ def resume_parquet(path: str) -> tuple[int, Any]:
 def _pyarrow_parquet() -> Any:
     try:
         import pyarrow.parquet as parquet
-    except ImportError:
-        raise SystemExit(PARQUET_HINT) from None
+    except ImportError as err:  # absent, or built for another numpy major version
+        raise SystemExit(f"{PARQUET_HINT} ({err})") from None
     return parquet

@@ -40,9 +40,9 @@ def test_section_scores_match_a_hand_computation():
     assert sections["Chat"] == pytest.approx(60.9375)
     assert sections["Chat Hard"] == 0
     assert sections["Safety"] == 100
-    assert sections["Reasoning"] == pytest.approx(1640 / 11.48)
+    assert sections["Reasoning"] == pytest.approx(16400 / 1148)
     assert sections["Prior Sets"] == 50
-    assert sections["Score"] == pytest.approx((60.9375 + 0 + 100 + 1640 / 11.48 + 25) / 4.5)
+    assert sections["Score"] == pytest.approx((60.9375 + 0 + 100 + 16400 / 1148 + 25) / 4.5)
     assert round(sections["Score"], 2) == 44.49
 
 
