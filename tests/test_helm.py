@@ -302,3 +302,28 @@ def test_validation_catches_a_broken_manifest():
     deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "not-a-port"
     with pytest.raises(kubernetes_validate.ValidationError):
         validate([deployment])
+
+
+DASHBOARD = CHART / "dashboards" / "armorm.json"
+PANEL_TOPICS = ("requests", "latency p50 / p99", "queue time", "batch size", "tokens per second", "rejections",
+                "aborted")
+
+
+def dashboard_metrics(dashboard: dict) -> set[str]:
+    return {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"(?<![\"\w])((?:nv|armorm)_[a-z0-9_]+)\b", target["expr"])}
+
+
+def test_dashboard_ships_as_a_configmap_for_the_grafana_sidecar():
+    assert "ConfigMap" not in by_kind(render()), "off by default"
+    documents = render("dashboards.enabled=true")
+    validate(documents)
+    config_map = one(documents, "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["armorm.json"])
+    assert dashboard == json.loads(DASHBOARD.read_text())
+    titles = " | ".join(panel["title"].lower() for panel in dashboard["panels"])
+    assert all(topic in titles for topic in PANEL_TOPICS), titles
+    assert "armorm_backbone_saved_tokens_total" in dashboard_metrics(dashboard)
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+    assert all(target["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] for target in p["targets"])

@@ -324,6 +324,9 @@ class TritonServer(ServerUrls):
             "--model-control-mode=none",
             "--exit-on-error=true",
             "--log-verbose=0",
+            # p50/p90/p99 of request, queue and compute time per model (nv_inference_*_summary_us{quantile}):
+            # what the dashboard plots; the plain counters only give means.
+            "--metrics-config=summary_latencies=true",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,
         ]
