@@ -62,9 +62,11 @@ class HttpProxy:
             return error(err.status, str(err))
         headers = {"Content-Type": "application/octet-stream" if request.headers.get(HEADER_LENGTH)
                    else "application/json"}
-        for name in (HEADER_LENGTH, "Accept-Encoding"):
-            if name in request.headers:
-                headers[name] = request.headers[name]
+        if HEADER_LENGTH in request.headers:
+            headers[HEADER_LENGTH] = request.headers[HEADER_LENGTH]
+        # The caller's own choice, or none: the HTTP client here would otherwise offer gzip on its behalf, and a
+        # caller that never asked (curl without --compressed) would get a gzip body.
+        headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         inference = api is Api.INFERENCE
         if inference:
             problem = await self.check_inference(body, request.headers.get(HEADER_LENGTH))
