@@ -1,15 +1,17 @@
 """The demo: serve an exported repository, score the model card's three example responses over gRPC,
-print each score with its top-3 objectives by |coefficient|, and stop the server."""
+print each score with its top-3 objectives by |coefficient|, evaluate the bundled preference pairs (one line),
+and stop the server."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from armorm.launcher.serve_process import ServeProcess
-from armorm_client import ArmoRMClient
-from armorm_client.samples import MODEL_CARD_PROMPT, model_card_conversations
+from armorm_client import ArmoRMClient, ArmoRMError, dataset, evaluation
+from armorm_client.samples import MODEL_CARD_PROMPT, SAMPLE_PAIRS, model_card_conversations
 
 
 def main() -> int:
@@ -24,6 +26,7 @@ def main() -> int:
         with ArmoRMClient(server.grpc_url) as client:
             conversations = model_card_conversations()
             results = client.score_batch(conversations)
+            pairs_summary = evaluate_sample_pairs(client)
     if args.random_weights:
         print("\n(default checkpoint: small random weights in ArmoRM's format; the numbers exercise the pipeline,"
               " they are not preferences)")
@@ -34,7 +37,22 @@ def main() -> int:
         for name, value in result.top_objectives(3):
             print(f"    {name:<40} {value:+.5f}")
         print()
+    print(f"Sample preference pairs ({SAMPLE_PAIRS.name}; armorm-score --pairs for the full report): {pairs_summary}")
     return 0
+
+
+def evaluate_sample_pairs(client: ArmoRMClient) -> str:
+    """The bundled pairs, each (chosen, rejected) in one request, tallied as armorm-score --pairs does."""
+    rows = [json.loads(line) for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()]
+    tally = evaluation.PairTally()
+    answers = client.score_stream(dataset.pair(row, dataset.Columns()) for row in rows)
+    for row, answer in zip(rows, answers):
+        if isinstance(answer, ArmoRMError):
+            tally.errors += 1
+            continue
+        chosen, rejected = answer
+        tally.add(row.get("subset"), chosen.score, rejected.score)
+    return evaluation.report(tally)[0]
 
 
 if __name__ == "__main__":
