@@ -176,3 +176,13 @@ def test_pairs_accuracy_equals_a_hand_count_from_reference_scores(server, tmp_pa
     assert f"pairs: {len(rows)} scored, accuracy {accuracy:.2f}%" in done.stdout
     assert "RewardBench: Chat " in done.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stdin_in_stdout_out(server, reference):
+    conversation = varied_conversations()[0]
+    done = subprocess.run(score_command(server, "-", "--format", "jsonl"), input=json.dumps(conversation) + "\n",
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert row["id"] == 0 and abs(row["score"] - reference.score(conversation).score) <= SCORE_ATOL
+    assert "1 rows in" in done.stderr

@@ -83,3 +83,25 @@ def test_a_torn_jsonl_output_resumes_after_its_last_whole_row(tmp_path):
     output.write_text('{"id": 0, "score": 1}\n{"id": "b", "score": 2}\n{"id": 2, "sco')
     assert dataset.resume_jsonl(str(output)) == (2, "b")
     assert output.read_text().endswith('"score": 2}\n'), "the torn line is cut off"
+
+
+def test_progress_line_on_a_terminal_and_silence_elsewhere():
+    import io
+
+    quiet = io.StringIO()
+    progress = evaluation_progress(total=100, stream=quiet, enabled=False)
+    progress.update(tokens=50)
+    assert quiet.getvalue() == "", "not a terminal: no progress line"
+    shown = io.StringIO()
+    progress = evaluation_progress(total=100, stream=shown, enabled=True)
+    progress.update(rows=10, tokens=500, errors=1)
+    line = shown.getvalue()
+    assert line.startswith("\r10/100 rows") and "rows/s" in line and "tok/s" in line and "ETA" in line
+    assert "1 errors" in line
+    assert progress.finish().startswith("10 rows in ")
+
+
+def evaluation_progress(**options):
+    from armorm_client.progress import Progress
+
+    return Progress(interval=0, **options)
