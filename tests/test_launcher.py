@@ -190,3 +190,13 @@ def test_a_repository_exported_on_a_gpu_host_serves_on_a_cpu_node(exported_repos
         assert loaded["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 7, "edits still apply"
         with ArmoRMClient(served.grpc_url) as client:
             assert client.score(varied_conversations()[0]).num_tokens > 0
+
+
+def test_flags_after_a_double_dash_go_to_tritonserver_wherever_the_repository_stands():
+    from armorm.launcher.server import parse_args
+
+    for argv in (["repo", "--host", "0.0.0.0", "--", "--log-info=true"], ["--host", "0.0.0.0", "repo", "--",
+                                                                          "--log-info=true"]):
+        args = parse_args(argv)
+        assert (str(args.repository), args.host, args.extra) == ("repo", "0.0.0.0", ["--log-info=true"])
+    assert parse_args(["repo"]).extra == []

@@ -170,7 +170,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--startup-timeout", type=float, default=900.0,
                         help="seconds tritonserver may take to load the models")
     parser.add_argument("extra", nargs="*", help="extra tritonserver flags, after --")
-    return parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything after "--" goes to tritonserver, wherever the repository and the options stand.
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.extra = [*args.extra, *extra]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
