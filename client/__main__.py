@@ -104,11 +104,13 @@ class Run:
         """(id, row) of the rows still to score, checking that a resumed output matches this input."""
         rows = enumerate(dataset.read_rows(self.args.input, self.fmt))
         if self.skip:
-            before = list(islice(rows, self.skip))
-            if len(before) < self.skip:
+            seen, last = 0, None
+            for item in islice(rows, self.skip):  # skipped one by one: a long prefix is never held in memory
+                seen, last = seen + 1, item
+            if seen < self.skip:
                 raise SystemExit(f"--resume: {self.args.output} holds {self.skip} rows but the input has only "
-                                 f"{len(before)}: is it the same input?")
-            index, row = before[-1]
+                                 f"{seen}: is it the same input?")
+            index, row = last
             expected = dataset.row_id(row, index, self.args.columns)
             if str(expected) != str(self.last_id):
                 raise SystemExit(f"--resume: the output's last row is id {self.last_id!r} but input row {index} is "
@@ -127,28 +129,28 @@ class Run:
             except RowError as err:
                 conversations, error = [], err
             subset = row.get(columns.subset) if isinstance(row, dict) else None
-            pending.append((identifier, subset, conversations, error))
+            pending.append((identifier, subset, error))  # the conversations travel with the request only
             yield conversations
 
     def run(self, client: ArmoRMClient) -> int:
-        pending: list = []  # (id, subset, conversations, row error) in request order; drained as answered
+        pending: list = []  # (id, subset, row error) in request order; drained as answered
         cursor = 0
         answers = client.score_stream(self.valid_only(self.requests(pending)), self.args.window)
         try:
             while True:
-                while cursor < len(pending) and pending[cursor][3] is not None:  # unusable rows: written in order
+                while cursor < len(pending) and pending[cursor][2] is not None:  # unusable rows: written in order
                     self.emit(pending[cursor], None)
                     cursor += 1
                 try:
                     answer = next(answers)
                 except StopIteration:
                     break
-                while pending[cursor][3] is not None:  # read while the answer was awaited: still before it
+                while pending[cursor][2] is not None:  # read while the answer was awaited: still before it
                     self.emit(pending[cursor], None)
                     cursor += 1
                 self.emit(pending[cursor], answer)
                 cursor += 1
-                if cursor > 4096:  # keep the bookkeeping list short
+                if cursor > 1024:  # keep the bookkeeping list short
                     del pending[:cursor]
                     cursor = 0
             while cursor < len(pending):
@@ -177,7 +179,7 @@ class Run:
         return (conversations for conversations in requests if conversations)
 
     def emit(self, item: tuple, answer: list[ArmoRMScore] | ArmoRMError | None) -> None:
-        identifier, subset, conversations, row_error = item
+        identifier, subset, row_error = item
         error = row_error if row_error is not None else answer if isinstance(answer, ArmoRMError) else None
         if error is not None:
             self.failures += 1
