@@ -99,8 +99,8 @@ def messages_tensor(rows: list[bytes], name: str = "messages") -> grpcclient.Inf
     return tensor
 
 
-def http_post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> int:
-    request = urllib.request.Request(f"http://{url}{path}", data=body, method="POST", headers=headers or {})
+def http_post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST") -> int:
+    request = urllib.request.Request(f"http://{url}{path}", data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 - loopback test server
             return response.status
@@ -265,6 +265,9 @@ ATTACKS = [
     http_only("6 MB form body to a health path", b"x" * 6_000_000, 404, "/v2/health/ready",
               {"Content-Type": "application/x-www-form-urlencoded"}),
     http_only("unknown path", b"{}", 404, "/v2/../../etc/passwd"),
+    # Open APIs take no big body: a key-less caller must not make the gateway buffer MBs per request.
+    Attack("1 MB body on an open GET", http=lambda url: http_post(url, "/v2/health/ready", b"x" * (1 << 20),
+                                                                  method="GET"), http_status=413),
 ]
 
 

@@ -42,7 +42,7 @@ def test_armorm_serve_refuses_a_port_that_something_else_holds(exported_reposito
         done = subprocess.run([sys.executable, "-m", "armorm.launcher.server", str(exported_repository), "--grpc-port",
                                str(port), "--log-file", str(tmp_path / "triton.log")],
                               capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 3, done.stderr  # EXIT_PORT_TAKEN: the one failure worth a retry
     assert f"cannot listen for gRPC on 127.0.0.1:{port}" in done.stderr
     assert not (tmp_path / "triton.log").exists(), "tritonserver must not start"
 
@@ -76,6 +76,8 @@ def test_orphaned_shared_memory_is_removed_and_live_owners_are_kept():
         mine.write_bytes(b"x")
         assert orphan.name in remove_orphaned_segments()
         assert not orphan.exists() and mine.exists()
+        # At start-up a name with this very pid was left by an earlier process (a container's PID 1 again).
+        assert mine.name in remove_orphaned_segments(own_pid_is_stale=True) and not mine.exists()
     finally:
         orphan.unlink(missing_ok=True)
         mine.unlink(missing_ok=True)
@@ -200,3 +202,47 @@ def test_flags_after_a_double_dash_go_to_tritonserver_wherever_the_repository_st
         args = parse_args(argv)
         assert (str(args.repository), args.host, args.extra) == ("repo", "0.0.0.0", ["--log-info=true"])
     assert parse_args(["repo"]).extra == []
+
+
+def test_keys_must_be_usable_and_leave_the_environment(tmp_path, monkeypatch):
+    from armorm.launcher.server import UnusableKeyError, take_secret
+
+    key = tmp_path / "key"
+    key.write_text("s3cret-Key_1\n")
+    monkeypatch.setenv("ARMORM_API_KEY_FILE", str(key))
+    assert take_secret("ARMORM_API_KEY") == "s3cret-Key_1"
+    assert "ARMORM_API_KEY_FILE" not in os.environ
+    monkeypatch.setenv("ARMORM_API_KEY", "from-env")
+    assert take_secret("ARMORM_API_KEY") == "from-env" and "ARMORM_API_KEY" not in os.environ
+    monkeypatch.setenv("ARMORM_API_KEY", "")
+    assert take_secret("ARMORM_API_KEY") is None, "an empty variable is no key (compose passes empty ones)"
+    for content, why in ((b"  \n", "empty"), (b"caf\xc3\xa9", "not ASCII"), (b"two words", "a space"),
+                         (b"x" * 5000, "too long"), (b"\xff\xfe", "not UTF-8")):
+        key.write_bytes(content)
+        monkeypatch.setenv("ARMORM_API_KEY_FILE", str(key))
+        with pytest.raises(UnusableKeyError, match="printable ASCII"):
+            take_secret("ARMORM_API_KEY")  # never "no key": an empty Secret must not open the API
+        assert "ARMORM_API_KEY_FILE" not in os.environ, why
+    monkeypatch.setenv("ARMORM_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(UnusableKeyError, match="cannot read"):
+        take_secret("ARMORM_API_KEY")
+    monkeypatch.setenv("ARMORM_API_KEY_FILE", str(key))
+    monkeypatch.setenv("ARMORM_API_KEY", "both")
+    with pytest.raises(UnusableKeyError, match="give one"):
+        take_secret("ARMORM_API_KEY")
+
+
+def test_armorm_serve_refuses_flags_that_would_bypass_or_weaken_it(capsys):
+    from armorm.launcher.server import parse_args
+
+    for argv, fragment in ((["repo", "--", "--grpc-address=0.0.0.0"], "sets these itself"),
+                           (["repo", "--", "--http-port=8000"], "sets these itself"),
+                           (["repo", "--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert"),
+                           (["repo", "--tls-cert", "c.pem"], "go together"),
+                           (["repo", "--max-connection-age", "0"], "above 0"),
+                           (["repo", "--max-connection-age", "3000000"], "below 2147483"),
+                           (["repo", "typo"], "unrecognized arguments")):
+        with pytest.raises(SystemExit) as refused:
+            parse_args(argv)
+        assert refused.value.code == 2 and fragment in capsys.readouterr().err, argv
+    assert parse_args(["repo", "--", "--log-info=true"]).extra == ["--log-info=true"]

@@ -48,7 +48,8 @@ def test_one_address_pins_every_call_to_one_server(server, second_server):
 def test_a_target_with_several_addresses_spreads_calls_round_robin(server, second_server):
     conversation = varied_conversations()[0]
     target = f"ipv4:{server.grpc_url},{second_server.grpc_url}"
-    expected = ArmoRMClient(server.grpc_url).score(conversation).score
+    with ArmoRMClient(server.grpc_url) as alone:
+        expected = alone.score(conversation).score
 
     def work():
         with ArmoRMClient(target) as client:

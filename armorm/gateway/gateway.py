@@ -32,10 +32,20 @@ DRAINING_MESSAGE = "the server is shutting down and accepts no new requests; ret
 DEFAULT_MAX_REQUEST_BYTES = 65 << 20
 # Beyond this many inference calls inside Triton, new ones are refused UNAVAILABLE (retryable) at once.
 DEFAULT_MAX_IN_FLIGHT = 4096
+# Request checks of larger payloads run in a worker thread: walking megabytes in Python would stall every call.
+OFF_LOOP_BYTES = 256 << 10
 
 
 class GatewayStartError(RuntimeError):
     pass
+
+
+class ListenError(OSError):
+    """A public port could not be bound (held by another process, or not an address of this host)."""
+
+
+class PortTakenError(GatewayStartError):
+    """The gateway could not bind one of its ports: the one start failure worth retrying on other ports."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,9 @@ class Gateway:
         self._thread.start()
         try:
             self._call(self._start(), timeout)
+        except ListenError as err:
+            self.stop()
+            raise PortTakenError(str(err)) from err
         except Exception as err:
             self.stop()
             raise GatewayStartError(str(err)) from err
@@ -213,6 +226,12 @@ class Gateway:
         self.stats.in_flight -= 1
         if self.stats.in_flight == 0:
             self._idle.set()
+
+    async def check(self, check: Callable[..., str | None], payload: bytes, *args: Any) -> str | None:
+        """`check(payload, *args)`, the reason a request is malformed or None, off the loop when it is large."""
+        if len(payload) < OFF_LOOP_BYTES:
+            return check(payload, *args)
+        return await asyncio.get_running_loop().run_in_executor(None, check, payload, *args)
 
     def refuse(self, protocol: str, reason: str) -> None:
         self.stats.refused[(protocol, reason)] += 1

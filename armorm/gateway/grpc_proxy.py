@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from armorm.gateway.gateway import Gateway, Refusal
+from armorm.gateway.gateway import Gateway, ListenError, Refusal
 from armorm.gateway.grpc_messages import infer_request_error
 from armorm.gateway.routes import (
     GRPC_HEALTH_CHECK,
@@ -79,7 +79,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
             return NOT_SERVING
         inference = api is Api.INFERENCE
         if inference:
-            problem = infer_request_error(request)
+            problem = await self.gateway.check(infer_request_error, request)
             if problem is not None:
                 self.gateway.refuse(PROTOCOL, "malformed")
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -106,7 +106,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
         async def forward_requests() -> None:
             try:
                 async for message in requests:
-                    problem = infer_request_error(message)
+                    problem = await self.gateway.check(infer_request_error, message)
                     if problem is not None:
                         self.gateway.refuse(PROTOCOL, "malformed")
                         state["refusal"] = (grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -194,7 +194,7 @@ async def start_grpc(gateway: Gateway) -> GrpcListener:
             server.add_secure_port(address, server_credentials(config))
     except RuntimeError as err:
         await channel.close()
-        raise OSError(f"cannot listen for gRPC on {address}: {err} (is another server using the port?)") from None
+        raise ListenError(f"cannot listen for gRPC on {address}: {err} (is another server using the port?)") from None
     await server.start()
     return GrpcListener(server, channel)
 

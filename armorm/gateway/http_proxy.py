@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from armorm.gateway.gateway import Gateway, Refusal, TlsFiles
+from armorm.gateway.gateway import Gateway, ListenError, Refusal, TlsFiles
 from armorm.gateway.http_body import BodyError, infer_body_error
 from armorm.gateway.routes import Api, api_of_http, transient_failure
 
@@ -25,8 +25,9 @@ REFUSAL_STATUS = {Refusal.UNAUTHENTICATED: 401, Refusal.PERMISSION_DENIED: 403, 
                   Refusal.OVERLOADED: 503}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _PASSED_BACK = ("Content-Type", "Content-Encoding", HEADER_LENGTH)
-METRICS_BODY_LIMIT = 64 << 10
-_READY_PATHS = ("/v2/health/ready",)
+# Bodies of every API but inference (repository index, load, shared memory, trace and log settings: small JSON).
+SMALL_BODY_LIMIT = 64 << 10
+METRICS_UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 
 def plain_path(path: str) -> bool:
@@ -56,7 +57,7 @@ class HttpProxy:
         if self.gateway.draining and api is Api.HEALTH and request.path.endswith("/ready"):
             return error(503, "the server is shutting down")
         try:
-            body = await self.read_body(request)
+            body = await self.read_body(request, api)
         except BodyError as err:
             self.gateway.refuse(PROTOCOL, "too_large" if err.status == 413 else "malformed")
             return error(err.status, str(err))
@@ -69,7 +70,7 @@ class HttpProxy:
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         inference = api is Api.INFERENCE
         if inference:
-            problem = await self.check_inference(body, request.headers.get(HEADER_LENGTH))
+            problem = await self.gateway.check(infer_body_error, body, request.headers.get(HEADER_LENGTH))
             if problem is not None:
                 self.gateway.refuse(PROTOCOL, "malformed")
                 return error(400, problem)
@@ -86,20 +87,19 @@ class HttpProxy:
             status = 503  # a dead model process or unloading models: retryable, as on gRPC
         return web.Response(status=status, body=answer, headers=answer_headers)
 
-    async def read_body(self, request: web.Request) -> bytes:
-        limit = self.gateway.config.max_request_bytes
+    async def read_body(self, request: web.Request, api: Api) -> bytes:
+        """The body, decoded (gzip/deflate undone, the decoded bytes counted), within the API's limit: inference
+        gets --max-request-bytes, every other API a few KiB of JSON, so open endpoints cannot make it buffer MBs."""
+        limit = self.gateway.config.max_request_bytes if api is Api.INFERENCE else SMALL_BODY_LIMIT
         if request.content_length is not None and request.content_length > limit:
-            raise BodyError(f"the body is {request.content_length} bytes; the limit is {limit}", 413)
-        try:
-            return await request.read()  # aiohttp undoes gzip/deflate, counting decoded bytes against the limit
-        except web.HTTPRequestEntityTooLarge:
-            raise BodyError(f"the body (decompressed) exceeds the {limit}-byte limit", 413) from None
-
-    async def check_inference(self, body: bytes, header_length: str | None) -> str | None:
-        if len(body) < (256 << 10):
-            return infer_body_error(body, header_length)
-        # Parsing megabytes of JSON would stall every other call on this loop.
-        return await asyncio.get_running_loop().run_in_executor(None, infer_body_error, body, header_length)
+            raise BodyError(f"the body is {request.content_length} bytes; the limit here is {limit}", 413)
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise BodyError(f"the body (decompressed) exceeds the {limit}-byte limit here", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def forward(self, method: str, path: str, headers: dict[str, str],
                       body: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -130,8 +130,8 @@ async def listen(app: web.Application, session: aiohttp.ClientSession, host: str
     except OSError as err:
         await runner.cleanup()
         await session.close()
-        raise OSError(f"cannot listen for {what} on {host}:{port}: {err.strerror} "
-                      "(is another server using the port?)") from None
+        raise ListenError(f"cannot listen for {what} on {host}:{port}: {err.strerror} "
+                          "(is another server using the port?)") from None
     return HttpListener(runner, session)
 
 
@@ -171,16 +171,16 @@ async def start_metrics(gateway: Gateway) -> HttpListener:
 
     async def metrics(request: web.Request) -> web.Response:
         try:
-            async with session.get("http://triton/metrics") as response:
+            async with session.get("http://triton/metrics", timeout=METRICS_UPSTREAM_TIMEOUT) as response:
                 triton = await response.text()
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, asyncio.TimeoutError):  # a stalled Triton must not hang every scrape
             triton = ""  # restarting: the gateway's own counters still answer
         return web.Response(text=triton + gateway.stats.prometheus(), content_type="text/plain")
 
     async def elsewhere(request: web.Request) -> web.Response:
         return error(404, "only GET /metrics is served on this port")
 
-    app = web.Application(client_max_size=METRICS_BODY_LIMIT)
+    app = web.Application(client_max_size=SMALL_BODY_LIMIT)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", elsewhere)
     return await listen(app, session, config.host, config.metrics_port, "metrics")

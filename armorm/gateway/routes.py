@@ -68,7 +68,7 @@ _HTTP_ROUTES: tuple[tuple[str, re.Pattern[str], Api], ...] = tuple(
         ("GET", r"/v2", Api.METADATA),
         ("GET", _MODEL, Api.METADATA),
         ("GET", _MODEL + r"/config", Api.MODEL_CONFIG),
-        ("POST", _MODEL + r"/(?:infer|generate|generate_stream)", Api.INFERENCE),
+        ("POST", _MODEL + r"/infer", Api.INFERENCE),
         ("POST", r"/v2/repository/index", Api.MODEL_REPOSITORY),
         ("POST", r"/v2/repository/models/[^/]+/(?:load|unload)", Api.MODEL_REPOSITORY),
         ("GET", r"/v2/(?:system|cuda)sharedmemory(?:/region/[^/]+)?/status", Api.SHARED_MEMORY),

@@ -3,7 +3,8 @@
 The repository (often a read-only volume) is left as it is. When its backbone config places the backbone
 elsewhere than this node needs, tritonserver is pointed at a private view of it: every model folder linked
 as it is, and the backbone's folder holding its files linked plus a copy of its config.pbtxt with the instance
-kind changed. So edits to config.pbtxt (queue sizes, batching, parameters) always take effect.
+kind changed. So edits to config.pbtxt (queue sizes, batching, parameters) take effect at each start of
+armorm-serve, placement or not.
 """
 
 from __future__ import annotations
@@ -83,7 +84,14 @@ def serving_repository(repository: Path, placement: Placement, scratch: Path) ->
     if placement.device is None:
         return repository
     backbone = repository / BACKBONE.name
-    placed = placed_config(read_config(backbone / "config.pbtxt"), placement.device)
+    try:
+        config = read_config(backbone / "config.pbtxt")
+    except (OSError, text_format.ParseError) as err:
+        raise PlacementError(f"cannot read {backbone / 'config.pbtxt'}: {err}") from None
+    if placement.device == "cpu" and config.platform == "tensorrt_plan":
+        raise PlacementError("the backbone is a TensorRT plan, which runs only on a GPU: give the container a GPU "
+                             "or export another backbone (--backbone torch_packed)")
+    placed = placed_config(config, placement.device)
     if placed is None:
         return repository
     view = scratch / "repository"

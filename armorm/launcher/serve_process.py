@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from armorm.gateway import TlsFiles
-from armorm.launcher.server import ADMIN_KEY_ENV, API_KEY_ENV
+from armorm.launcher.server import ADMIN_KEY_ENV, API_KEY_ENV, EXIT_PORT_TAKEN
 from armorm.launcher.triton_process import ServerStartError, ServerUrls, descendants, free_port, terminate
 from armorm_client.contract import ADMIN_HEADER, GRPC_HEADER_PREFIX
 
-# A port chosen free can be taken before armorm-serve binds it; it then exits 2 and is started again.
+# A port chosen free can be taken before armorm-serve binds it; it then exits EXIT_PORT_TAKEN and is started again.
 PORT_RACE_ATTEMPTS = 3
 
 
@@ -92,7 +92,7 @@ class ServeProcess(ServerUrls):
                                                 env=self.environment())
             if self.wait_ready():
                 return self
-            if self.process.returncode != 2:  # 2: a port was taken; anything else is a real failure
+            if self.process.returncode != EXIT_PORT_TAKEN:  # anything else is a real failure: no retry
                 break
         raise ServerStartError(f"armorm-serve did not become ready (exit code {self.process.poll()}):\n"
                                + self.log_tails())

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from armorm.gateway import AccessPolicy, Gateway, GatewayConfig, GatewayStartError, TlsFiles, UpstreamSockets
+from armorm.gateway.gateway import PortTakenError
 from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, serving_repository, visible_gpus
 from armorm.launcher.triton_process import (
     ServerStartError,
@@ -41,14 +42,40 @@ API_KEY_ENV = "ARMORM_API_KEY"
 FILE_SUFFIX = "_FILE"  # ARMORM_API_KEY_FILE=/secrets/api-key: the key from a file (a mounted Secret)
 
 
+MAX_KEY_BYTES = 4096
+# Exit statuses: 2 for anything the operator must fix; 3 when a port is taken (a caller may retry elsewhere).
+EXIT_CANNOT_START, EXIT_PORT_TAKEN = 2, 3
+# tritonserver flags armorm-serve owns: passed after "--" they would bypass the gateway or break supervision.
+RESERVED_TRITON_FLAGS = ("--grpc-address", "--grpc-port", "--http-address", "--http-port", "--metrics-address",
+                         "--metrics-port", "--model-repository", "--model-control-mode", "--backend-config=python,shm")
+
+
+class UnusableKeyError(ValueError):
+    """A key given to armorm-serve cannot be used; the message says which and why."""
+
+
 def take_secret(name: str) -> str | None:
-    """The key from `name`_FILE (a path) or `name`, removed from this process's environment either way, so that
-    tritonserver and the model processes it starts never inherit it."""
+    """The key from the file named by `name`_FILE (a mounted Secret) or from `name`, removed from this process's
+    environment either way, so that no child (tritonserver, the model processes) inherits it.
+
+    A key that is set must be usable: an empty or unreadable file, a key that is not printable ASCII (gRPC
+    metadata cannot carry it) or both forms at once stop the start-up instead of silently opening the API."""
     path = os.environ.pop(name + FILE_SUFFIX, None)
     value = os.environ.pop(name, None)
-    if path:
-        value = Path(path).read_text().strip()
-    return value or None
+    if path is None:
+        return value or None  # an unset or empty variable: no key (compose passes empty ones)
+    if value:
+        raise UnusableKeyError(f"both {name} and {name}{FILE_SUFFIX} are set: give one")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_KEY_BYTES + 1)
+    except OSError as err:
+        raise UnusableKeyError(f"{name}{FILE_SUFFIX}: cannot read {path}: {err.strerror}") from None
+    key = raw.strip()
+    if len(raw) > MAX_KEY_BYTES or not key or not all(0x21 <= byte <= 0x7E for byte in key):
+        raise UnusableKeyError(f"{name}{FILE_SUFFIX}: {path} must hold one key of printable ASCII without spaces, "
+                        f"at most {MAX_KEY_BYTES} bytes (it is empty, too long, or holds other bytes)")
+    return key.decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -71,9 +98,10 @@ def say(message: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, triton: TritonServer, gateway: Gateway, restarts: RestartPolicy, drain_timeout: float) -> None:
+    def __init__(self, triton: TritonServer, gateway: Gateway, restarts: RestartPolicy, drain_timeout: float,
+                 exit_timeout: float = 30.0) -> None:
         self.triton, self.gateway = triton, gateway
-        self.restarts, self.drain_timeout = restarts, drain_timeout
+        self.restarts, self.drain_timeout, self.exit_timeout = restarts, drain_timeout, exit_timeout
         self.stopping = threading.Event()
         self._restart_times: list[float] = []
 
@@ -135,7 +163,7 @@ class Supervisor:
         seconds = time.monotonic() - start
         say(f"drained in {seconds:.1f}s" if left == 0
             else f"drain timed out after {seconds:.0f}s with {left} requests inside tritonserver")
-        code = self.triton.stop(timeout=30.0)
+        code = self.triton.stop(timeout=self.exit_timeout)
         self.gateway.stop()
         say(f"tritonserver stopped (exit code {code})")
 
@@ -169,55 +197,73 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="on SIGTERM, seconds to let admitted requests finish before stopping tritonserver")
     parser.add_argument("--startup-timeout", type=float, default=900.0,
                         help="seconds tritonserver may take to load the models")
-    parser.add_argument("extra", nargs="*", help="extra tritonserver flags, after --")
+    parser.add_argument("--exit-timeout", type=float, default=30.0,
+                        help="after the drain, seconds tritonserver may take to stop before it is killed")
+    parser.epilog = "Flags after -- go to tritonserver as they are (not those that armorm-serve sets itself)."
     argv = sys.argv[1:] if argv is None else list(argv)
     # Everything after "--" goes to tritonserver, wherever the repository and the options stand.
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    args.extra = [*args.extra, *extra]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.extra = argv[split + 1:]
+    owned = [flag for flag in args.extra if flag.startswith(RESERVED_TRITON_FLAGS)]
+    if owned:
+        parser.error(f"{', '.join(owned)}: armorm-serve sets these itself (tritonserver listens only behind the "
+                     "gateway); use armorm-serve's own options")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked over TLS)")
+    if args.max_connection_age is not None and not 0 < args.max_connection_age <= 2**31 / 1000:
+        parser.error("--max-connection-age must be a number of seconds above 0 and below 2147483")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # first: no child, not even the GPU probe, may inherit a key
+        policy = AccessPolicy(admin_key=take_secret(ADMIN_KEY_ENV), api_key=take_secret(API_KEY_ENV))
+    except UnusableKeyError as err:
+        say(f"cannot start: {err}")
+        return EXIT_CANNOT_START
     if not (args.repository / "armorm" / "config.pbtxt").exists():
-        print(f"{args.repository} is not an exported repository: run `make export` first", file=sys.stderr)
-        return 2
+        say(f"cannot start: {args.repository} is not an exported repository: run `make export` first")
+        return EXIT_CANNOT_START
     if args.log_file != "-":
         Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
     try:
         gpus = visible_gpus() if args.backbone_device in ("auto", "gpu") else 0
         placement = choose_placement(args.backbone_device, gpus)
-        policy = AccessPolicy(admin_key=take_secret(ADMIN_KEY_ENV), api_key=take_secret(API_KEY_ENV))
     except PlacementError as err:
         say(f"cannot start: {err}")
-        return 2
-    except OSError as err:
-        say(f"cannot start: cannot read a key file: {err}")
-        return 2
+        return EXIT_CANNOT_START
     say(placement.reason)
-    for name in remove_orphaned_segments() + remove_orphaned_socket_dirs():
+    for name in remove_orphaned_segments(own_pid_is_stale=True) + remove_orphaned_socket_dirs(own_pid_is_stale=True):
         say(f"removed what a killed server left: {name}")
     private = private_socket_dir()  # 0700: only this user can reach Triton's sockets
     sockets = UpstreamSockets(private)
-    repository = serving_repository(args.repository, placement, private)
-    if repository != args.repository:
-        say(f"serving {args.repository} through {repository}: the backbone's instance kind set for this node")
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     gateway = Gateway(GatewayConfig(sockets, args.host, args.grpc_port, args.http_port, args.metrics_port, policy,
                                     tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age))
     try:
+        repository = serving_repository(args.repository, placement, private)
         gateway.start()
-    except GatewayStartError as err:
+    except (PlacementError, GatewayStartError, OSError) as err:  # OSError: the view could not be made
         say(f"cannot start: {err}")
         shutil.rmtree(private, ignore_errors=True)
-        return 2
+        return EXIT_PORT_TAKEN if isinstance(err, PortTakenError) else EXIT_CANNOT_START
+    if repository != args.repository:
+        say(f"serving {args.repository} through {repository}: the backbone's instance kind set for this node")
     triton = TritonServer(repository, log_path=Path(args.log_file), extra_args=args.extra,
                           startup_timeout=args.startup_timeout, sockets=sockets)
     supervisor = Supervisor(triton, gateway, RestartPolicy(args.max_restarts, args.restart_window),
-                            args.drain_timeout)
-    signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())
+                            args.drain_timeout, args.exit_timeout)
+
+    def request_stop(*_: object) -> None:
+        # Event.set takes a lock the main thread may hold when the signal lands: set it from another thread.
+        threading.Thread(target=supervisor.stopping.set, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     try:
         return supervisor.run()
     finally:

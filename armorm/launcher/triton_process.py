@@ -199,10 +199,12 @@ def python_instances(repository: Path) -> set[str]:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
+    from armorm.launcher.placement import read_config
+
     names = set()
     for path in Path(repository).glob("*/config.pbtxt"):
         try:
-            config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+            config = read_config(path)
         except text_format.ParseError:
             continue  # tritonserver refuses it at start-up and says why in its log
         if config.backend != "python":
@@ -234,34 +236,47 @@ def private_socket_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
 
 
-def remove_orphaned_socket_dirs() -> list[str]:
-    """Delete socket directories whose owning armorm-serve is gone."""
+def remove_orphaned_socket_dirs(own_pid_is_stale: bool = False) -> list[str]:
+    """Delete this user's socket directories whose owning armorm-serve is gone (see `_orphaned`)."""
     removed = []
     for path in Path(tempfile.gettempdir()).glob(SOCKET_DIR_PREFIX + "*"):
         match = _SOCKET_DIR_OWNER.match(path.name)
-        if match is None or _alive(int(match.group(1))) or path.owner() != _user():
+        if match is None or not _orphaned(path, int(match.group(1)), own_pid_is_stale):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(str(path))
     return removed
 
 
-def _user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
-def remove_orphaned_segments() -> list[str]:
-    """Delete shared-memory segments whose owning process is gone (e.g. a supervisor killed with SIGKILL)."""
+def remove_orphaned_segments(own_pid_is_stale: bool = False) -> list[str]:
+    """Delete this user's shared-memory segments whose owning process is gone (e.g. a supervisor killed with
+    SIGKILL); another user's are left alone (/dev/shm is sticky: unlinking them would fail)."""
     removed = []
     for name in shm_segments():
         match = _SHM_OWNER.match(name)
-        if match is None or _alive(int(match.group(1))):
+        path = Path("/dev/shm", name)
+        if match is None or not _orphaned(path, int(match.group(1)), own_pid_is_stale):
             continue
-        Path("/dev/shm", name).unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            continue
         removed.append(name)
     return removed
+
+
+def _orphaned(path: Path, owner_pid: int, own_pid_is_stale: bool) -> bool:
+    """Ours (same uid) and its owner gone. `own_pid_is_stale`: called at start, before this process made anything,
+    so a name carrying this very pid was left by an earlier process that had it: in a container armorm-serve is
+    PID 1 every time, and /tmp and /dev/shm (emptyDirs) outlive a container restart."""
+    try:
+        if path.stat().st_uid != os.getuid():
+            return False
+    except OSError:
+        return False
+    if owner_pid == os.getpid():
+        return own_pid_is_stale
+    return not _alive(owner_pid)
 
 
 def _alive(pid: int) -> bool:
