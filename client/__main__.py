@@ -1,6 +1,6 @@
 """armorm-score: score a dataset of conversations, or evaluate preference pairs, on a running server.
 
-Input: JSONL (a file or `-` for stdin; one row per line), Parquet (`pip install 'armorm-client[parquet]'`) or a
+Input: JSONL (a file or `-` for stdin; one row per line), Parquet (the client's `parquet` extra: pyarrow) or a
 small JSON file. A row is a list of messages, an object with a `messages` list, or an object with `prompt` and
 `response` (column names by flag). With --pairs a row holds `prompt` + `chosen` / `rejected` responses, or
 `chosen` / `rejected` whole conversations; both are scored in one request, which computes the prompt once.
@@ -8,31 +8,44 @@ small JSON file. A row is a list of messages, an object with a `messages` list, 
 Output, in input order as results arrive (a window of requests in flight keeps memory flat): one row per input
 row with its `id` (the input's, else its index) and the score, num_tokens, rewards, gating and coefficients by
 objective name, or the `error` the server gave. --output FILE.jsonl|.parquet writes a file that --resume
-continues after an interruption (Ctrl-C leaves it whole); without it, rows go to stdout.
+continues after an interruption (Ctrl-C, or the server unavailable beyond the client's retries: the file is
+left whole); without it, rows go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from collections import deque
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
 from armorm_client import dataset, evaluation
-from armorm_client.client import ArmoRMClient, ArmoRMError
+from armorm_client.client import ArmoRMClient, ServerUnavailableError
 from armorm_client.dataset import Columns, RowError
 from armorm_client.progress import Progress
 from armorm_client.result import ArmoRMScore
 
 INTERRUPTED = 130
+SERVER_UNAVAILABLE = 3
+
+
+class StopRun(Exception):
+    """Stop sending and leave the output whole: `status` is the exit code, `reason` what to tell the user."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="armorm-score", description=__doc__.splitlines()[0],
                                      epilog="Exit status: 0 all rows scored, 1 some rows failed (written with their "
-                                            "error), 2 bad usage, 130 interrupted (--resume continues).")
+                                            "error), 2 bad usage or an output that is not ours, 3 the server stayed "
+                                            "unavailable, 130 interrupted (3 and 130: --resume continues).")
     parser.add_argument("input", help="a .jsonl, .parquet or .json file, or - for JSONL on stdin")
     parser.add_argument("--url", default="localhost:8001",
                         help="the server's gRPC address; dns:///NAME:PORT sends calls round-robin to every address "
@@ -66,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--plot draws the pairs evaluation: add --pairs")
     if args.window < 1:
         parser.error("--window must be at least 1")
+    if args.output and args.input != "-" and os.path.exists(args.output) and os.path.samefile(args.input, args.output):
+        parser.error("--output is the input file: write the results elsewhere")
     args.columns = Columns(**{f: getattr(args, f"{f}_column") for f in Columns.__dataclass_fields__})
     return args
 
@@ -76,11 +91,17 @@ class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.fmt = dataset.input_format(args.input, args.input_format)
-        self.skip, self.last_id = self.resume_point()
-        self.writer = self.open_writer()
-        self.tally = evaluation.PairTally()
-        total = dataset.count_rows(args.input, self.fmt) if args.input != "-" else None
-        self.progress = Progress(total, self.skip, enabled={"on": True, "off": False}.get(args.progress))
+        try:
+            self.skip, last_id = self.resume_point()
+            self.remaining = self.rows_after(self.skip, last_id)  # checked against the output before it is opened
+            self.writer = self.open_writer()
+        except dataset.DatasetError as err:
+            raise StopRun(2, str(err)) from None
+        self.tally = evaluation.PairTally(keep_scores=bool(args.plot))
+        enabled = {"on": True, "off": False}.get(args.progress)
+        self.progress = Progress(None, self.skip, enabled=enabled)
+        if self.progress.enabled and args.input != "-":
+            self.progress.total = dataset.count_rows(args.input, self.fmt)  # only for the ETA
         self.failures = 0
 
     def resume_point(self) -> tuple[int, Any]:
@@ -91,7 +112,7 @@ class Run:
             return dataset.resume_parquet(args.output)
         return dataset.resume_jsonl(args.output)
 
-    def open_writer(self) -> Any:
+    def open_writer(self) -> dataset.Writer:
         args = self.args
         if args.output and dataset.output_format(args.output) == "parquet":
             return dataset.ParquetWriter(args.output, args.pairs, keep_existing=self.skip > 0)
@@ -100,70 +121,53 @@ class Run:
         table = args.format == "table" or (args.format is None and sys.stdout.isatty())
         return TableWriter(args.top, args.pairs) if table else dataset.JsonlWriter(None)
 
-    def rows(self) -> Iterator[tuple[Any, Any]]:
-        """(id, row) of the rows still to score, checking that a resumed output matches this input."""
+    def rows_after(self, skip: int, last_id: Any) -> Iterator[tuple[Any, Any]]:
+        """(id, row) of the rows still to score, once the first `skip` rows are checked to be those the output
+        already holds (its last id); the skipped rows are read one by one, never held."""
         rows = enumerate(dataset.read_rows(self.args.input, self.fmt))
-        if self.skip:
+        if skip:
             seen, last = 0, None
-            for item in islice(rows, self.skip):  # skipped one by one: a long prefix is never held in memory
+            for item in islice(rows, skip):
                 seen, last = seen + 1, item
-            if seen < self.skip:
-                raise SystemExit(f"--resume: {self.args.output} holds {self.skip} rows but the input has only "
-                                 f"{seen}: is it the same input?")
+            if seen < skip:
+                raise StopRun(2, f"--resume: {self.args.output} holds {skip} rows but the input has only {seen}: "
+                                 "is it the same input?")
             index, row = last
             expected = dataset.row_id(row, index, self.args.columns)
-            if str(expected) != str(self.last_id):
-                raise SystemExit(f"--resume: the output's last row is id {self.last_id!r} but input row {index} is "
-                                 f"id {expected!r}: is it the same input?")
-        for index, row in rows:
-            yield dataset.row_id(row, index, self.args.columns), row
+            if dataset.id_text(expected) != dataset.id_text(last_id):
+                raise StopRun(2, f"--resume: the output's last row is id {last_id!r} but input row {index} is id "
+                                 f"{expected!r}: is it the same input?")
+        return ((dataset.row_id(row, index, self.args.columns), row) for index, row in rows)
 
-    def requests(self, pending: list) -> Iterator[list]:
-        """The conversations of each row, one request per row; rows without a usable shape are set aside."""
+    def requests(self, keys: deque) -> Iterator[list | RowError]:
+        """Each row's conversations, or the RowError that keeps it from becoming a request; (id, subset) of each
+        goes to `keys` in the same order, to meet its answer."""
         columns = self.args.columns
-        for identifier, row in self.rows():
-            try:
-                conversations = list(dataset.pair(row, columns)) if self.args.pairs else [
-                    dataset.conversation(row, columns)]
-                error = None
-            except RowError as err:
-                conversations, error = [], err
+        for identifier, row in self.remaining:
             subset = row.get(columns.subset) if isinstance(row, dict) else None
-            pending.append((identifier, subset, error))  # the conversations travel with the request only
-            yield conversations
+            keys.append((identifier, None if subset is None else str(subset)))
+            try:
+                yield list(dataset.pair(row, columns)) if self.args.pairs else [dataset.conversation(row, columns)]
+            except RowError as err:
+                yield err
 
     def run(self, client: ArmoRMClient) -> int:
-        pending: list = []  # (id, subset, row error) in request order; drained as answered
-        cursor = 0
-        answers = client.score_stream(self.valid_only(self.requests(pending)), self.args.window)
+        keys: deque = deque()  # (id, subset) of the requests in flight, in order
+        answers = client.score_stream(self.requests(keys), self.args.window)
         try:
-            while True:
-                while cursor < len(pending) and pending[cursor][2] is not None:  # unusable rows: written in order
-                    self.emit(pending[cursor], None)
-                    cursor += 1
-                try:
-                    answer = next(answers)
-                except StopIteration:
-                    break
-                while pending[cursor][2] is not None:  # read while the answer was awaited: still before it
-                    self.emit(pending[cursor], None)
-                    cursor += 1
-                self.emit(pending[cursor], answer)
-                cursor += 1
-                if cursor > 1024:  # keep the bookkeeping list short
-                    del pending[:cursor]
-                    cursor = 0
-            while cursor < len(pending):
-                self.emit(pending[cursor], None)
-                cursor += 1
+            for answer in answers:
+                identifier, subset = keys.popleft()
+                if isinstance(answer, ServerUnavailableError):  # retries spent: stopping beats a file of errors
+                    raise StopRun(SERVER_UNAVAILABLE, f"the server stayed unavailable ({answer})")
+                self.emit(identifier, subset, answer)
         except KeyboardInterrupt:
-            answers.close()
-            self.close()
-            print(f"\narmorm-score: interrupted; {self.skip + self.progress.rows} rows are in "
-                  f"{self.args.output or 'the output'}" + (" (run again with --resume to finish)"
-                                                            if self.args.output else ""), file=sys.stderr)
-            return INTERRUPTED
-        self.close()
+            return self.stopped(answers, StopRun(INTERRUPTED, "interrupted"))
+        except dataset.DatasetError as err:
+            return self.stopped(answers, StopRun(2, str(err)))
+        except StopRun as stop:
+            return self.stopped(answers, stop)
+        finally:
+            self.writer.close()  # whatever ends the run, the output is left whole
         print(f"armorm-score: {self.progress.finish()}" + (f"; resumed after {self.skip} rows" if self.skip else ""),
               file=sys.stderr)
         if self.args.pairs:
@@ -174,37 +178,35 @@ class Run:
                 print(f"wrote {self.args.plot}", file=sys.stderr)
         return 1 if self.failures else 0
 
-    @staticmethod
-    def valid_only(requests: Iterator[list]) -> Iterator[list]:
-        return (conversations for conversations in requests if conversations)
+    def stopped(self, answers: Iterator, stop: StopRun) -> int:
+        answers.close()  # nothing more is sent; answers still in flight are dropped (--resume redoes them)
+        where = self.args.output or "the output"
+        advice = " (run again with --resume to finish)" if self.args.output and stop.status != 2 else ""
+        print(f"\narmorm-score: {stop.reason}; {self.skip + self.progress.rows} rows are in {where}{advice}",
+              file=sys.stderr)
+        return stop.status
 
-    def emit(self, item: tuple, answer: list[ArmoRMScore] | ArmoRMError | None) -> None:
-        identifier, subset, row_error = item
-        error = row_error if row_error is not None else answer if isinstance(answer, ArmoRMError) else None
-        if error is not None:
+    def emit(self, identifier: Any, subset: str | None, answer: list[ArmoRMScore] | Exception) -> None:
+        if isinstance(answer, Exception):
             self.failures += 1
-            self.tally.errors += self.args.pairs
-            record = {"id": identifier, "error": str(error),
-                      "status": getattr(error, "status", None) or "INVALID_ROW"}
+            record = {"id": identifier, "error": str(answer),
+                      "status": getattr(answer, "status", None) or "INVALID_ROW"}
             if self.args.pairs:
+                self.tally.record(subset, answer)
                 record["subset"] = subset
             self.writer.write(record)
             self.progress.update(errors=1)
-            return
-        if self.args.pairs:
+        elif self.args.pairs:
             chosen, rejected = answer
             self.writer.write({"id": identifier, "subset": subset, "chosen_score": chosen.score,
                                "rejected_score": rejected.score, "margin": chosen.score - rejected.score,
-                               "correct": self.tally.add(subset, chosen.score, rejected.score),
+                               "correct": self.tally.record(subset, answer),
                                "chosen_tokens": chosen.num_tokens, "rejected_tokens": rejected.num_tokens})
             self.progress.update(tokens=chosen.num_tokens + rejected.num_tokens)
         else:
             (result,) = answer
             self.writer.write({"id": identifier, **result.to_dict()})
             self.progress.update(tokens=result.num_tokens)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 class TableWriter:
@@ -235,7 +237,15 @@ class TableWriter:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = Run(args)
+    # A plain kill (a Job's end, a timeout) stops the run as Ctrl-C does: the output is left whole.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.input == "-" and sys.stdin.isatty():
+        print("armorm-score: reading JSONL rows from the terminal (end with Ctrl-D)", file=sys.stderr)
+    try:
+        run = Run(args)
+    except StopRun as stop:
+        print(f"armorm-score: {stop.reason}", file=sys.stderr)
+        return stop.status
     with ArmoRMClient(args.url, model=args.model, api_key=args.api_key) as client:
         return run.run(client)
 

@@ -217,14 +217,16 @@ class ArmoRMClient:
                     raise value
         return results
 
-    def score_stream(self, requests: Iterable[Sequence[Conversation]],
-                     window: int = 64) -> Iterator[list[ArmoRMScore] | ArmoRMError]:
+    def score_stream(self, requests: Iterable[Sequence[Conversation] | Exception],
+                     window: int = 64) -> Iterator[list[ArmoRMScore] | Exception]:
         """One request per item (its conversations scored together: rows sharing a prompt compute it once),
         answered in input order as the answers arrive, with at most `window` requests in flight.
 
         Memory stays bounded by the window whatever the length of `requests` (read lazily). A request that
-        fails yields its error (UNAVAILABLE is retried first, as everywhere). Stopping the iteration (break,
-        Ctrl-C) sends nothing more; requests already in flight finish on the server and are dropped.
+        fails yields its error (UNAVAILABLE is retried first, as everywhere); an item that is already an
+        exception (input that could not become a request) is yielded in its place, unsent. Stopping the
+        iteration (break, Ctrl-C) sends nothing more; requests already in flight finish on the server and are
+        dropped.
         """
         policy = self._options.retry
         pending: deque[_Pending] = deque()
@@ -259,9 +261,13 @@ class ArmoRMClient:
         for conversations in requests:
             if len(pending) >= max(1, window):
                 yield pending.popleft().wait()
-            slot = _Pending(list(conversations))
+            if isinstance(conversations, Exception):
+                slot = _Pending([])
+                slot.finish(conversations)
+            else:
+                slot = _Pending(list(conversations))
+                submit(slot, 1)
             pending.append(slot)
-            submit(slot, 1)
         while pending:
             yield pending.popleft().wait()
 
@@ -273,15 +279,15 @@ class _Pending:
 
     def __init__(self, conversations: list[Conversation]) -> None:
         self.conversations = conversations
-        self.value: list[ArmoRMScore] | ArmoRMError | None = None
+        self.value: list[ArmoRMScore] | Exception | None = None
         self._done = threading.Event()
 
-    def finish(self, value: list[ArmoRMScore] | ArmoRMError) -> None:
+    def finish(self, value: list[ArmoRMScore] | Exception) -> None:
         self.value = value
         self.conversations = []  # the request's text is not needed any more: free it now
         self._done.set()
 
-    def wait(self) -> list[ArmoRMScore] | ArmoRMError:
+    def wait(self) -> list[ArmoRMScore] | Exception:
         while not self._done.wait(0.5):  # short waits: Ctrl-C is seen at once
             pass
         return self.value  # type: ignore[return-value]

@@ -15,8 +15,12 @@ from typing import Any, Protocol
 
 from armorm_client.contract import OBJECTIVES
 
-PARQUET_HINT = "Parquet needs pyarrow: pip install 'armorm-client[parquet]'"
+PARQUET_HINT = "Parquet needs pyarrow: from the project root, pip install './client[parquet]'"
 PARQUET_BATCH_ROWS = 1024  # rows per read batch and per written row group: bounds memory for any file size
+
+
+class DatasetError(ValueError):
+    """The input or the output as a whole cannot be used (unreadable, not ours to append to); nothing is sent."""
 
 
 class RowError(ValueError):
@@ -60,28 +64,41 @@ def count_rows(path: str, fmt: str) -> int | None:
 
 
 def read_rows(path: str, fmt: str) -> Iterator[Any]:
-    """The input's rows, one at a time (JSON is read whole: keep it for small files)."""
+    """The input's rows, one at a time (JSON is read whole: keep it for small files). A JSONL line that cannot be
+    read (not UTF-8, not JSON, nested beyond the parser) becomes that row's RowError; the rest still flows."""
     if fmt == "parquet":
         parquet = _pyarrow_parquet()
         for batch in parquet.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
             yield from batch.to_pylist()
         return
-    handle = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    handle = sys.stdin.buffer if path == "-" else open(path, "rb")
     try:
         if fmt == "json":
-            data = json.loads(handle.read() or "[]")
-            single = isinstance(data, list) and data and isinstance(data[0], dict) and "role" in data[0]
+            try:
+                data = json.loads(handle.read() or b"[]")
+            except (ValueError, RecursionError) as err:
+                raise DatasetError(f"{path} is not readable JSON: {err}") from None
+            single = isinstance(data, dict) or (isinstance(data, list) and data and isinstance(data[0], dict)
+                                                and "role" in data[0])
             yield from ([data] if single else data)
             return
         for number, line in enumerate(handle, 1):
             if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield RowError(f"line {number} is not JSON ({err.msg} at column {err.colno})")
+                yield parse_line(line, number)
     finally:
-        if handle is not sys.stdin:
+        if handle is not sys.stdin.buffer:
             handle.close()
+
+
+def parse_line(line: bytes, number: int) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return RowError(f"line {number} is not UTF-8 (byte {err.start})")
+    except json.JSONDecodeError as err:
+        return RowError(f"line {number} is not JSON ({err.msg} at column {err.colno})")
+    except RecursionError:
+        return RowError(f"line {number} is JSON nested too deeply to read")
 
 
 def row_id(row: Any, index: int, columns: Columns) -> Any:
@@ -91,11 +108,16 @@ def row_id(row: Any, index: int, columns: Columns) -> Any:
     return index
 
 
+def id_text(identifier: Any) -> str:
+    """An id as text: strings as they are, anything else as its JSON (what the Parquet id column holds)."""
+    return identifier if isinstance(identifier, str) else json.dumps(identifier, default=str)
+
+
 def _messages(value: Any, what: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise RowError(f"{what} is text that is not a JSON list of messages") from None
     if not isinstance(value, list):
         raise RowError(f"{what} must be a list of {{role, content}} messages")
@@ -156,43 +178,49 @@ def output_format(path: str) -> str:
 
 
 class JsonlWriter:
-    """One JSON object per line, flushed every `flush_every` rows and on close: after Ctrl-C or a crash the file
-    holds whole rows (a torn last line is cut off by `resume_jsonl`)."""
+    """One JSON object per line, flushed every `flush_every` rows: after Ctrl-C or a crash of this process the file
+    holds whole rows but perhaps a torn last line, which `resume_jsonl` cuts off; fsync once, on close."""
 
     def __init__(self, path: str | None, append: bool = False, flush_every: int = 64) -> None:
-        self.handle = sys.stdout if path is None else open(path, "a" if append else "w", encoding="utf-8")
+        # backslashreplace: a lone surrogate (possible in ids and errors) is written as its JSON escape.
+        self.handle = sys.stdout if path is None else open(path, "a" if append else "w", encoding="utf-8",
+                                                            errors="backslashreplace")
         self.flush_every, self.unflushed = flush_every, 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self.unflushed += 1
         if self.unflushed >= self.flush_every:
-            self.flush()
+            self.handle.flush()
+            self.unflushed = 0
 
-    def flush(self) -> None:
+    def close(self) -> None:
         self.handle.flush()
         if self.handle is not sys.stdout:
             os.fsync(self.handle.fileno())
-        self.unflushed = 0
-
-    def close(self) -> None:
-        self.flush()
-        if self.handle is not sys.stdout:
             self.handle.close()
 
 
+# Keys every row armorm-score writes has one of, beside "id": resuming into anything else would overwrite it.
+_ROW_KEYS = ("score", "error", "margin")
+
+
 def resume_jsonl(path: str) -> tuple[int, Any]:
-    """Rows already in a JSONL output (a torn last line is removed) and the id of the last one."""
+    """Rows already in a JSONL output and the id of the last one. Only a torn last line (no newline: the write
+    was interrupted) is cut off; any other line that is not a row of ours stops the resume."""
     done, last_id, keep = 0, None, 0
     with open(path, "rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             if not line.endswith(b"\n"):
                 break
             try:
-                last_id = json.loads(line).get("id")
-            except (json.JSONDecodeError, AttributeError):
-                break
-            done, keep = done + 1, keep + len(line)
+                row = json.loads(line)
+            except (ValueError, RecursionError):
+                row = None
+            if not (isinstance(row, dict) and "id" in row and any(key in row for key in _ROW_KEYS)):
+                raise DatasetError(f"--resume: line {number} of {path} is not a row armorm-score wrote; "
+                                 "refusing to append to it")
+            done, last_id, keep = done + 1, row["id"], keep + len(line)
     if keep != os.path.getsize(path):
         with open(path, "rb+") as handle:
             handle.truncate(keep)
@@ -224,11 +252,21 @@ class ParquetWriter:
         self.writer = parquet.ParquetWriter(self.partial, self.schema)
         self.rows: list[dict[str, Any]] = []
         if keep_existing and Path(path).exists():
-            for batch in parquet.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-                self.writer.write_batch(batch.cast(self.schema))
+            import pyarrow as pa
+
+            existing = parquet.ParquetFile(path)
+            if not existing.schema_arrow.equals(self.schema):
+                self.writer.close()
+                os.remove(self.partial)
+                raise DatasetError(f"--resume: {path} was not written by armorm-score{' --pairs' if pairs else ''} "
+                                 "(its columns differ); refusing to append to it")
+            for batch in existing.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                self.writer.write_table(pa.Table.from_batches([batch]))
 
     def write(self, record: dict[str, Any]) -> None:
-        record = {**record, "id": None if record.get("id") is None else str(record["id"])}
+        identifier = record.get("id")
+        record = {**record, "id": None if identifier is None else id_text(identifier),
+                  "subset": None if record.get("subset") is None else str(record["subset"])}
         self.rows.append(record)
         if len(self.rows) >= PARQUET_BATCH_ROWS:
             self.flush()
@@ -260,5 +298,5 @@ def _pyarrow_parquet() -> Any:
     try:
         import pyarrow.parquet as parquet
     except ImportError as err:  # absent, or built for another numpy major version
-        raise SystemExit(f"{PARQUET_HINT} ({err})") from None
+        raise DatasetError(f"{PARQUET_HINT} ({err})") from None
     return parquet

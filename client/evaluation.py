@@ -13,9 +13,13 @@ way RewardBench computes them (allenai/reward-bench: `run_rm.py`, `rewardbench/c
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from armorm_client.result import ArmoRMScore
+
+# RewardBench's constants.py as published: xstest-should-refuse 250 and xstest-should-respond 154 is how its
+# leaderboard weighs them (the data's own row counts are the other way round); kept as RewardBench has them.
 EXAMPLE_COUNTS = {
     "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28,
     "mt-bench-med": 40, "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100,
@@ -44,8 +48,10 @@ def correct(chosen: float, rejected: float) -> int:
 
 @dataclass
 class PairTally:
-    """Running counts per subset; errors (pairs the server refused) are counted apart, not as wrong."""
+    """Running counts per subset; errors (pairs the server refused) are counted apart, not as wrong. The scores
+    themselves are kept only for a plot (`keep_scores`), so that a long run's memory stays flat."""
 
+    keep_scores: bool = False
     right: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     total: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     errors: int = 0
@@ -57,9 +63,18 @@ class PairTally:
         key = subset or NO_SUBSET
         self.right[key] += result
         self.total[key] += 1
-        self.chosen_scores.append(chosen)
-        self.rejected_scores.append(rejected)
+        if self.keep_scores:
+            self.chosen_scores.append(chosen)
+            self.rejected_scores.append(rejected)
         return result
+
+    def record(self, subset: str | None, answer: Sequence[ArmoRMScore] | Exception) -> int | None:
+        """One pair's answer from the server, (chosen, rejected) or the error it got: its verdict, or None."""
+        if isinstance(answer, Exception):
+            self.errors += 1
+            return None
+        chosen, rejected = answer
+        return self.add(subset, chosen.score, rejected.score)
 
     @property
     def pairs(self) -> int:
@@ -83,14 +98,21 @@ def section_scores(subset_accuracy: Mapping[str, float]) -> dict[str, float]:
     prior = [subset_accuracy[s] for s in PRIOR_SETS if s in subset_accuracy]
     if prior:
         sections["Prior Sets"] = 100 * sum(prior) / len(prior)
-    core = [sections[s] for s in SECTIONS if s in sections]
-    if len(core) == len(SECTIONS):
-        if "Prior Sets" in sections:
-            sections["Score"] = (sum(core) + PRIOR_SETS_WEIGHT * sections["Prior Sets"]) / (
-                len(core) + PRIOR_SETS_WEIGHT)
-        else:
-            sections["Score"] = sum(core) / len(core)
+    score = overall_score(sections)
+    if score is not None:
+        sections["Score"] = score
     return sections
+
+
+def overall_score(sections: Mapping[str, float]) -> float | None:
+    """The leaderboard's Score: the four sections' mean, Prior Sets at half weight when present; None unless all
+    four sections are there."""
+    if not all(section in sections for section in SECTIONS):
+        return None
+    core = sum(sections[section] for section in SECTIONS)
+    if "Prior Sets" in sections:
+        return (core + PRIOR_SETS_WEIGHT * sections["Prior Sets"]) / (len(SECTIONS) + PRIOR_SETS_WEIGHT)
+    return core / len(SECTIONS)
 
 
 def is_rewardbench(subsets: Iterable[str]) -> bool:
@@ -100,15 +122,18 @@ def is_rewardbench(subsets: Iterable[str]) -> bool:
 
 def report(tally: PairTally) -> list[str]:
     """The summary lines printed after a pairs run."""
-    lines = [f"pairs: {tally.pairs} scored, accuracy {100 * tally.accuracy():.2f}% (ties count as wrong)"
-             + (f", {tally.errors} refused by the server" if tally.errors else "")]
+    refused = f", {tally.errors} refused by the server and left out" if tally.errors else ""
+    if not tally.pairs:
+        return [f"pairs: none scored{refused}"]
+    lines = [f"pairs: {tally.pairs} scored, accuracy {100 * tally.accuracy():.2f}% (ties count as wrong){refused}"]
     subsets = tally.by_subset()
     if len(subsets) > 1 or NO_SUBSET not in subsets:
         width = max(len(s) for s in subsets)
         lines += [f"  {s:<{width}}  {100 * a:6.2f}%  ({tally.right[s]}/{tally.total[s]})" for s, a in subsets.items()]
     if is_rewardbench(subsets):
         sections = section_scores(subsets)
-        lines.append("RewardBench: " + ", ".join(f"{name} {value:.1f}" for name, value in sections.items()))
+        lines.append("RewardBench: " + ", ".join(f"{name} {value:.1f}" for name, value in sections.items())
+                     + (f" ({tally.errors} refused pairs left out)" if tally.errors else ""))
     return lines
 
 
@@ -120,7 +145,7 @@ def plot(tally: PairTally, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'armorm-client[plot]'") from None
+        raise SystemExit("--plot needs matplotlib: from the project root, pip install './client[plot]'") from None
     subsets = tally.by_subset()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, max(4, 0.3 * len(subsets) + 2)))
     bins = 40

@@ -5,12 +5,11 @@ and stop the server."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from armorm.launcher.serve_process import ServeProcess
-from armorm_client import ArmoRMClient, ArmoRMError, dataset, evaluation
+from armorm_client import ArmoRMClient, dataset, evaluation
 from armorm_client.samples import MODEL_CARD_PROMPT, SAMPLE_PAIRS, model_card_conversations
 
 
@@ -43,15 +42,11 @@ def main() -> int:
 
 def evaluate_sample_pairs(client: ArmoRMClient) -> str:
     """The bundled pairs, each (chosen, rejected) in one request, tallied as armorm-score --pairs does."""
-    rows = [json.loads(line) for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()]
+    columns = dataset.Columns()
+    rows = list(dataset.read_rows(str(SAMPLE_PAIRS), "jsonl"))
     tally = evaluation.PairTally()
-    answers = client.score_stream(dataset.pair(row, dataset.Columns()) for row in rows)
-    for row, answer in zip(rows, answers):
-        if isinstance(answer, ArmoRMError):
-            tally.errors += 1
-            continue
-        chosen, rejected = answer
-        tally.add(row.get("subset"), chosen.score, rejected.score)
+    for row, answer in zip(rows, client.score_stream(dataset.pair(row, columns) for row in rows)):
+        tally.record(row.get(columns.subset), answer)
     return evaluation.report(tally)[0]
 
 

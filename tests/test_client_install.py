@@ -4,7 +4,6 @@ torch, no server package) and scores against the live server exactly as the refe
 import json
 import shutil
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -47,4 +46,3 @@ def test_a_client_only_environment_scores_against_the_server(server, reference, 
     assert answer["modules"] == []
     for served, messages in zip(answer["scores"], conversations):
         assert abs(served - reference.score(messages).score) <= SCORE_ATOL
-    assert sys.executable != str(python)

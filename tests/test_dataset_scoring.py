@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from armorm_client import evaluation
 from armorm_client.samples import SAMPLE_PAIRS
 from tests.conversations import varied_conversations
 
@@ -100,6 +101,44 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(server, tmp_path):
     assert again.returncode == 0 and len(read_jsonl(partial)) == 4000
 
 
+def test_sigterm_leaves_a_whole_parquet_file_that_resumes(server, tmp_path):
+    import pyarrow.parquet as pq
+
+    source = write_jsonl(tmp_path / "in.jsonl", short_rows(3000))
+    output = tmp_path / "out.parquet"
+    process = subprocess.Popen(score_command(server, source, "-o", output, "--window", "8"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # some row groups written to out.parquet.partial
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    done = pq.read_table(output).num_rows  # a whole file: footer written, renamed into place
+    assert 0 < done < 3000
+    resumed = run(server, source, "-o", output, "--resume")
+    assert resumed.returncode == 0 and f"resumed after {done} rows" in resumed.stderr, resumed.stderr
+    assert pq.read_table(output).column("id").to_pylist() == [f"r{i}" for i in range(3000)]
+
+
+def test_a_server_that_stays_unavailable_stops_the_run_resumably(tmp_path):
+    from armorm.launcher.triton_process import free_port
+
+    source = write_jsonl(tmp_path / "in.jsonl", short_rows(5))
+    output = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, "-m", "armorm_client", str(source), "--url", f"127.0.0.1:{free_port()}",
+                           "-o", str(output), "--progress", "off"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "the server stayed unavailable" in done.stderr and "--resume" in done.stderr
+    assert output.read_text() == "", "no row is written as an error: --resume scores them all later"
+
+
+def test_the_output_may_not_be_the_input(server, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", short_rows(3))
+    before = source.read_text()
+    done = run(server, source, "-o", source)
+    assert done.returncode == 2 and "--output is the input file" in done.stderr
+    assert source.read_text() == before
+
+
 def test_resume_refuses_an_output_of_another_input(server, tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", short_rows(5))
     output = write_jsonl(tmp_path / "out.jsonl", [{"id": "other", "score": 0.0}])
@@ -174,7 +213,18 @@ def test_pairs_accuracy_equals_a_hand_count_from_reference_scores(server, tmp_pa
     assert all(abs(m) > 1e-3 or m == 0 for m in reference_margins), "a near-tie would make the count ambiguous"
     accuracy = 100 * right / len(rows)
     assert f"pairs: {len(rows)} scored, accuracy {accuracy:.2f}%" in done.stdout
-    assert "RewardBench: Chat " in done.stdout
+    subsets: dict[str, list[int]] = {}
+    for row in rows:
+        subsets.setdefault(row["subset"], []).append(row["correct"])
+    sections = evaluation.section_scores({name: sum(c) / len(c) for name, c in subsets.items()})
+    chat = [s for s in ("alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med")
+            if s in subsets]
+    by_hand = 100 * sum(sum(subsets[s]) / len(subsets[s]) * evaluation.EXAMPLE_COUNTS[s] for s in chat) / sum(
+        evaluation.EXAMPLE_COUNTS[s] for s in chat)
+    assert sections["Chat"] == pytest.approx(by_hand)
+    printed = next(line for line in done.stdout.splitlines() if line.startswith("RewardBench: "))
+    assert printed == "RewardBench: " + ", ".join(f"{name} {value:.1f}" for name, value in sections.items())
+    assert "Score" in sections, "the sample covers every section"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

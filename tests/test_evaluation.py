@@ -48,9 +48,28 @@ def test_section_scores_match_a_hand_computation():
 
 def test_the_model_cards_table_adds_up_to_its_score():
     """ArmoRM's card: Chat 96.9, Chat Hard 76.8, Safety 92.2, Reasoning 97.3, Prior Sets 74.3 → Score 89.0."""
-    card = {"Chat": 96.9, "Chat Hard": 76.8, "Safety": 92.2, "Reasoning": 97.3}
-    score = (sum(card.values()) + evaluation.PRIOR_SETS_WEIGHT * 74.3) / (len(card) + evaluation.PRIOR_SETS_WEIGHT)
-    assert round(score, 1) == 89.0
+    card = {"Chat": 96.9, "Chat Hard": 76.8, "Safety": 92.2, "Reasoning": 97.3, "Prior Sets": 74.3}
+    assert round(evaluation.overall_score(card), 1) == 89.0
+    without_prior = {name: value for name, value in card.items() if name != "Prior Sets"}
+    assert evaluation.overall_score(without_prior) == pytest.approx((96.9 + 76.8 + 92.2 + 97.3) / 4)
+    assert evaluation.overall_score({"Chat": 96.9}) is None
+
+
+def test_refused_pairs_are_left_out_and_said_so():
+    from armorm_client import InvalidConversationError
+
+    tally = evaluation.PairTally()
+    assert tally.record("shp", InvalidConversationError("bad")) is None
+    assert evaluation.report(tally) == ["pairs: none scored, 1 refused by the server and left out"]
+    assert tally.chosen_scores == [], "scores are kept only for a plot"
+
+
+def test_rewardbench_weights_are_rewardbenchs_own():
+    """As published in reward-bench's constants.py (the xstest counts are swapped there on purpose: keep them)."""
+    assert evaluation.EXAMPLE_COUNTS["math-prm"] == 984
+    assert (evaluation.EXAMPLE_COUNTS["xstest-should-refuse"], evaluation.EXAMPLE_COUNTS["xstest-should-respond"]) \
+        == (250, 154)
+    assert sum(len(subsets) for subsets in evaluation.SECTIONS.values()) == len(evaluation.EXAMPLE_COUNTS) == 23
 
 
 def test_without_every_section_there_is_no_overall_score():
@@ -83,6 +102,25 @@ def test_a_torn_jsonl_output_resumes_after_its_last_whole_row(tmp_path):
     output.write_text('{"id": 0, "score": 1}\n{"id": "b", "score": 2}\n{"id": 2, "sco')
     assert dataset.resume_jsonl(str(output)) == (2, "b")
     assert output.read_text().endswith('"score": 2}\n'), "the torn line is cut off"
+
+
+@pytest.mark.parametrize("content", ['[\n  {"role": "user"}\n]\n', '{"id": 0, "score": 1}\nnot json\n{"id": 2}\n',
+                                     '{"name": "someone else\'s data"}\n'])
+def test_resume_refuses_a_file_it_did_not_write_and_leaves_it_alone(tmp_path, content):
+    output = tmp_path / "out.jsonl"
+    output.write_text(content)
+    with pytest.raises(dataset.DatasetError, match="not a row armorm-score wrote"):
+        dataset.resume_jsonl(str(output))
+    assert output.read_text() == content, "nothing cut"
+
+
+def test_unreadable_lines_become_their_rows_errors(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"id": 1}\n\xff\xfe not utf-8\n' + b"[" * 100_000 + b"\n[1]\n")
+    rows = list(dataset.read_rows(str(source), "jsonl"))
+    assert rows[0] == {"id": 1} and rows[3] == [1]
+    assert isinstance(rows[1], RowError) and "line 2 is not UTF-8" in str(rows[1])
+    assert isinstance(rows[2], RowError) and "line 3" in str(rows[2])
 
 
 def test_progress_line_on_a_terminal_and_silence_elsewhere():
