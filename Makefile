@@ -77,8 +77,7 @@ demo: install checkpoint ## export the default checkpoint, serve it, score the m
 	$(BIN)/armorm-export $(DEFAULT_MODEL) build/demo-repository
 	$(BIN)/python scripts/demo.py build/demo-repository --random-weights
 
-test: install system-deps tools ## lint, the full test suite (real tritonserver on loopback), the device rehearsal
-	$(BIN)/ruff check armorm export client model_repository tests scripts
+test: install system-deps tools lint ## lint, the full test suite (real tritonserver on loopback), the device rehearsal
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 	$(MAKE) device-rehearsal
 

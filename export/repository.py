@@ -5,6 +5,7 @@ objective names)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,17 @@ from armorm_export import native_backbone, onnx_backbone, tensorrt_plan
 from armorm_export.parity import check_runtime
 from armorm_export.progress import say, step
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+# The hand-written model folders: the source tree's, or those named by ARMORM_TEMPLATES (an installed package has
+# no source tree; the image sets it to its copy).
+TEMPLATES = Path(os.environ.get("ARMORM_TEMPLATES") or Path(__file__).resolve().parent.parent / "model_repository")
+
+
+def templates_dir() -> Path:
+    """TEMPLATES, checked before any heavy work: a missing copy would otherwise fail after loading the checkpoint."""
+    if not (TEMPLATES / contract.ENSEMBLE.name / "config.pbtxt").is_file():
+        raise ValueError(f"the model templates are not at {TEMPLATES}: run from the source tree, or set "
+                         "ARMORM_TEMPLATES to its model_repository folder")
+    return TEMPLATES
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
@@ -109,6 +120,7 @@ def set_parameter(config: model_config_pb2.ModelConfig, key: str, value: str) ->
 
 def export_repository(checkpoint_name: str | Path, output: Path, options: ExportOptions = ExportOptions()) -> Path:
     output = Path(output)
+    templates_dir()
     if output.resolve() == TEMPLATES.resolve():
         raise ValueError(f"{output} holds the templates; export into another folder (e.g. build/repository)")
     with step(f"loading checkpoint {checkpoint_name}"):

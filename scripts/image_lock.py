@@ -1,5 +1,9 @@
-"""Resolve the serving image's dependencies for its base (Python and platform), without that base or a download
-of the wheels: `pip install --dry-run --report` reads only the wheels' metadata.
+"""Resolve the serving image's dependencies for its base, without that base or a download of the wheels:
+`pip install --dry-run --report` reads only the wheels' metadata.
+
+pip evaluates dependency markers (`python_version >= "3.12"`, platform) against the interpreter that runs it,
+whatever --python-version says, so the resolution runs under a Python of the base's version on Linux x86_64:
+$ARMORM_LOCK_PYTHON, else python3.12 on PATH, else a pyenv 3.12.
 
     python scripts/image_lock.py                 # writes docker/requirements.lock from docker/requirements.in
     python scripts/image_lock.py --check         # resolves the lock itself and says what differs
@@ -8,8 +12,12 @@ of the wheels: `pip install --dry-run --report` reads only the wheels' metadata.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
+import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,9 +29,24 @@ LOCK = ROOT / "docker" / "requirements.lock"
 # The base image (docker/Dockerfile) and what it runs on.
 BASE_IMAGE = "nvcr.io/nvidia/tritonserver:25.04-py3"
 PYTHON_VERSION = "3.12"
-# glibc 2.39 (Ubuntu 24.04) runs every manylinux tag up to 2_39; these are the ones the wheels use.
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux_2_34_x86_64", "manylinux_2_35_x86_64")
+
+
+class NoTargetPython(RuntimeError):
+    """No interpreter of the base image's Python version here: the markers could not be evaluated for it."""
+
+
+def target_python() -> str:
+    """An interpreter of PYTHON_VERSION on Linux x86_64, to run pip under."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        raise NoTargetPython(f"the image is linux/x86_64; this is {sys.platform}/{platform.machine()}")
+    candidates = [os.environ.get("ARMORM_LOCK_PYTHON"), shutil.which(f"python{PYTHON_VERSION}"),
+                  *sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{PYTHON_VERSION}.*/bin/python3")))]
+    for candidate in filter(None, candidates):
+        done = subprocess.run([candidate, "-c", "import sys, pip; print('%d.%d' % sys.version_info[:2])"],
+                              capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() == PYTHON_VERSION:
+            return candidate
+    raise NoTargetPython(f"no Python {PYTHON_VERSION} with pip here: set ARMORM_LOCK_PYTHON to one")
 
 
 def canonical(name: str) -> str:
@@ -34,11 +57,9 @@ def resolve(requirements: Path, timeout: float = 600.0) -> dict[str, str]:
     """{package: version} that pip would install from `requirements` on the base image's Python and platform."""
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "report.json"
-        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                   "--report", str(report), "--python-version", PYTHON_VERSION, "--only-binary=:all:",
+        command = [target_python(), "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                   "--disable-pip-version-check", "--report", str(report), "--only-binary=:all:",
                    "-r", str(requirements)]
-        for platform in PLATFORMS:
-            command += ["--platform", platform]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(f"pip could not resolve {requirements.name}:\n{done.stderr[-3000:]}")

@@ -113,3 +113,15 @@ def test_every_export_choice_names_a_registered_runtime():
     from armorm_export.repository import BACKBONES
 
     assert {b.runtime for b in BACKBONES.values()} <= set(RUNTIMES)
+
+
+def test_export_says_where_the_templates_are_before_loading_anything(tmp_path, monkeypatch):
+    """An installed package has no source tree: without ARMORM_TEMPLATES the export must stop at once, not after
+    downloading and loading a 16 GB checkpoint (a checkpoint that does not exist proves the order)."""
+    import pytest
+
+    from armorm_export import repository
+
+    monkeypatch.setattr(repository, "TEMPLATES", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="set ARMORM_TEMPLATES"):
+        repository.export_repository("no-such/checkpoint", tmp_path / "out")

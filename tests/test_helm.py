@@ -127,8 +127,8 @@ def test_default_render_is_valid_and_production_shaped():
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     # Shutdown: preStop (endpoints update) + drain + Triton's exit fit in the grace period.
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-    drain = float(argument(container, "--drain-timeout"))
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 30 and pre_stop >= 5
+    drain, triton_exit = float(argument(container, "--drain-timeout")), float(argument(container, "--exit-timeout"))
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + triton_exit and pre_stop >= 5
     # Rollout on a full GPU pool: never a surge pod that waits for a GPU.
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -143,16 +143,17 @@ def test_default_render_is_valid_and_production_shaped():
 
 def test_memory_limit_holds_the_shared_memory_it_is_charged_for():
     """/dev/shm is a memory-backed emptyDir: its pages count against the container's memory limit."""
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    container = server_container(render())
+    pod = one(render(), "Deployment")["spec"]["template"]["spec"]
     gib = {"Gi": 1, "Mi": 1 / 1024}
 
     def size(text: str) -> float:
         return float(text[:-2]) * gib[text[-2:]]
 
-    assert size(values["resources"]["limits"]["memory"]) >= size(values["resources"]["requests"]["memory"])
-    assert size(values["resources"]["limits"]["memory"]) - size(values["shmSize"]) >= 8, \
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["sizeLimit"]
+    assert size(container["resources"]["limits"]["memory"]) >= size(container["resources"]["requests"]["memory"])
+    assert size(container["resources"]["limits"]["memory"]) - size(shm) >= 8, \
         "the processes need ~6 GiB beside a full /dev/shm"
-    assert "charged" in (CHART / "values.yaml").read_text(), "values.yaml states the memory arithmetic"
 
 
 def test_grpc_clients_can_reach_every_replica():
@@ -203,6 +204,11 @@ def test_network_policy_opens_only_the_ports_the_server_has():
     assert metrics_rule["from"][0]["namespaceSelector"], "metrics only from the monitoring namespace"
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert all(p["port"] == 53 for rule in policy["spec"]["egress"] for p in rule["ports"]), "egress: DNS only"
+
+
+def test_an_unknown_autoscaling_provider_is_refused():
+    refused = render("autoscaling.enabled=true", "autoscaling.provider=Keda", expect_failure=True)[0]["error"]
+    assert "autoscaling.provider must be prometheus-adapter or keda" in refused
 
 
 def test_prometheus_adapter_rule_serves_the_hpa_metric_per_pod_without_nan():
@@ -267,8 +273,11 @@ def test_export_job_fills_the_claim_the_servers_mount():
     assert any(e["name"] == "HF_TOKEN" and "valueFrom" in e for e in export["env"])
     assert job_pod["automountServiceAccountToken"] is False
     assert export["securityContext"]["allowPrivilegeEscalation"] is False
-    other = render("export.enabled=true", "export.checkpoint=/volume/other")
-    assert one(other, "Job")["metadata"]["name"] != job["metadata"]["name"], "a new checkpoint is a new export"
+    for change in ("export.checkpoint=/volume/other", "image.tag=0.1.1", "tolerations=null"):
+        other = render("export.enabled=true", "export.hfTokenSecret=hf", change)
+        assert one(other, "Job")["metadata"]["name"] != job["metadata"]["name"], f"{change}: a Job cannot change"
+    staging = next(e["value"] for e in export["env"] if e["name"] == "EXPORT_HASH")
+    assert job["metadata"]["name"].endswith(staging), "the staging folder is named like the Job: retries reuse it"
     refused = render("export.enabled=true", "modelRepository.source=hostPath", expect_failure=True)[0]["error"]
     assert "export.enabled writes into the PVC" in refused
     host = render("modelRepository.source=hostPath")
@@ -324,6 +333,10 @@ def test_dashboard_ships_as_a_configmap_for_the_grafana_sidecar():
     assert dashboard == json.loads(DASHBOARD.read_text())
     titles = " | ".join(panel["title"].lower() for panel in dashboard["panels"])
     assert all(topic in titles for topic in PANEL_TOPICS), titles
-    assert "armorm_backbone_saved_tokens_total" in dashboard_metrics(dashboard)
+    plotted = dashboard_metrics(dashboard)
+    assert "armorm_backbone_saved_tokens_total" in plotted
+    declared = (ROOT / "armorm" / "serving" / "metrics.py").read_text() + (ROOT / "armorm" / "gateway" /
+                                                                           "stats.py").read_text()
+    assert all(name.startswith("nv_") or f'"{name}"' in declared for name in plotted), "ours are declared in code"
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
     assert all(target["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] for target in p["targets"])

@@ -48,6 +48,10 @@ def test_the_image_is_code_only_on_the_base_image_as_it_is():
     assert "--no-deps" in order[lock_install], "the lock is complete: nothing may be resolved at build time"
     entrypoint = dict(steps)["ENTRYPOINT"]
     assert '"/models"' in entrypoint and "--max-restarts" in entrypoint
+    # An installed package has no source tree: the export's templates come from the copy the image keeps.
+    assert ("WORKDIR", "/opt/armorm") in steps and ("COPY", "model_repository ./model_repository") in steps
+    environment = " ".join(arguments for instruction, arguments in steps if instruction == "ENV")
+    assert "ARMORM_TEMPLATES=/opt/armorm/model_repository" in environment.split()
 
 
 def test_the_lock_satisfies_requirements_in_and_pyproject():
@@ -67,13 +71,18 @@ def test_the_lock_satisfies_requirements_in_and_pyproject():
 
 @pytest.mark.timeout(900)
 def test_the_lock_resolves_for_the_base_image_to_cuda_12_and_numpy_1():
-    """pip, asked for Python 3.12 on manylinux x86_64 wheels only, installs exactly the lock: no package missing,
-    none unpinned, and the CUDA stack is the base's major version (12)."""
+    """pip under Python 3.12 (markers are evaluated for the base's Python: torch needs setuptools there, and not
+    on 3.11), wheels only, installs exactly the lock: no package missing, none unpinned, and the CUDA stack is the
+    base's major version (12)."""
+    try:
+        image_lock.target_python()
+    except image_lock.NoTargetPython as err:
+        pytest.skip(str(err))
     resolved = image_lock.resolve(image_lock.LOCK)
     pinned = image_lock.read_lock()
     assert resolved == pinned, {n: (pinned.get(n), resolved.get(n)) for n in set(resolved) | set(pinned)
                                 if pinned.get(n) != resolved.get(n)}
-    assert resolved["torch"] == "2.10.0"
+    assert resolved["torch"] == "2.10.0" and "setuptools" in resolved, "torch on Python 3.12 needs setuptools"
     nvidia = sorted(name for name in resolved if name.startswith("nvidia-"))
     assert "nvidia-cuda-runtime-cu12" in nvidia and "nvidia-cudnn-cu12" in nvidia
     assert all(name.endswith("-cu12") for name in nvidia), f"a CUDA 13 library slipped in: {nvidia}"
