@@ -76,8 +76,11 @@ def module() -> ModuleType:
 
 
 def load_model(repository: Path, model_name: str, monkeypatch) -> object:
-    """Import <repository>/<model>/1/model.py against the fake module and call initialize() as Triton does."""
+    """Import <repository>/<model>/1/model.py against the fake module and call initialize() as Triton does.
+    Each model starts with an empty log and no metrics, as a fresh stub process would."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", module())
+    Logger.messages.clear()
+    MetricFamily.families.clear()
     path = repository / model_name / "1" / "model.py"
     spec = importlib.util.spec_from_file_location(f"served_{model_name}", path)
     loaded = importlib.util.module_from_spec(spec)

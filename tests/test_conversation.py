@@ -108,7 +108,8 @@ def test_limits_on_bytes_turns_and_tokens(tokenizer):
 def test_tokenize_requests_fails_only_the_bad_request(tokenizer):
     good = json.dumps(chat(("user", "Hi"), ("assistant", "Hello"))).encode()
     longer = json.dumps(chat(("user", "Hi there, how are you?"), ("assistant", "Fine, thanks"))).encode()
-    results = tokenize_requests(tokenizer, [[good], [b"[1]"], [good, longer], [b"{}"]])
+    results, truncated = tokenize_requests(tokenizer, [[good], [b"[1]"], [good, longer], [b"{}"]])
+    assert truncated == 0
     assert isinstance(results[1], ConversationError) and isinstance(results[3], ConversationError)
     single, pair = results[0], results[2]
     assert single["input_ids"].shape == (1, single["num_tokens"][0, 0])
@@ -138,7 +139,7 @@ def test_special_tokens_in_content_move_positions_unless_rejected(tiny_checkpoin
 def test_a_bad_row_is_named_in_a_multi_row_request(tokenizer):
     good = json.dumps(chat(("user", "Hi"), ("assistant", "Hello"))).encode()
     long = json.dumps(chat(("user", "word " * 300), ("assistant", "ok"))).encode()
-    parsed, tokenized, alone = tokenize_requests(tokenizer, [[good, good, b"[]"], [good, long], [b"[]"]])
+    (parsed, tokenized, alone), _ = tokenize_requests(tokenizer, [[good, good, b"[]"], [good, long], [b"[]"]])
     assert str(parsed).startswith("row 2 of 3: messages is an empty list") and parsed.reason == "schema"
     assert str(tokenized).startswith("row 1 of 2: the conversation is") and tokenized.reason == "too_long"
     assert str(alone).startswith("messages is an empty list"), "a single row needs no row number"
@@ -160,7 +161,8 @@ def test_opt_in_truncation_keeps_the_start_like_the_card_pipeline(tiny_checkpoin
     assert full.truncated_from is None
     with pytest.raises(ConversationError, match=r"tokens long; the limit is 120"):  # the default still refuses
         ConversationTokenizer(hf, InputLimits(max_tokens=limit)).tokenize(messages)
-    with pytest.raises(ConversationError, match=r"the prompt alone is \d+ tokens long; the limit is 120") as err:
+    too_long_prompt = r"the prompt ends at token \d+ \(its last assistant header\), past the limit of 120"
+    with pytest.raises(ConversationError, match=too_long_prompt) as err:
         ConversationTokenizer(hf, InputLimits(max_tokens=limit, truncate=True)).tokenize(
             chat(("user", "word " * 300), ("assistant", "ok")))
     assert err.value.reason == "too_long"

@@ -29,15 +29,18 @@ def test_regression_model_fails_only_the_malformed_request(exported_repository, 
         np.testing.assert_allclose(response.output("rewards"), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_transform_model_outputs_score_column_and_coefficients(exported_repository, monkeypatch):
+def test_transform_model_outputs_score_column_and_coefficients(exported_repository, tiny_checkpoint, monkeypatch):
     model = fake_pb.load_model(exported_repository, "armorm_transform", monkeypatch)
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    weights = heads.HeadWeights.from_state_dict(checkpoint.state, checkpoint.config)
     rewards = np.random.default_rng(0).standard_normal((2, 19)).astype(np.float32)
-    gating = np.full((2, 19), 0.1, np.float32)
+    gating = np.random.default_rng(1).dirichlet(np.ones(19), 2).astype(np.float32)
     num_tokens = np.array([[3], [4]], np.int64)
     (response,) = model.execute([fake_pb.request(rewards=rewards, gating=gating, num_tokens=num_tokens)])
     assert response.output("score").shape == (2, 1) and response.output("coefficients").shape == (2, 19)
-    np.testing.assert_allclose(response.output("score")[:, 0],
-                               (rewards * response.output("coefficients")).sum(-1), atol=1e-5)
+    score, coefficients = heads.transform(torch.from_numpy(rewards), torch.from_numpy(gating), weights.transform)
+    np.testing.assert_allclose(response.output("score")[:, 0], score.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(response.output("coefficients"), coefficients.numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_tokenizer_model_answers_each_request(exported_repository, monkeypatch):
@@ -67,6 +70,11 @@ def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monk
     assert not responses[0].has_error() and responses[0].output("reward_hidden").shape == (1, 64)
     assert "input_ids must lie in [0, 128257)" in responses[1].error().message()
     assert "must lie in [0, 13)" in responses[2].error().message()
+    long = np.full((1, model.max_tokens + 1), 13347)
+    long[0, : good.shape[1]] = good[0]
+    (refused,) = model.execute([fake_pb.request(input_ids=long, gate_position=np.array([[6]]),
+                                                reward_position=np.array([[model.max_tokens]]))])
+    assert f"takes at most {model.max_tokens} tokens" in refused.error().message()
 
 
 def test_a_request_that_breaks_the_batched_tokenizer_fails_alone(exported_repository, monkeypatch):
@@ -107,7 +115,10 @@ def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exporte
 
     model = fake_pb.load_model(exported_repository, "armorm_regression", monkeypatch)
 
+    calls = []
+
     def broken(inputs):
+        calls.append(len(inputs["reward_hidden"]))
         raise RuntimeError("simulated device failure")
 
     monkeypatch.setattr(model, "compute", broken)
@@ -118,7 +129,7 @@ def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exporte
     codes = [r.error().code() for r in responses]
     assert codes == [fake_pb.TritonError.INTERNAL, fake_pb.TritonError.INVALID_ARG, fake_pb.TritonError.INTERNAL]
     assert "RuntimeError" in responses[0].error().message()
-    assert sum("RuntimeError" in m for m in fake_pb.Logger.messages) >= 3, "the batch failure and each retry logged"
+    assert calls == [4, 2, 2], "the valid rows together once, then each valid request alone"
     # Only the two valid requests count: INVALID_ARGUMENT answers a direct caller, never the ensemble.
     assert fake_pb.MetricFamily.families[metrics.ABORTED].values[(("model", "armorm_regression"),)] == 2
 

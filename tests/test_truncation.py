@@ -50,6 +50,7 @@ def test_a_long_conversation_is_scored_like_the_card_pipeline_truncates_it(trunc
 
 def test_a_prompt_over_the_limit_is_still_refused(truncating_server):
     with ArmoRMClient(truncating_server.grpc_url) as truncating:
-        with pytest.raises(InvalidConversationError, match=r"the prompt alone is \d+ tokens long"):
+        with pytest.raises(InvalidConversationError,
+                           match=r"the prompt ends at token \d+ \(its last assistant header\), past the limit"):
             truncating.score(long_conversation("tell me " * 1500))
         assert truncating.score(varied_conversations()[1]).num_tokens > 0

@@ -21,10 +21,6 @@ ROLES = ("system", "user", "assistant")
 GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
-# Key of tokenize_requests' results that counts the rows cut to max_tokens (not an output tensor).
-TRUNCATED_ROWS = "truncated_rows"
-
-
 class ConversationError(ValueError):
     """A request that cannot be scored; the message tells the caller what to fix.
 
@@ -222,8 +218,9 @@ class ConversationTokenizer:
             prompt_end = gate + len(self.gate_pattern)
             if prompt_end > limit:  # the card's pipeline would read the gate at an earlier turn, or fail
                 return ConversationError(
-                    f"the prompt alone is {prompt_end} tokens long; the limit is {limit} tokens and truncation keeps "
-                    "only the start of the response, never of the prompt (shorten the prompt)", "too_long")
+                    f"the prompt ends at token {prompt_end} (its last assistant header), past the limit of {limit} "
+                    "tokens: truncation keeps only the start of the response, never cuts the prompt (shorten the "
+                    "prompt)", "too_long")
             truncated_from, input_ids = len(ids), input_ids[:limit]
         return TokenizedConversation(input_ids, gate, find_reward_position(input_ids, self.pad_token_id),
                                      truncated_from)
@@ -246,8 +243,9 @@ def parse_row(raw: bytes, limits: InputLimits, row: int, rows: int) -> list[dict
 
 def tokenize_requests(
     tokenizer: ConversationTokenizer, requests: Sequence[Sequence[bytes]]
-) -> list[dict[str, np.ndarray] | ConversationError]:
-    """Each request's raw `messages` rows → its tokenizer outputs, or the error that fails it alone.
+) -> tuple[list[dict[str, np.ndarray] | ConversationError], int]:
+    """Each request's raw `messages` rows → its tokenizer outputs, or the error that fails it alone; and how many
+    conversations were truncated to max_tokens (truncate=True).
 
     All valid conversations of the dynamic batch are tokenized in one call. A request with several
     rows gets its rows right-padded with the pad token to a common length (positions stay exact).
@@ -261,6 +259,7 @@ def tokenize_requests(
     flat = [messages for item in parsed if not isinstance(item, ConversationError) for messages in item]
     tokenized = iter(tokenizer.tokenize_batch(flat))
     results: list[dict[str, np.ndarray] | ConversationError] = []
+    truncated = 0
     for item in parsed:
         if isinstance(item, ConversationError):
             results.append(item)
@@ -279,7 +278,6 @@ def tokenize_requests(
             GATE_POSITION.name: np.array([[c.gate_position] for c in conversations], dtype=np.int64),
             REWARD_POSITION.name: np.array([[c.reward_position] for c in conversations], dtype=np.int64),
             NUM_TOKENS.name: np.array([[c.num_tokens] for c in conversations], dtype=np.int64),
-            # Not an output tensor: the tokenizer step pops it for its metric.
-            TRUNCATED_ROWS: sum(c.truncated_from is not None for c in conversations),
         })
-    return results
+        truncated += sum(c.truncated_from is not None for c in conversations)
+    return results, truncated

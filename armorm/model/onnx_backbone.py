@@ -16,16 +16,18 @@ ONNX_INPUTS = (INPUT_IDS.name, GATE_POSITION.name, REWARD_POSITION.name)
 ONNX_OUTPUTS = (GATE_HIDDEN.name, REWARD_HIDDEN.name)
 
 
-def onnx_session(path: Path, use_cuda: bool = False, threads: int = 0):
+def onnx_session(path: Path, device: str = "cpu", threads: int = 0):
+    """An ONNX Runtime session on `device` ("cpu" or "cuda:N": that GPU, where this build has the CUDA provider)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         options.intra_op_num_threads = threads
-    providers = ["CPUExecutionProvider"]
-    if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    providers: list = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        index = int(device.partition(":")[2] or 0)
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 

@@ -16,7 +16,7 @@ class OnnxRuntimeBackbone:
     def __init__(self, context: RuntimeContext) -> None:
         from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
 
-        session = onnx_session(context.version_dir / BACKBONE_ONNX, use_cuda=context.device != "cpu",
+        session = onnx_session(context.version_dir / BACKBONE_ONNX, device=context.device,
                                threads=context.parameters.integer("threads", 0))
         self.backbone = OnnxBackbone(session, int(context.config["pad_token_id"]), context.max_batch_tokens)
 

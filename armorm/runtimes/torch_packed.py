@@ -15,7 +15,7 @@ class TorchPackedRuntime:
 
     def __init__(self, context: RuntimeContext) -> None:
         import torch
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         from armorm.model.backbone import ArmoRMBackbone, default_dtype
         from armorm.model.config import ArmoRMConfig
@@ -26,8 +26,10 @@ class TorchPackedRuntime:
             torch.set_num_threads(threads)
         dtype_name = context.parameters.get("dtype", "auto")
         self.dtype = default_dtype(context.device) if dtype_name == "auto" else getattr(torch, dtype_name)
-        # Straight onto the device: the pod's host memory never holds the 16 GB of weights (chart memory limits).
-        state = load_file(str(context.version_dir / BACKBONE_WEIGHTS), device=str(context.device))
+        # Straight onto the device, one tensor at a time, each in the serving dtype as it arrives: neither the
+        # host (the chart's memory limit) nor the device ever holds the weights twice.
+        with safe_open(str(context.version_dir / BACKBONE_WEIGHTS), framework="pt", device=str(context.device)) as f:
+            state = {name: f.get_tensor(name).to(self.dtype) for name in f.keys()}
         module = ArmoRMBackbone.from_state_dict(ArmoRMConfig.from_dict(dict(context.config)), state, self.dtype)
         self.packed = PackedBackbone(module.to(context.device), context.max_batch_tokens,
                                      attention=context.parameters.get("attention", "auto"))

@@ -195,13 +195,13 @@ class BackboneBatch:
     sizes: list[int]  # conversations per owner
 
     @classmethod
-    def gather(cls, pb: Any, requests: Sequence[Any], vocab_size: int) -> BackboneBatch:
+    def gather(cls, pb: Any, requests: Sequence[Any], vocab_size: int, max_tokens: int) -> BackboneBatch:
         responses: list[Any] = [None] * len(requests)
         ids: list[np.ndarray] = []
         gates, rewards, owners, sizes = [], [], [], []
         for index, request in enumerate(requests):
             try:
-                rows, gate, reward = backbone_rows(pb, request, vocab_size)
+                rows, gate, reward = backbone_rows(pb, request, vocab_size, max_tokens)
             except RequestError as err:
                 responses[index] = invalid_argument(pb, str(err))
                 continue
@@ -220,8 +220,11 @@ class BackboneBatch:
         return self.responses
 
 
-def backbone_rows(pb: Any, request: Any, vocab_size: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """A request's rows → (unpadded 1-D token arrays, gate positions, reward positions)."""
+def backbone_rows(pb: Any, request: Any, vocab_size: int,
+                  max_tokens: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """A request's rows → (unpadded 1-D token arrays, gate positions, reward positions). A conversation longer
+    than the model's positions (`max_tokens`) is refused alone: it would score garbage, or exhaust memory in one
+    forward that no token budget splits."""
     input_ids = input_array(pb, request, INPUT_IDS.name)
     gate = input_array(pb, request, GATE_POSITION.name).reshape(-1)
     reward = input_array(pb, request, REWARD_POSITION.name).reshape(-1)
@@ -237,4 +240,7 @@ def backbone_rows(pb: Any, request: Any, vocab_size: int) -> tuple[list[np.ndarr
         raise RequestError(f"{INPUT_IDS.name} must lie in [0, {vocab_size})")
     # Rows were padded to the request's longest; a row needs tokens up to its furthest position only.
     ends = np.maximum(gate, reward) + 1
+    if ends.max() > max_tokens:
+        raise RequestError(f"a conversation is read up to token {int(ends.max())}; this backbone takes at most "
+                           f"{max_tokens} tokens (max_position_embeddings)")
     return [input_ids[row, : ends[row]] for row in range(input_ids.shape[0])], gate, reward

@@ -21,6 +21,7 @@ class TritonPythonModel:
         runtime_context = RuntimeContext(context.version_dir, config, context.torch_device(), context.params)
         self.runtime = create_runtime(context.parameter("runtime", DEFAULT_RUNTIME), runtime_context)
         self.vocab_size = int(config["vocab_size"])
+        self.max_tokens = int(config["max_position_embeddings"])
         self.metrics = BackboneMetrics(pb)
         self.aborted = AbortedRequests(pb, context.name)
         pb.Logger.log_info(f"{context.name}: {self.runtime.describe()}")
@@ -31,7 +32,7 @@ class TritonPythonModel:
         return responses
 
     def respond(self, requests):
-        batch = BackboneBatch.gather(pb, requests, self.vocab_size)
+        batch = BackboneBatch.gather(pb, requests, self.vocab_size, self.max_tokens)
         if batch.input_ids:
             # A failure (e.g. out of memory) raises: answer_each retries each request alone.
             gate_hidden, reward_hidden, stats = self.runtime.run(batch.input_ids, batch.gate_positions,

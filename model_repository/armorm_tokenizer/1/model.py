@@ -6,13 +6,7 @@ from collections import Counter
 import triton_python_backend_utils as pb
 
 from armorm.model.checkpoint import load_tokenizer
-from armorm.model.conversation import (
-    TRUNCATED_ROWS,
-    ConversationError,
-    ConversationTokenizer,
-    InputLimits,
-    tokenize_requests,
-)
+from armorm.model.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
 from armorm.serving.codec import bytes_items
 from armorm.serving.metrics import TokenizerMetrics
 from armorm.serving.triton_glue import (
@@ -53,8 +47,9 @@ class TritonPythonModel:
             except RequestError as err:
                 rows.append(err)
         readable = [r for r in rows if not isinstance(r, RequestError)]
-        tokenized = iter(tokenize_requests(self.tokenizer, readable))
-        responses, rejected, admitted, truncated = [], Counter(), [], 0
+        results, truncated = tokenize_requests(self.tokenizer, readable)
+        tokenized = iter(results)
+        responses, rejected, admitted = [], Counter(), []
         for row in rows:
             result = row if isinstance(row, RequestError) else next(tokenized)
             if isinstance(result, (RequestError, ConversationError)):
@@ -62,7 +57,6 @@ class TritonPythonModel:
                 responses.append(invalid_argument(pb, str(result)))
             else:
                 admitted.append(result[NUM_TOKENS.name])
-                truncated += int(result.pop(TRUNCATED_ROWS, 0))
                 responses.append(tensors_response(pb, result))
         self.count(rejected, admitted, truncated)
         return responses
