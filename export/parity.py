@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from armorm.testing.reference import ParityRows
+from armorm.reference import ParityRows
 
 
 class ExportParityError(RuntimeError):

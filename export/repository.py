@@ -20,7 +20,7 @@ from armorm.model.checkpoint import Checkpoint
 from armorm.model.heads import HeadWeights
 from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
 from armorm.model.packed import PackedBackbone
-from armorm.testing.reference import ArmoRMReference
+from armorm.reference import ArmoRMReference
 from armorm_client import contract
 from armorm_client.samples import parity_conversations
 from armorm_export import native_backbone, onnx_backbone, tensorrt_plan

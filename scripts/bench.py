@@ -268,7 +268,7 @@ def main() -> int:
     groups = best_of_n(args.prompts, args.n, prompt_tokens, response_range, seed=3)
     bon_name = f"best-of-{args.n} (prompt {prompt_tokens}, responses {response_range[0]}-{response_range[1]})"
 
-    from armorm.testing.reference import ArmoRMReference
+    from armorm.reference import ArmoRMReference
 
     say(f"model card pipeline on {args.device} ({dtype})")
     reference = ArmoRMReference(checkpoint, device=args.device, dtype=dtype)
@@ -354,7 +354,7 @@ def fp32_reference_scores(checkpoint: Path, device: str, dtype: torch.dtype, wor
     When the card already ran in fp32, its scores are that reference."""
     if dtype == torch.float32:
         return card_scores
-    from armorm.testing.reference import ArmoRMReference
+    from armorm.reference import ArmoRMReference
 
     say(f"fp32 reference forward on {device} for the fidelity criterion")
     reference = ArmoRMReference(checkpoint, device=device, dtype=torch.float32)

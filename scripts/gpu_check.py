@@ -38,7 +38,7 @@ from armorm.model.packed import PackedBackbone  # noqa: E402
 from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 from armorm.testing.fidelity import floor_for, judge  # noqa: E402
 from armorm.testing.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
-from armorm.testing.reference import ArmoRMReference  # noqa: E402
+from armorm.reference import ArmoRMReference  # noqa: E402
 
 
 def main() -> int:

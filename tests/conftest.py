@@ -19,7 +19,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def reference(tiny_checkpoint: Path):
-    from armorm.testing.reference import ArmoRMReference
+    from armorm.reference import ArmoRMReference
 
     return ArmoRMReference(tiny_checkpoint)
 

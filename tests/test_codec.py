@@ -1,6 +1,7 @@
 import numpy as np
 
-from armorm.serving.codec import bytes_items, pad_right, split_rows, token_budget_groups
+from armorm.model.batching import pad_right, token_budget_groups
+from armorm.serving.codec import bytes_items, split_rows
 
 
 def test_split_rows_inverts_concatenate():

@@ -20,7 +20,7 @@ from armorm.model.config import ArmoRMConfig
 from armorm.model.conversation import ConversationTokenizer
 from armorm.model.packed import Layout, PackedBackbone
 from armorm.testing.fidelity import judge
-from armorm.testing.reference import ArmoRMReference
+from armorm.reference import ArmoRMReference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from bench import best_of_n, flatten, mix  # noqa: E402

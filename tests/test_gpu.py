@@ -7,7 +7,7 @@ import torch
 from armorm.model.backbone import ArmoRMBackbone
 from armorm.model.checkpoint import Checkpoint
 from armorm.model.packed import PackedBackbone
-from armorm.testing.reference import ArmoRMReference
+from armorm.reference import ArmoRMReference
 from tests.conversations import varied_conversations
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -152,7 +152,7 @@ def test_an_unknown_runtime_names_the_registered_ones(tmp_path):
     import pytest
 
     from armorm.runtimes import RUNTIMES, RuntimeContext, create_runtime
-    from armorm.serving.parameters import Parameters
+    from armorm.runtimes.parameters import Parameters
 
     with pytest.raises(ValueError, match="unknown backbone runtime 'nope'; use one of " + ", ".join(RUNTIMES)):
         create_runtime("nope", RuntimeContext(tmp_path, {}, "cpu", Parameters("armorm_backbone")))

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from armorm.runtimes import BackboneStats
-from armorm.serving.codec import pad_right, token_budget_groups
+from armorm.model.batching import BackboneStats, pad_right, token_budget_groups
 from armorm_client.contract import GATE_HIDDEN, GATE_POSITION, INPUT_IDS, REWARD_HIDDEN, REWARD_POSITION
 
 # The exported graph's I/O carries the backbone's contract names.

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from armorm.model.backbone import ArmoRMBackbone, rotary_tables
-from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS, BackboneStats
+from armorm.model.batching import DEFAULT_MAX_BATCH_TOKENS, BackboneStats
 
 
 @dataclass

@@ -15,27 +15,13 @@ from typing import Protocol
 
 import numpy as np
 
-from armorm.serving.parameters import Parameters
+from armorm.model.batching import DEFAULT_MAX_BATCH_TOKENS, BackboneStats
+from armorm.runtimes.parameters import Parameters
 
-# Tokens per backbone forward (a longer conversation runs alone): the one declaration of the default.
-DEFAULT_MAX_BATCH_TOKENS = 16384
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "BackboneStats", "BackboneRuntime", "Parameters", "RuntimeContext", "RUNTIMES",
+           "create_runtime"]
+
 DEFAULT_RUNTIME = "torch_packed"
-
-
-@dataclass(frozen=True)
-class BackboneStats:
-    """What one `run` did, for the metrics (armorm.serving.metrics.BackboneMetrics)."""
-
-    conversations: int
-    tokens: int  # in the conversations
-    computed_tokens: int  # the backbone computed: fewer with shared prompts, more with padding
-    forwards: int
-    padding_tokens: int = 0
-    shared_prompts: int = 0
-
-    @property
-    def saved_tokens(self) -> int:
-        return self.tokens + self.padding_tokens - self.computed_tokens
 
 
 class BackboneRuntime(Protocol):

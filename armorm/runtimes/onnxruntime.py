@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from armorm.runtimes import BackboneStats, RuntimeContext
+from armorm.model.batching import BackboneStats
+from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
+from armorm.runtimes import RuntimeContext
 from armorm_client.contract import BACKBONE_ONNX
 
 
@@ -14,8 +16,6 @@ class OnnxRuntimeBackbone:
     name = "onnxruntime"
 
     def __init__(self, context: RuntimeContext) -> None:
-        from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
-
         session = onnx_session(context.version_dir / BACKBONE_ONNX, device=context.device,
                                threads=context.parameters.integer("threads", 0))
         self.backbone = OnnxBackbone(session, int(context.config["pad_token_id"]), context.max_batch_tokens)

@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+from safetensors import safe_open
 
-from armorm.runtimes import BackboneStats, RuntimeContext
+from armorm.model.backbone import ArmoRMBackbone, default_dtype
+from armorm.model.batching import BackboneStats
+from armorm.model.config import ArmoRMConfig
+from armorm.model.packed import PackedBackbone
+from armorm.runtimes import RuntimeContext
 from armorm_client.contract import BACKBONE_WEIGHTS
 
 
@@ -14,13 +20,6 @@ class TorchPackedRuntime:
     name = "torch_packed"
 
     def __init__(self, context: RuntimeContext) -> None:
-        import torch
-        from safetensors import safe_open
-
-        from armorm.model.backbone import ArmoRMBackbone, default_dtype
-        from armorm.model.config import ArmoRMConfig
-        from armorm.model.packed import PackedBackbone
-
         threads = context.parameters.integer("threads", 0)  # 0: torch's own choice
         if threads > 0:
             torch.set_num_threads(threads)
@@ -38,15 +37,11 @@ class TorchPackedRuntime:
 
     def run(self, input_ids: Sequence[np.ndarray], gate_positions: np.ndarray,
             reward_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, BackboneStats]:
-        import torch
-
         gate, reward = self.packed.run(input_ids, gate_positions, reward_positions, share_prompts=self.share_prompts)
         both = torch.stack((gate, reward)).cpu().numpy()  # one copy to the host
         return both[0], both[1], self.packed.last_stats
 
     def describe(self) -> str:
-        import torch
-
         return (f"torch_packed on {self.device}, {self.dtype}, attention {self.packed.attention_name}, "
                 f"{torch.get_num_threads()} threads")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from armorm.runtimes import BackboneStats
+    from armorm.model.batching import BackboneStats
 
 # Names, declared once; tests and the README refer to these.
 CONVERSATIONS = "armorm_conversations_total"

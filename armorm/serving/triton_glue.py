@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from armorm.runtimes.parameters import Parameters
 from armorm.serving.codec import batch_sizes, split_rows
-from armorm.serving.parameters import Parameters
 from armorm_client.contract import GATE_HIDDEN, GATE_POSITION, INPUT_IDS, REWARD_HIDDEN, REWARD_POSITION
 
 
@@ -95,8 +95,10 @@ def answer_each(
     """The one place every `model.py` answers through: one response per request, whatever raises.
 
     `respond` handles the whole dynamic batch at once. If it raises (a library choking on one request's
-    content, out of memory, ...), each request is retried alone, so only a request that also fails by
-    itself gets `on_failure(pb, err)`; its batch neighbours are answered as usual and the model keeps serving.
+    content, out of memory, ...), the batch is halved and each half answered the same way, so a single culprit
+    costs at most 2·log₂(n) extra calls (not n) and only a request that also fails alone gets `on_failure(pb, err)`;
+    its neighbours are answered as usual and the model keeps serving. Halving also lets an out-of-memory batch
+    through in smaller pieces.
     """
     try:
         return respond(requests)
@@ -104,15 +106,10 @@ def answer_each(
         if len(requests) == 1:
             pb.Logger.log_error(f"request failed: {err!r}")
             return [on_failure(pb, err)]
-        pb.Logger.log_warn(f"batch of {len(requests)} failed ({err!r}); answering each request alone")
-    responses = []
-    for request in requests:
-        try:
-            responses.extend(respond([request]))
-        except Exception as err:  # noqa: BLE001 - this request's own failure
-            pb.Logger.log_error(f"request failed: {err!r}")
-            responses.append(on_failure(pb, err))
-    return responses
+        pb.Logger.log_warn(f"batch of {len(requests)} failed ({err!r}); halving it to isolate the cause")
+    half = len(requests) // 2
+    return (answer_each(pb, requests[:half], respond, on_failure)
+            + answer_each(pb, requests[half:], respond, on_failure))
 
 
 def failed_internally(pb: Any, err: Exception) -> Any:
@@ -140,8 +137,8 @@ def check_rows(array: np.ndarray, name: str, width: int) -> np.ndarray:
 
 def answer_rowwise(pb: Any, requests: Sequence[Any], widths: Mapping[str, int],
                    compute: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> list[Any]:
-    """A head step's whole execute(): run_rowwise over the batch, through answer_each (a failure is retried per
-    request, INTERNAL for the ones that fail alone)."""
+    """A head step's whole execute(): run_rowwise over the batch, through answer_each (a failing batch is halved
+    until the culprit is alone; INTERNAL for a request that fails alone)."""
     return answer_each(pb, requests, lambda batch: run_rowwise(pb, batch, widths, compute), failed_internally)
 
 

@@ -1,2 +1,2 @@
-"""For tests, benchmarks and the demo only; the serving path never imports these: the random checkpoint, the
-independent reference, the bf16 fidelity criterion."""
+"""For tests, benchmarks and the demo only; neither the serving path nor the export imports these: the random
+checkpoint, the bf16 fidelity criterion, the helpers that start a server for a test."""

@@ -34,7 +34,7 @@ class TritonPythonModel:
     def respond(self, requests):
         batch = BackboneBatch.gather(pb, requests, self.vocab_size, self.max_tokens)
         if batch.input_ids:
-            # A failure (e.g. out of memory) raises: answer_each retries each request alone.
+            # A failure (e.g. out of memory) raises: answer_each halves the batch until the culprit is alone.
             gate_hidden, reward_hidden, stats = self.runtime.run(batch.input_ids, batch.gate_positions,
                                                                  batch.reward_positions)
             self.metrics.record(stats)

@@ -1,7 +1,8 @@
 """The reference forward pass: ArmoRM computed the way its published code does, sharing nothing with what it checks.
 
 It is the oracle of every parity test, the export's check and the benchmark's "model card pipeline", so it reuses
-none of the served path's code: not its tokenizer wrapper, validation, config parsing, backbone or heads.
+none of the served path's code: not its tokenizer wrapper, validation, config parsing, backbone or heads. It sits
+outside `armorm.testing` because the export runs it too; the serving path never imports it.
 - ids: the checkpoint's own chat template, `tokenizer.apply_chat_template(messages, tokenize=True)`;
 - gate position: the original's backward scan for the last GATE_PATTERN_TEXT (encoded by the tokenizer);
   reward position: the original's `argmax(ids == pad) - 1` modulo the length;
