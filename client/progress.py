@@ -1,5 +1,5 @@
-"""A one-line progress report on a terminal (rows/s, tokens/s, ETA, errors so far); silent when stderr is not
-a terminal, so logs and pipes get only the final summary."""
+"""armorm-score's progress line on a terminal (rows/s, tokens/s, ETA, errors so far), drawn by tqdm; silent when
+stderr is not a terminal, so logs and pipes get only the final summary."""
 
 from __future__ import annotations
 
@@ -7,46 +7,45 @@ import sys
 import time
 from typing import TextIO
 
+from tqdm import tqdm
 
-def duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+# tqdm puts ", " before a postfix: "10/100 rows  52.1 rows/s, 8203 tok/s, 1 errors  ETA 00:02".
+_WITH_TOTAL = "{n_fmt}/{total_fmt} rows  {rate_noinv_fmt}{postfix}  ETA {remaining}"
+_WITHOUT_TOTAL = "{n_fmt} rows  {rate_noinv_fmt}{postfix}"
 
 
 class Progress:
     def __init__(self, total: int | None, already: int = 0, stream: TextIO = sys.stderr,
                  interval: float = 0.25, enabled: bool | None = None) -> None:
-        self.total, self.already, self.stream, self.interval = total, already, stream, interval
+        self.already = already
         self.enabled = stream.isatty() if enabled is None else enabled
         self.rows = self.tokens = self.errors = 0
-        self.start = self.last_drawn = time.monotonic()
+        self.start = time.monotonic()
+        self.bar = tqdm(total=total, initial=already, file=stream, disable=not self.enabled, unit=" rows",
+                        mininterval=interval, leave=False, position=0,
+                        bar_format=_WITH_TOTAL if total else _WITHOUT_TOTAL)
+
+    @property
+    def total(self) -> int | None:
+        return self.bar.total
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        self.bar.total = value
+        self.bar.bar_format = _WITH_TOTAL if value else _WITHOUT_TOTAL
 
     def update(self, rows: int = 1, tokens: int = 0, errors: int = 0) -> None:
         self.rows += rows
         self.tokens += tokens
         self.errors += errors
-        now = time.monotonic()
-        if self.enabled and now - self.last_drawn >= self.interval:
-            self.last_drawn = now
-            self.stream.write("\r" + self.line(now) + "\033[K")
-            self.stream.flush()
-
-    def line(self, now: float | None = None) -> str:
-        elapsed = max((now or time.monotonic()) - self.start, 1e-9)
-        rate = self.rows / elapsed
-        done = self.already + self.rows
-        position = f"{done}/{self.total}" if self.total is not None else f"{done}"
-        parts = [f"{position} rows", f"{rate:.1f} rows/s", f"{self.tokens / elapsed:.0f} tok/s"]
-        if self.total is not None and rate > 0:
-            parts.append(f"ETA {duration((self.total - done) / rate)}")
-        parts.append(f"{self.errors} errors")
-        return "  ".join(parts)
+        if self.enabled:
+            elapsed = max(time.monotonic() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{self.tokens / elapsed:.0f} tok/s, {self.errors} errors", refresh=False)
+            self.bar.update(rows)
 
     def finish(self) -> str:
         """The summary line (also printed when not on a terminal)."""
-        if self.enabled:
-            self.stream.write("\r\033[K")
+        self.bar.close()
         elapsed = time.monotonic() - self.start
         return (f"{self.rows} rows in {elapsed:.1f}s ({self.rows / max(elapsed, 1e-9):.1f} rows/s, "
                 f"{self.tokens / max(elapsed, 1e-9):.0f} tokens/s), {self.errors} errors")

@@ -290,9 +290,9 @@ def main() -> int:
         torch.cuda.empty_cache()
     fp32_scores = fp32_reference_scores(checkpoint, args.device, dtype, {**workloads, bon_name: flat}, card_scores, say)
 
-    from armorm.launcher.serve_process import ServeProcess
     from armorm.serving import metrics
-    from armorm.serving.prometheus import scrape, total
+    from armorm.testing.prometheus import scrape, total
+    from armorm.testing.serve_process import ServeProcess
 
     worst = 0.0
     served_scores: dict[str, list[float]] = {name: [] for name in card_scores}

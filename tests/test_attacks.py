@@ -32,9 +32,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from armorm.gateway.stats import ABANDONED, IN_FLIGHT
-from armorm.launcher.serve_process import ServeProcess
 from armorm.launcher.triton_process import TritonServer
-from armorm.serving.prometheus import scrape, total
+from armorm.testing.prometheus import scrape, total
+from armorm.testing.serve_process import ServeProcess
 from armorm_client import NO_RETRIES, ArmoRMClient, contract
 from tests.conversations import TEST_MAX_TOKENS, varied_conversations
 from tests.test_server import assert_same

@@ -134,8 +134,10 @@ def test_progress_line_on_a_terminal_and_silence_elsewhere():
     progress = evaluation_progress(total=100, stream=shown, enabled=True)
     progress.update(rows=10, tokens=500, errors=1)
     line = shown.getvalue()
-    assert line.startswith("\r10/100 rows") and "rows/s" in line and "tok/s" in line and "ETA" in line
-    assert "1 errors" in line
+    assert line.startswith("\r0/100 rows"), "drawn at once, before the first answer"
+    last = line.rsplit("\r", 1)[1]
+    assert last.startswith("10/100 rows") and "rows/s" in last and "tok/s" in last and "ETA" in last
+    assert "1 errors" in last
     assert progress.finish().startswith("10 rows in ")
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from armorm.gateway.stats import REQUESTS
-from armorm.launcher.serve_process import ServeProcess
-from armorm.serving.prometheus import scrape, total
+from armorm.testing.prometheus import scrape, total
+from armorm.testing.serve_process import ServeProcess
 from armorm_client import ArmoRMClient
 from tests.conversations import varied_conversations
 

@@ -3,11 +3,9 @@
 import pytest
 
 from armorm.serving import metrics
-from armorm.serving.prometheus import parse, scrape, total
+from armorm.testing.prometheus import parse, scrape, total
 from armorm_client import InvalidConversationError
 from tests.conversations import varied_conversations
-
-pytestmark = pytest.mark.integration
 
 
 def test_parse_prometheus_text():
@@ -15,6 +13,7 @@ def test_parse_prometheus_text():
     assert total(samples, "x") == 5 and total(samples, "x", reason="json") == 3 and total(samples, "y") == 1.5
 
 
+@pytest.mark.integration
 def test_metrics_count_what_was_sent(server, client):
     before = scrape(server.metrics_url)
     good = varied_conversations()[:6]

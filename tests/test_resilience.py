@@ -13,9 +13,11 @@ import pytest
 
 from armorm.gateway import DRAINING_MESSAGE
 from armorm.gateway.stats import IN_FLIGHT
-from armorm.launcher.serve_process import ServeProcess
-from armorm.launcher.triton_process import live_processes, process_group, shm_segments
-from armorm.serving.prometheus import scrape, total
+from armorm.launcher.orphans import shm_segments
+from armorm.launcher.processes import process_group
+from armorm.testing.prometheus import scrape, total
+from armorm.testing.processes import live_processes
+from armorm.testing.serve_process import ServeProcess
 from armorm_client import (
     NO_RETRIES,
     ArmoRMClient,

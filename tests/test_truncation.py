@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from armorm.launcher.serve_process import ServeProcess
 from armorm.serving.metrics import TRUNCATED
-from armorm.serving.prometheus import scrape, total
+from armorm.testing.prometheus import scrape, total
+from armorm.testing.serve_process import ServeProcess
 from armorm_client import ArmoRMClient, InvalidConversationError
 from armorm_export.repository import read_config, set_parameter, write_config
 from tests.conversations import TEST_MAX_TOKENS, varied_conversations

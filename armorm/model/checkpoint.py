@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+from tqdm import tqdm
 
 from armorm.model.config import ArmoRMConfig
 
@@ -41,15 +42,19 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def load_state_dict(directory: Path, progress: bool = False) -> dict[str, torch.Tensor]:
-    """All parameters, in their stored dtypes, on the CPU."""
+    """All parameters, in their stored dtypes, on the CPU; with `progress`, a bar of bytes read on stderr."""
     state: dict[str, torch.Tensor] = {}
     files = weight_files(directory)
-    for number, path in enumerate(files, 1):
-        if progress:
-            print(f"  loading weights {number}/{len(files)}: {path.name}", file=sys.stderr, flush=True)
-        with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
-                state[name] = handle.get_tensor(name)
+    with tqdm(total=sum(path.stat().st_size for path in files), desc="loading weights", unit="B", unit_scale=True,
+              unit_divisor=1024, file=sys.stderr, disable=not progress) as bar:
+        for path in files:
+            read = 0
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    state[name] = handle.get_tensor(name)
+                    bar.update(size := state[name].numel() * state[name].element_size())
+                    read += size
+            bar.update(path.stat().st_size - read)  # the file's header
     return state
 
 
