@@ -27,7 +27,7 @@ from armorm_client.retry import RetryPolicy, call_with_retries, call_with_retrie
 Messages = Sequence[dict[str, str]]
 Conversation = Messages | str | bytes
 OUTPUTS = tuple(t.name for t in contract.ENSEMBLE.outputs)
-# The server's --grpc-restricted-protocol=inference:armorm-api-key=… checks this gRPC metadata key.
+# The gateway in front of tritonserver (armorm-serve with an API key) checks this gRPC metadata key.
 API_KEY_HEADER = contract.GRPC_HEADER_PREFIX + contract.API_KEY_HEADER
 DEFAULT_RETRY = RetryPolicy()
 
@@ -90,9 +90,10 @@ def encode_messages(messages: Conversation) -> bytes:
     return json.dumps(list(messages), ensure_ascii=False).encode("utf-8")
 
 
-def build_inputs(conversations: Sequence[Conversation], module: Any = grpcclient) -> list[Any]:
-    """Conversations as one request: a [n, 1] BYTES tensor."""
-    tensor = module.InferInput(contract.MESSAGES.name, [len(conversations), 1], "BYTES")
+def build_inputs(conversations: Sequence[Conversation], module: Any = grpcclient,
+                 form: contract.TensorSpec = contract.MESSAGES) -> list[Any]:
+    """Conversations as one request: a [n, 1] BYTES tensor of `messages`, or of chat-templated `text` strings."""
+    tensor = module.InferInput(form.name, [len(conversations), 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[encode_messages(m)] for m in conversations], dtype=object))
     return [tensor]
 
@@ -181,20 +182,28 @@ class ArmoRMClient:
         except InferenceServerException:
             return False
 
-    def _infer_once(self, conversations: Sequence[Conversation]) -> list[ArmoRMScore]:
+    def _infer_once(self, conversations: Sequence[Conversation],
+                    form: contract.TensorSpec = contract.MESSAGES) -> list[ArmoRMScore]:
         try:
-            result = self._client.infer(self._options.model, build_inputs(conversations), outputs=build_outputs(),
+            result = self._client.infer(self._options.model, build_inputs(conversations, form=form),
+                                        outputs=build_outputs(),
                                         client_timeout=self._options.timeout_s, headers=self._options.headers)
         except InferenceServerException as err:
             raise to_error(err) from None
         return decode_results(result)
 
-    def _infer(self, conversations: Sequence[Conversation]) -> list[ArmoRMScore]:
-        return call_with_retries(lambda: self._infer_once(conversations), self._options.retry,
+    def _infer(self, conversations: Sequence[Conversation],
+               form: contract.TensorSpec = contract.MESSAGES) -> list[ArmoRMScore]:
+        return call_with_retries(lambda: self._infer_once(conversations, form), self._options.retry,
                                  ServerUnavailableError, exhausted)
 
     def score(self, messages: Conversation) -> ArmoRMScore:
         return self._infer([messages])[0]
+
+    def score_texts(self, texts: Sequence[str]) -> list[ArmoRMScore]:
+        """Conversations already rendered by the chat template (special tokens kept), as RLHF trainers hold them,
+        in one request; scored on exactly their tokens."""
+        return self._infer(list(texts), contract.TEXT)
 
     def score_responses(self, prompt: Messages, responses: Sequence[str], max_rows: int = 64) -> list[ArmoRMScore]:
         """Best-of-N: several responses to one prompt in one request (chunks of `max_rows`).

@@ -44,6 +44,7 @@ class TensorSpec:
     data_type: str  # Triton's DataType enum name, e.g. "TYPE_FP32"
     dims: tuple[int, ...]
     ragged: bool = False
+    optional: bool = False  # a request may leave it out (the tokenizer takes `messages` or `text`)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class ModelSpec:
         return next(t for t in self.outputs if t.name == name)
 
 
-MESSAGES = TensorSpec("messages", "TYPE_STRING", (1,))
+# A request sends exactly one of the two forms of its conversations, one per row.
+MESSAGES = TensorSpec("messages", "TYPE_STRING", (1,), optional=True)  # JSON [{"role", "content"}, ...]
+TEXT = TensorSpec("text", "TYPE_STRING", (1,), optional=True)  # chat-templated, special tokens kept
 INPUT_IDS = TensorSpec("input_ids", "TYPE_INT64", (VARIABLE,))
 GATE_POSITION = TensorSpec("gate_position", "TYPE_INT64", (1,))
 REWARD_POSITION = TensorSpec("reward_position", "TYPE_INT64", (1,))
@@ -73,7 +76,7 @@ COEFFICIENTS = TensorSpec("coefficients", "TYPE_FP32", (NUM_OBJECTIVES,))
 SCORE = TensorSpec("score", "TYPE_FP32", (1,))
 
 TOKENIZER = ModelSpec(
-    "armorm_tokenizer", "python", (MESSAGES,), (INPUT_IDS, GATE_POSITION, REWARD_POSITION, NUM_TOKENS)
+    "armorm_tokenizer", "python", (MESSAGES, TEXT), (INPUT_IDS, GATE_POSITION, REWARD_POSITION, NUM_TOKENS)
 )
 BACKBONE = ModelSpec(
     "armorm_backbone",
@@ -84,7 +87,7 @@ BACKBONE = ModelSpec(
 )
 REGRESSION = ModelSpec("armorm_regression", "python", (REWARD_HIDDEN,), (REWARDS,))
 GATING_MODEL = ModelSpec("armorm_gating", "python", (GATE_HIDDEN,), (GATING,))
-ENSEMBLE = ModelSpec("armorm", "", (MESSAGES,), (SCORE, REWARDS, GATING, COEFFICIENTS, NUM_TOKENS))
+ENSEMBLE = ModelSpec("armorm", "", (MESSAGES, TEXT), (SCORE, REWARDS, GATING, COEFFICIENTS, NUM_TOKENS))
 # The last step emits every ensemble output, passing rewards, gating and num_tokens through: Triton 2.51's
 # ensemble deadlocks ("at least one output is not set") when a client asks for a subset of outputs and
 # an unrequested one is also read by a later step.

@@ -104,7 +104,7 @@ def apply_contract(config: model_config_pb2.ModelConfig, spec: contract.ModelSpe
     del config.output[:]
     for tensor in spec.inputs:
         config.input.add(name=tensor.name, data_type=model_config_pb2.DataType.Value(tensor.data_type),
-                         dims=tensor.dims, allow_ragged_batch=tensor.ragged)
+                         dims=tensor.dims, allow_ragged_batch=tensor.ragged, optional=tensor.optional)
     for tensor in spec.outputs:
         config.output.add(name=tensor.name, data_type=model_config_pb2.DataType.Value(tensor.data_type),
                           dims=tensor.dims)

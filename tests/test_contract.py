@@ -27,6 +27,7 @@ def check_tensors(declared, configured, model: str, kind: str) -> None:
         assert tuple(tensor.dims) == spec.dims, f"{model}.{spec.name} dims"
         if kind == "input":
             assert tensor.allow_ragged_batch == spec.ragged, f"{model}.{spec.name} allow_ragged_batch"
+            assert tensor.optional == spec.optional, f"{model}.{spec.name} optional"
 
 
 def check_repository(repository: Path) -> None:

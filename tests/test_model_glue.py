@@ -54,7 +54,8 @@ def test_tokenizer_model_answers_each_request(exported_repository, monkeypatch):
     assert responses[0].output("input_ids")[0, 0] == 128000
     assert int(responses[0].output("num_tokens")[0, 0]) == responses[0].output("input_ids").shape[1]
     assert "empty list" in responses[1].error().message()
-    assert "input 'messages' is missing" in responses[2].error().message()
+    assert "send exactly one of the inputs 'messages'" in responses[2].error().message()
+    assert responses[2].error().message().endswith("got neither")
 
 
 def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monkeypatch):
@@ -129,7 +130,8 @@ def test_a_failing_head_answers_internal_and_counts_the_aborted_requests(exporte
     codes = [r.error().code() for r in responses]
     assert codes == [fake_pb.TritonError.INTERNAL, fake_pb.TritonError.INVALID_ARG, fake_pb.TritonError.INTERNAL]
     assert "RuntimeError" in responses[0].error().message()
-    assert calls == [4, 2, 2], "the valid rows together once, then each valid request alone"
+    # Bisection: [r0 r1 r2] fails → [r0] fails alone; [r1 r2] (r2's rows) fails → [r1] is refused unrun, [r2] fails.
+    assert calls == [4, 2, 2, 2], "the valid rows together once, then halves until each valid request is alone"
     # Only the two valid requests count: INVALID_ARGUMENT answers a direct caller, never the ensemble.
     assert fake_pb.MetricFamily.families[metrics.ABORTED].values[(("model", "armorm_regression"),)] == 2
 
@@ -145,7 +147,22 @@ def test_model_parameters_parse_strictly():
     assert context.bool_parameter("absent", True) is True
     with pytest.raises(ValueError, match="odd='maybe' must be true or false"):
         context.bool_parameter("odd", False)
-    assert context.set_torch_threads(1) == torch.get_num_threads()  # 0: torch's own choice, not an error
+
+
+def test_the_threads_parameter_sets_torchs_threads_and_zero_keeps_its_choice():
+    from armorm.serving.triton_glue import ModelContext
+
+    def context(threads: str | None) -> ModelContext:
+        return ModelContext("m", None, {} if threads is None else {"threads": threads}, "CPU", 0)
+
+    original = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert context("0").set_torch_threads(1) == 3 and torch.get_num_threads() == 3, "0: torch's own choice"
+        assert context("2").set_torch_threads(1) == 2 and torch.get_num_threads() == 2, "the parameter wins"
+        assert context(None).set_torch_threads(1) == 1 and torch.get_num_threads() == 1, "absent: the default"
+    finally:
+        torch.set_num_threads(original)
 
 
 def test_an_unknown_runtime_names_the_registered_ones(tmp_path):

@@ -1,4 +1,5 @@
-"""From a request's `messages` to token ids and the two positions ArmoRM reads.
+"""From a request's `messages` (or its already chat-templated `text`) to token ids and the two positions ArmoRM
+reads.
 
 Validation happens here, before any heavy work, and every failure is a `ConversationError`
 whose message says what to fix; the served tokenizer turns it into INVALID_ARGUMENT.
@@ -18,14 +19,17 @@ from armorm_client.contract import GATE_POSITION, INPUT_IDS, NUM_TOKENS, REWARD_
 
 ROLES = ("system", "user", "assistant")
 # The end of the prompt as the chat template renders it; the gate reads the hidden state at its start.
-GATE_PATTERN_TEXT = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+END_OF_TURN = "<|eot_id|>"
+GATE_PATTERN_TEXT = END_OF_TURN + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+# The request's two forms: parsed messages (the server applies the chat template) or the templated text itself.
+MESSAGES_FORM, TEXT_FORM = "messages", "text"
 
 
 class ConversationError(ValueError):
     """A request that cannot be scored; the message tells the caller what to fix.
 
     `reason` is a short label for metrics: encoding, json, schema, too_large, too_long, no_prompt,
-    special_token.
+    special_token, not_templated.
     """
 
     def __init__(self, message: str, reason: str = "schema") -> None:
@@ -184,15 +188,59 @@ class ConversationTokenizer:
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
+    def template_text(self, messages: list[dict[str, str]]) -> str | ConversationError:
+        return self.special_token_error(messages) or self.render(messages)
+
+    def parse_text(self, raw: bytes | str) -> str:
+        """Validate one already chat-templated conversation (what RLHF trainers send: prompt + response decoded
+        with special tokens kept) and return the text to tokenize, with its last turn closed."""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogatepass")
+        if len(raw) > self.limits.max_bytes:
+            raise ConversationError(f"text is {len(raw)} bytes; the limit is {self.limits.max_bytes} bytes",
+                                    "too_large")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConversationError(f"text is not valid UTF-8 (bad byte at offset {err.start})", "encoding") from None
+        bos = self.tokenizer.bos_token or ""
+        if not text.startswith(bos):
+            if self.special_pattern is not None and not self.special_pattern.search(text):
+                raise ConversationError(
+                    f"text holds no special tokens: it looks decoded with skip_special_tokens=True, which erases the "
+                    f"turns ArmoRM reads; decode with skip_special_tokens=False so it starts with {bos}",
+                    "not_templated")
+            raise ConversationError(
+                f"text must start with {bos}: send the whole conversation as the chat template renders it "
+                "(apply_chat_template(messages, tokenize=False)), special tokens kept", "not_templated")
+        if text.count(bos) > 1:
+            raise ConversationError(f"text holds {bos} {text.count(bos)} times; send one conversation per row",
+                                    "not_templated")
+        # A generation may end with padding or end-of-text after its last turn; the template closes every turn.
+        trailing = tuple(t for t in (self.tokenizer.pad_token, self.tokenizer.eos_token, "<|end_of_text|>")
+                         if t and t != END_OF_TURN)
+        while trailing and text.endswith(trailing):
+            text = text[: -len(next(t for t in trailing if text.endswith(t)))]
+        if GATE_PATTERN_TEXT not in text:
+            raise ConversationError(
+                "text has no assistant turn after a prompt: it must hold "
+                + repr(GATE_PATTERN_TEXT) + " before the response to score", "no_prompt")
+        return text if text.endswith(END_OF_TURN) else text + END_OF_TURN
+
+    def tokenize_texts(
+        self, texts: Sequence[str | ConversationError]
+    ) -> list[TokenizedConversation | ConversationError]:
+        """Tokenize templated texts together; an error passed in (or found) is returned in its slot, not raised."""
+        valid = [text for text in texts if not isinstance(text, ConversationError)]
+        # The template already holds <|begin_of_text|>: adding special tokens again would double the BOS.
+        encoded = iter(self.tokenizer(valid, add_special_tokens=False)["input_ids"] if valid else [])
+        return [text if isinstance(text, ConversationError) else self._positions(next(encoded)) for text in texts]
+
     def tokenize_batch(
         self, batch: Sequence[list[dict[str, str]]]
     ) -> list[TokenizedConversation | ConversationError]:
         """Tokenize validated conversations together; a failure is returned in its slot, not raised."""
-        errors = [self.special_token_error(messages) for messages in batch]
-        texts = [self.render(messages) for messages, error in zip(batch, errors) if error is None]
-        # The template already holds <|begin_of_text|>: adding special tokens again would double the BOS.
-        encoded = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
-        return [error if error is not None else self._positions(next(encoded)) for error in errors]
+        return self.tokenize_texts([self.template_text(messages) for messages in batch])
 
     def tokenize(self, messages: list[dict[str, str]]) -> TokenizedConversation:
         result = self.tokenize_batch([messages])[0]
@@ -241,23 +289,37 @@ def parse_row(raw: bytes, limits: InputLimits, row: int, rows: int) -> list[dict
         raise name_row(err, row, rows) from None
 
 
+def row_text(tokenizer: ConversationTokenizer, raw: bytes, form: str, row: int, rows: int) -> str:
+    """One row of either form → the templated text to tokenize."""
+    try:
+        if form == TEXT_FORM:
+            return tokenizer.parse_text(raw)
+        text = tokenizer.template_text(parse_messages(raw, tokenizer.limits))
+        if isinstance(text, ConversationError):
+            raise text
+        return text
+    except ConversationError as err:
+        raise name_row(err, row, rows) from None
+
+
 def tokenize_requests(
-    tokenizer: ConversationTokenizer, requests: Sequence[Sequence[bytes]]
+    tokenizer: ConversationTokenizer, requests: Sequence[Sequence[bytes]], forms: Sequence[str] | None = None
 ) -> tuple[list[dict[str, np.ndarray] | ConversationError], int]:
-    """Each request's raw `messages` rows → its tokenizer outputs, or the error that fails it alone; and how many
-    conversations were truncated to max_tokens (truncate=True).
+    """Each request's raw rows (`messages` JSON, or templated `text` where its form says so) → its tokenizer
+    outputs, or the error that fails it alone; and how many conversations were truncated to max_tokens.
 
     All valid conversations of the dynamic batch are tokenized in one call. A request with several
     rows gets its rows right-padded with the pad token to a common length (positions stay exact).
     """
-    parsed: list[list[list[dict[str, str]]] | ConversationError] = []
-    for rows in requests:
+    forms = forms or [MESSAGES_FORM] * len(requests)
+    parsed: list[list[str] | ConversationError] = []
+    for rows, form in zip(requests, forms):
         try:
-            parsed.append([parse_row(raw, tokenizer.limits, row, len(rows)) for row, raw in enumerate(rows)])
+            parsed.append([row_text(tokenizer, raw, form, row, len(rows)) for row, raw in enumerate(rows)])
         except ConversationError as err:
             parsed.append(err)
-    flat = [messages for item in parsed if not isinstance(item, ConversationError) for messages in item]
-    tokenized = iter(tokenizer.tokenize_batch(flat))
+    flat = [text for item in parsed if not isinstance(item, ConversationError) for text in item]
+    tokenized = iter(tokenizer.tokenize_texts(flat))
     results: list[dict[str, np.ndarray] | ConversationError] = []
     truncated = 0
     for item in parsed:

@@ -6,7 +6,14 @@ from collections import Counter
 import triton_python_backend_utils as pb
 
 from armorm.model.checkpoint import load_tokenizer
-from armorm.model.conversation import ConversationError, ConversationTokenizer, InputLimits, tokenize_requests
+from armorm.model.conversation import (
+    MESSAGES_FORM,
+    TEXT_FORM,
+    ConversationError,
+    ConversationTokenizer,
+    InputLimits,
+    tokenize_requests,
+)
 from armorm.serving.codec import bytes_items
 from armorm.serving.metrics import TokenizerMetrics
 from armorm.serving.triton_glue import (
@@ -17,10 +24,19 @@ from armorm.serving.triton_glue import (
     invalid_argument,
     tensors_response,
 )
-from armorm_client.contract import MESSAGES, NUM_TOKENS, TOKENIZER_DIR
+from armorm_client.contract import MESSAGES, NUM_TOKENS, TEXT, TOKENIZER_DIR
 
 # A request that fails even alone (answer_each) failed on its own content: the caller must change it.
 UNPROCESSABLE = "unprocessable"
+
+
+def request_input(request):
+    """The one of the two optional inputs the request sent, and its form: exactly one must be there."""
+    sent = [name for name in (MESSAGES.name, TEXT.name) if pb.get_input_tensor_by_name(request, name) is not None]
+    if len(sent) != 1:
+        raise RequestError(f"send exactly one of the inputs {MESSAGES.name!r} (JSON messages) or {TEXT.name!r} "
+                           f"(the chat-templated conversation), got {' and '.join(map(repr, sent)) or 'neither'}")
+    return sent[0], {MESSAGES.name: MESSAGES_FORM, TEXT.name: TEXT_FORM}[sent[0]]
 
 
 class TritonPythonModel:
@@ -40,14 +56,16 @@ class TritonPythonModel:
         return answer_each(pb, requests, self.respond, self.unprocessable)
 
     def respond(self, requests):
-        rows = []
+        rows, forms = [], []
         for request in requests:
             try:
-                rows.append(bytes_items(input_array(pb, request, MESSAGES.name)))
+                name, form = request_input(request)
+                rows.append(bytes_items(input_array(pb, request, name)))
+                forms.append(form)
             except RequestError as err:
                 rows.append(err)
         readable = [r for r in rows if not isinstance(r, RequestError)]
-        results, truncated = tokenize_requests(self.tokenizer, readable)
+        results, truncated = tokenize_requests(self.tokenizer, readable, forms)
         tokenized = iter(results)
         responses, rejected, admitted = [], Counter(), []
         for row in rows:
