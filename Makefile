@@ -104,7 +104,7 @@ device-kit: install ## build/device: what the GPU machine lacks (tritonserver, n
 REHEARSAL := build/device-rehearsal
 REHEARSAL_PY = $(REHEARSAL)/venv/bin/python
 DEVICE_PACKAGES := transformers 'numpy>=2' grpcio protobuf pytest pytest-timeout aiohttp safetensors tokenizers \
-	matplotlib packaging onnx onnxruntime
+	matplotlib packaging onnx onnxruntime psutil
 device-rehearsal: install ## the device check (scripts/device_check.sh) on CPU, small shape, device-like venv
 	$(BIN)/python scripts/device_kit.py $(REHEARSAL)/kit --fast --python $$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 	test -f $(REHEARSAL)/venv/.installed || ($(PYTHON) -m venv $(REHEARSAL)/venv \

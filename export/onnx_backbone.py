@@ -33,7 +33,7 @@ def export_backbone(config: ArmoRMConfig, state: dict[str, torch.Tensor], path: 
     # Trace into a scratch folder: over 2 GB the exporter writes one external file per tensor there.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as scratch_dir:
         scratch = Path(scratch_dir) / "model.onnx"
-        # The TorchScript exporter on purpose: torch.export trips on Llama mask code (platform.md).
+        # The TorchScript exporter on purpose: torch.export trips on Llama mask code (pytorch#174063).
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(

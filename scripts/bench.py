@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from armorm.model.backbone import default_dtype
 from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS
 from armorm.testing.fidelity import floor_for, judge
 from armorm.testing.random_checkpoint import TinySizes, write_random_checkpoint
+from armorm.testing.workloads import best_of_n, flatten, mix
 
 SHAPES = {
     # name: (sizes, short mix, long mix, best-of-N prompt tokens, response range)
@@ -39,8 +39,6 @@ SHAPES = {
     "llama3-8b": (TinySizes(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                             num_key_value_heads=8, gating_hidden_dim=1024), (128, 1024), (1024, 4096), 512, (128, 512)),
 }
-WORDS = ("the a reward model scores each answer for helpfulness safety style and truth while users "
-         "ask about code cooking travel history science music sport weather money health").split()
 
 
 @dataclass
@@ -72,39 +70,10 @@ class Row:
         return self.tokens / self.seconds
 
 
-def text_of(tokens: int, rng: random.Random) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(max(1, tokens)))
-
-
-def mix(count: int, low: int, high: int, seed: int) -> list[list[dict[str, str]]]:
-    rng = random.Random(seed)
-    conversations = []
-    for _ in range(count):
-        total = rng.randint(low, high)
-        prompt = rng.randint(max(8, total // 8), max(9, total // 2))
-        conversations.append([{"role": "user", "content": text_of(prompt - 12, rng)},
-                              {"role": "assistant", "content": text_of(total - prompt, rng)}])
-    return conversations
-
-
 def sync(device: str | torch.device) -> None:
     """Wait for the GPU, so that a timer measures the work and not its launch."""
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def flatten(groups) -> list[list[dict[str, str]]]:
-    """best_of_n groups → one conversation per (prompt, response)."""
-    return [prompt + [{"role": "assistant", "content": r}] for prompt, responses in groups for r in responses]
-
-
-def best_of_n(prompts: int, n: int, prompt_tokens: int, response_range: tuple[int, int], seed: int):
-    rng = random.Random(seed)
-    groups = []
-    for _ in range(prompts):
-        prompt = [{"role": "user", "content": text_of(prompt_tokens - 10, rng)}]
-        groups.append((prompt, [text_of(rng.randint(*response_range), rng) for _ in range(n)]))
-    return groups
 
 
 MAX_REPEATS = 20

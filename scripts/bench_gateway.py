@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from armorm.launcher.serve_process import ServeProcess
-from armorm.launcher.triton_process import process_group
+from armorm.launcher.processes import process_group
+from armorm.testing.serve_process import ServeProcess
 
 
 def triton_grpc_target(server: ServeProcess) -> str:

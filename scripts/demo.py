@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from armorm.launcher.serve_process import ServeProcess
+from armorm.testing.serve_process import ServeProcess
 from armorm_client import ArmoRMClient, dataset, evaluation
 from armorm_client.samples import MODEL_CARD_PROMPT, SAMPLE_PAIRS, model_card_conversations
 

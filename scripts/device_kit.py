@@ -1,6 +1,6 @@
 """Build the device kit: everything the GPU machine lacks to run the served system, in one folder ≤ 60 MiB.
 
-The device (see ../shared/platform.md) has torch, transformers, numpy 2, grpcio, protobuf, aiohttp and pytest,
+The device (the lent GPU machine) has torch, transformers, numpy 2, grpcio, protobuf, aiohttp and pytest,
 but no tritonserver, no tritonclient and no Llama-3 tokenizer, and installs nothing. The kit holds:
 
 - triton.tar.xz: tritonserver 2.51 with the Python backend from the nvidia-pytriton 0.7.0 wheel, laid out as

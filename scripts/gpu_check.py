@@ -19,26 +19,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import (  # noqa: E402
-    SHAPES,
-    best_of_n,
-    card_pipeline,
-    flatten,
-    flops_per_token,
-    gemm_peak_flops,
-    mix,
-    sync,
-)
+from bench import SHAPES, card_pipeline, flops_per_token, gemm_peak_flops, sync  # noqa: E402
 
 from armorm.model import heads  # noqa: E402
 from armorm.model.backbone import ArmoRMBackbone, default_dtype  # noqa: E402
 from armorm.model.checkpoint import Checkpoint, load_tokenizer  # noqa: E402
 from armorm.model.conversation import ConversationTokenizer, InputLimits  # noqa: E402
 from armorm.model.packed import PackedBackbone  # noqa: E402
+from armorm.reference import ArmoRMReference  # noqa: E402
 from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 from armorm.testing.fidelity import floor_for, judge  # noqa: E402
 from armorm.testing.random_checkpoint import random_parameters, tiny_config, write_tokenizer  # noqa: E402
-from armorm.reference import ArmoRMReference  # noqa: E402
+from armorm.testing.workloads import best_of_n, flatten, mix  # noqa: E402
 
 
 def main() -> int:

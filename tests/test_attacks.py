@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import itertools
 import json
@@ -48,10 +49,11 @@ GOOD = json.dumps([{"role": "user", "content": "Hi there"}, {"role": "assistant"
 
 
 @pytest.fixture(scope="module")
-def attacked(exported_repository, tmp_path_factory):
-    with ServeProcess(exported_repository, tmp_path_factory.mktemp("attacked"), admin_key="admin") as server:
-        server.first_triton_pid = server.triton_pid()
-        yield server
+def attacked(server):
+    """The session's server: every attack must leave it serving exactly, here and for every module after this one.
+    The pid of its tritonserver, taken before the first attack, tells a crash (the supervisor's restart) apart."""
+    server.first_triton_pid = server.triton_pid()
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,10 @@ class Attack:
     http: Callable[[str], int] | None = None
     grpc_status: str = INVALID
     http_status: int = 400
+
+    def __post_init__(self) -> None:  # an attack sent over no protocol would drop out of both matrices unseen
+        if self.grpc is None and self.http is None:
+            raise ValueError(f"attack {self.name!r} has no sender")
 
 
 def content(name: str, *rows: bytes) -> Attack:
@@ -290,17 +296,12 @@ def under_fire(server: ServeProcess, expected, send: Callable[[], object]) -> ob
         neighbours = pool.submit(client.score_batch, NEIGHBOURS, max_in_flight=len(NEIGHBOURS),
                                  return_exceptions=True)
         outcome = pool.submit(send)
-        for index, (result, reference) in enumerate(zip(neighbours.result(), expected)):
+        for index, (result, reference) in enumerate(zip(neighbours.result(), expected, strict=True)):
             assert not isinstance(result, Exception), f"neighbour {index} failed: {result!r}"
             assert_same(result, reference, f"neighbour {index}")
         answer = outcome.result()
     assert server.triton_pid() == server.first_triton_pid, "tritonserver was restarted: it crashed"
     return answer
-
-
-def test_the_matrix_holds_over_forty_kinds():
-    kinds = sum(1 for attack in ATTACKS for sender in (attack.grpc, attack.http) if sender)
-    assert len(ATTACKS) >= 40 and kinds >= 80, (len(ATTACKS), kinds)
 
 
 @pytest.mark.parametrize("attack", [a for a in ATTACKS if a.grpc], ids=lambda a: a.name)
@@ -336,8 +337,9 @@ OUTPUT_NAMES = [t.name for t in contract.ENSEMBLE.outputs]
 def test_every_subset_of_outputs_is_answered(attacked):
     client = grpcclient.InferenceServerClient(attacked.grpc_url)
     full = client.infer("armorm", [messages_tensor([GOOD, GOOD])])
+    served = [output.name for output in client.get_model_metadata("armorm").outputs]
+    assert sorted(served) == sorted(OUTPUT_NAMES), "the server's outputs are the contract's: every subset is tried"
     subsets = [s for k in range(1, len(OUTPUT_NAMES) + 1) for s in itertools.combinations(OUTPUT_NAMES, k)]
-    assert len(subsets) == 31
     for subset in subsets:
         result = client.infer("armorm", [messages_tensor([GOOD, GOOD])],
                               outputs=[grpcclient.InferRequestedOutput(name) for name in subset])
@@ -376,7 +378,7 @@ def wait_until_idle(server: ServeProcess, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while total(scrape(server.metrics_url), IN_FLIGHT) > 0:
         assert time.monotonic() < deadline, "abandoned calls never left the model server"
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def test_floods_of_short_deadlines_do_not_crash_the_server(attacked, expected_neighbours):
@@ -394,12 +396,16 @@ def test_ctrl_c_of_the_cli_mid_file_leaves_the_server_serving(attacked, expected
     rows.write_text("\n".join(json.dumps({"messages": varied_conversations()[i % 20]}) for i in range(6000)))
     cli = subprocess.Popen([sys.executable, "-m", "armorm_client", str(rows), "--url", attacked.grpc_url],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while total(scrape(attacked.metrics_url), IN_FLIGHT) < 16:
-        assert cli.poll() is None and time.monotonic() < deadline, cli.stderr.read()
-        time.sleep(0.05)
-    cli.send_signal(signal.SIGINT)
-    cli.wait(60)
+    try:
+        deadline = time.monotonic() + 60
+        while total(scrape(attacked.metrics_url), IN_FLIGHT) < 16:
+            assert cli.poll() is None and time.monotonic() < deadline, cli.stderr.read()
+            time.sleep(0.05)
+        cli.send_signal(signal.SIGINT)
+        cli.wait(60)
+    finally:  # a CLI that outlived a failure here would go on loading the shared server for the tests after it
+        if cli.poll() is None:
+            cli.kill()
     wait_until_idle(attacked)
     under_fire(attacked, expected_neighbours, lambda: None)
 
@@ -411,10 +417,8 @@ def test_every_port_survives_large_form_bodies(attacked):
     assert http_post(f"127.0.0.1:{metrics_port}", "/metrics", body, form) == 404
     assert http_post(attacked.http_url, "/v2/models/armorm/infer", body, form) == 400
     assert http_post(attacked.http_url, "/v2/repository/index", body, form) == 401
-    try:  # the gRPC port spoken to in HTTP/1.1: refused at the protocol level
-        http_post(attacked.grpc_url, "/", body, form)
-    except (OSError, http.client.HTTPException):
-        pass
+    with pytest.raises((OSError, http.client.HTTPException)):  # the gRPC port spoken to in HTTP/1.1: refused at
+        http_post(attacked.grpc_url, "/", body, form)  # the protocol level (broken pipe here), never an HTTP status
     assert attacked.triton_pid() == attacked.first_triton_pid
     with ArmoRMClient(attacked.grpc_url, retry=NO_RETRIES) as client:
         assert client.score(NEIGHBOURS[0]).num_tokens > 0
@@ -437,12 +441,16 @@ def test_bare_triton_survives_a_large_form_body(bare_triton, port):
         http_post(target, "/v2/health/ready", b"x" * 6_000_000, {"Content-Type": "application/x-www-form-urlencoded"})
     except OSError:
         pass  # the connection dies with the server
-    time.sleep(1)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        bare_triton.process.wait(1)  # a crash ends the wait at once; a survivor is given a second
     assert bare_triton.process.poll() is None, f"tritonserver died with code {bare_triton.process.returncode}"
 
 
 # Not strict: a race. Alone it crashed 2.51 within two bursts in every run seen here, but inside the full suite it
 # once survived all 20; a strict marker would fail CI at random. The form-body crash above is deterministic.
+# A non-strict known failure cannot fail, so it is no check for `make test`: it runs in `make test-slow`, where an
+# XPASS in the summary says an upgrade may have fixed the race (the gateway's own flood test runs in every run).
+@pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="upstream triton-inference-server/server#7368 (fixed in 2.53 / NGC 24.12) "
                                          "and #8034 (fixed in 2.57 / NGC 25.04): gRPC cancellation races")
 def test_bare_triton_survives_floods_of_short_deadlines(bare_triton):

@@ -18,11 +18,13 @@ CLIENT = Path(__file__).resolve().parent.parent / "client"
 SCRIPT = """
 import json, sys
 from armorm_client import ArmoRMClient
+import armorm_client.trl, armorm_client.verl  # the trainer integrations import light too
 conversations = json.loads(sys.stdin.read())
 with ArmoRMClient(sys.argv[1]) as client:
     results = client.score_batch(conversations)
 print(json.dumps({"scores": [r.score for r in results],
-                  "modules": sorted(m for m in ("torch", "transformers", "armorm") if m in sys.modules)}))
+                  "modules": sorted(m for m in ("torch", "transformers", "armorm", "trl", "verl")
+                                    if m in sys.modules)}))
 """
 
 
@@ -44,5 +46,5 @@ def test_a_client_only_environment_scores_against_the_server(server, reference, 
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["modules"] == []
-    for served, messages in zip(answer["scores"], conversations):
+    for served, messages in zip(answer["scores"], conversations, strict=True):
         assert abs(served - reference.score(messages).score) <= SCORE_ATOL

@@ -6,7 +6,7 @@ from armorm.serving.codec import bytes_items, split_rows
 
 def test_split_rows_inverts_concatenate():
     parts = [np.arange(2 * 3).reshape(2, 3), np.arange(3).reshape(1, 3), np.arange(9).reshape(3, 3)]
-    for got, want in zip(split_rows(np.concatenate(parts), [2, 1, 3]), parts):
+    for got, want in zip(split_rows(np.concatenate(parts), [2, 1, 3]), parts, strict=True):
         np.testing.assert_array_equal(got, want)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from armorm.serving import metrics
+from armorm.testing.prometheus import scrape, total
 from armorm_client import evaluation
 from armorm_client.samples import SAMPLE_PAIRS
 from tests.conversations import varied_conversations
@@ -106,9 +108,15 @@ def test_sigterm_leaves_a_whole_parquet_file_that_resumes(server, tmp_path):
 
     source = write_jsonl(tmp_path / "in.jsonl", short_rows(3000))
     output = tmp_path / "out.parquet"
+    before = total(scrape(server.metrics_url), metrics.CONVERSATIONS)
     process = subprocess.Popen(score_command(server, source, "-o", output, "--window", "8"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)  # some row groups written to out.parquet.partial
+    deadline = time.monotonic() + 120
+    # 64 rows taken in by the server, at most 8 of them still in flight: at least 56 are answered (held for the
+    # next row group, which the SIGTERM writes) and most of the 3000 are not.
+    while total(scrape(server.metrics_url), metrics.CONVERSATIONS) < before + 64:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+        time.sleep(0.05)
     process.terminate()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -120,7 +128,7 @@ def test_sigterm_leaves_a_whole_parquet_file_that_resumes(server, tmp_path):
 
 
 def test_a_server_that_stays_unavailable_stops_the_run_resumably(tmp_path):
-    from armorm.launcher.triton_process import free_port
+    from armorm.launcher.loopback import free_port
 
     source = write_jsonl(tmp_path / "in.jsonl", short_rows(5))
     output = tmp_path / "out.jsonl"

@@ -4,9 +4,7 @@ and a wrong causal alignment, injected here on CPU in bf16."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +17,9 @@ from armorm.model.checkpoint import Checkpoint, load_tokenizer
 from armorm.model.config import ArmoRMConfig
 from armorm.model.conversation import ConversationTokenizer
 from armorm.model.packed import Layout, PackedBackbone
-from armorm.testing.fidelity import judge
 from armorm.reference import ArmoRMReference
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from bench import best_of_n, flatten, mix  # noqa: E402
+from armorm.testing.fidelity import judge
+from armorm.testing.workloads import best_of_n, flatten, mix
 
 
 def test_the_bf16_reference_keeps_rope_in_fp32_as_the_model_card_does(tiny_checkpoint):

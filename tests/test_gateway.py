@@ -7,7 +7,7 @@ import struct
 import pytest
 from tritonclient.grpc import service_pb2
 
-from armorm.gateway.grpc_messages import infer_request_error
+from armorm.gateway.grpc_messages import infer_request_error, inspect_infer_request
 from armorm.gateway.http_body import bytes_elements_error, infer_body_error
 from armorm.gateway.routes import (
     ADMIN_APIS,
@@ -16,6 +16,7 @@ from armorm.gateway.routes import (
     api_of_grpc,
     api_of_http,
     forwarded_grpc_metadata,
+    model_of_http_infer,
 )
 
 
@@ -70,6 +71,48 @@ def test_access_policy_statuses():
     assert closed.check(Api.INFERENCE, headers.get) is None
 
 
+def test_inference_is_public_for_the_ensemble_only():
+    policy = AccessPolicy(admin_key="adm")
+    assert policy.check_model("armorm", {}.get) is None
+    for step in ("armorm_tokenizer", "armorm_backbone", "nope", "", "Armorm", "armorm "):
+        message = policy.check_model(step, {}.get)
+        assert message is not None and "send requests to 'armorm'" in message, step
+        assert policy.check_model(step, {"armorm-admin-key": "wrong"}.get) is not None, step
+        assert policy.check_model(step, {"armorm-admin-key": "adm"}.get) is None, step
+        assert policy.check_model(step, {"triton-grpc-protocol-armorm-admin-key": "adm"}.get) is None, step
+    assert AccessPolicy().check_model("armorm_backbone", {"armorm-admin-key": ""}.get) is not None, "no admin key"
+    assert model_of_http_infer("/v2/models/armorm_backbone/infer") == "armorm_backbone"
+    assert model_of_http_infer("/v2/models/armorm/versions/1/infer") == "armorm"
+    assert model_of_http_infer("/v2/models/armorm/ready") == ""
+
+
+def test_grpc_requests_name_their_model():
+    view = inspect_infer_request(service_pb2.ModelInferRequest(model_name="armorm_backbone").SerializeToString())
+    assert (view.model, view.problem) == ("armorm_backbone", None)
+    garbage = inspect_infer_request(b"\xff\xff garbage")
+    assert garbage.model is None and "not a valid ModelInferRequest" in garbage.problem
+
+
+def test_gateway_metrics_are_exposed_with_their_values():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from armorm.gateway.stats import ABANDONED, IN_FLIGHT, REFUSED, REQUESTS, UPSTREAM_UNAVAILABLE, GatewayStats
+
+    stats, other = GatewayStats(), GatewayStats()
+    stats.requests[("grpc", "inference")] += 3
+    stats.refused[("http", "not_public")] += 2
+    stats.abandoned, stats.in_flight, stats.upstream_unavailable = 4, 5, 6
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(stats.prometheus()) for s in family.samples}
+    assert samples == {
+        (REQUESTS, (("api", "inference"), ("protocol", "grpc"))): 3,
+        (REFUSED, (("protocol", "http"), ("reason", "not_public"))): 2,
+        (ABANDONED, ()): 4, (IN_FLIGHT, ()): 5, (UPSTREAM_UNAVAILABLE, ()): 6,
+    }
+    assert f"# TYPE {IN_FLIGHT} gauge" in stats.prometheus() and f"# TYPE {REQUESTS} counter" in stats.prometheus()
+    assert f"{IN_FLIGHT} 0.0" in other.prometheus(), "each gateway has a registry of its own"
+
+
 def test_keys_are_not_forwarded_to_triton():
     metadata = (("armorm-api-key", "k"), ("triton-grpc-protocol-armorm-admin-key", "a"), ("traceparent", "t"),
                 ("grpc-timeout", "1S"), ("user-agent", "x"))
@@ -106,8 +149,9 @@ MESSAGES = {"name": "messages", "shape": [1, 1], "datatype": "BYTES"}
     (body([{**MESSAGES, "data": ["a", "b"]}]), None, "2 values for shape [1, 1]"),
     (body([{**MESSAGES, "datatype": "FP128", "data": [1]}]), None, "datatype"),
     (body([{**MESSAGES, "shape": [1, -1], "data": ["a"]}]), None, "non-negative"),
-    (body([{"name": "x", "shape": [1], "datatype": "INT64", "data": [1.5]}]), None, "INT64 but holds"),
-    (body([{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]}]), None, "BOOL but holds"),
+    (body([{"name": "x", "shape": [1], "datatype": "INT64", "data": [1]}]), None, "the model's input is BYTES"),
+    (body([{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.5]}]), None, "the model's input is BYTES"),
+    (body([{**MESSAGES, "data": [None]}]), None, "holds the JSON null"),
     (body([{**MESSAGES, "data": ["a"]}], outputs=[{"nom": "score"}]), None, '"outputs"'),
     (b"{}", "99", "does not fit"),
     (b"{}", "x", "must be a decimal integer"),
@@ -119,7 +163,7 @@ def test_malformed_inference_bodies_are_named(raw, header, fragment):
 def test_valid_inference_bodies_pass():
     assert infer_body_error(body([{**MESSAGES, "data": ["[]"]}]), None) is None
     assert infer_body_error(body([{**MESSAGES, "data": [["[]"]]}], outputs=[{"name": "score"}]), None) is None
-    assert infer_body_error(body([{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2.5]}]), None) is None
+    assert infer_body_error(body([{**MESSAGES, "name": "text", "shape": [2, 1], "data": ["a", "b"]}]), None) is None
     data = strings(b"[]")
     header = body([{**MESSAGES, "parameters": {"binary_data_size": len(data)}}])
     assert infer_body_error(header + data, str(len(header))) is None
@@ -149,7 +193,7 @@ def test_binary_bytes_of_size_zero_are_still_checked_and_header_lengths_are_plai
 
 
 def test_paths_with_dot_or_empty_segments_are_not_forwarded():
-    from armorm.gateway.http_proxy import plain_path
+    from armorm.gateway.http_listener import plain_path
 
     assert plain_path("/v2/models/armorm/infer")
     for path in ("/v2/models/../repository/index", "/v2/./logging", "//v2/logging", "/v2/models/x/", "/v2/models/.."):

@@ -1,4 +1,5 @@
-"""The head math against explicit loops written from armorm.md, not from armorm.model.heads."""
+"""The head math against explicit loops written from the model card's `modeling_custom.py` (regression layer, gating
+MLP with softmax(x / temperature) · logit_scale, score = Σ gating · (rewards @ T)), not from armorm.model.heads."""
 
 import numpy as np
 import pytest

@@ -24,7 +24,7 @@ EVERYTHING = ("export.enabled=true", "autoscaling.enabled=true", "metrics.servic
               "security.tlsSecret=armorm-tls", "security.apiKeySecret=armorm-api",
               "security.adminKeySecret=armorm-admin")
 
-# checkov findings left as they are, each for a reason (README "Kubernetes" lists them too).
+# checkov findings left as they are, each for a reason (docs/kubernetes.md lists them too).
 ACCEPTED_FINDINGS = {
     "CKV_K8S_11": "no CPU limit: CFS throttling adds latency spikes to a GPU server; CPU is requested instead",
     "CKV_K8S_43": "a digest is supported (image.digest) but cannot be a default: it names the user's own build",

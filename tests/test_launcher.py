@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from armorm.launcher.orphans import remove_orphaned_segments, shm_segments
 from armorm.launcher.server import RestartPolicy, Supervisor
-from armorm.launcher.triton_process import ServerStartError, TritonServer, remove_orphaned_segments, shm_segments
+from armorm.launcher.triton_process import ServerStartError, TritonServer
 
 
 @pytest.mark.integration
@@ -34,6 +35,7 @@ def test_a_broken_repository_fails_fast_with_the_log(tmp_path):
         TritonServer(tmp_path / "repository", log_path=tmp_path / "server.log", startup_timeout=60).start()
 
 
+@pytest.mark.integration  # runs armorm-serve itself (it must refuse before starting tritonserver)
 def test_armorm_serve_refuses_a_port_that_something_else_holds(exported_repository, tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -50,7 +52,7 @@ def test_armorm_serve_refuses_a_port_that_something_else_holds(exported_reposito
 def test_orphaned_socket_directories_are_removed_and_live_owners_are_kept():
     import tempfile
 
-    from armorm.launcher.triton_process import SOCKET_DIR_PREFIX, private_socket_dir, remove_orphaned_socket_dirs
+    from armorm.launcher.orphans import SOCKET_DIR_PREFIX, private_socket_dir, remove_orphaned_socket_dirs
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -81,6 +83,74 @@ def test_orphaned_shared_memory_is_removed_and_live_owners_are_kept():
     finally:
         orphan.unlink(missing_ok=True)
         mine.unlink(missing_ok=True)
+
+
+def test_an_owner_pid_held_by_a_zombie_or_by_another_users_process_counts_as_gone():
+    import time
+
+    import psutil
+
+    zombie = subprocess.Popen(["true"])  # exits and is not reaped (no wait) until the end
+    other = None
+    if os.getuid() == 0:
+        other = subprocess.Popen(["sleep", "60"], user=65534)
+        stranger = other.pid
+    elif psutil.Process(1).uids().effective != os.getuid():
+        stranger = 1
+    else:
+        pytest.skip("needs root, or a pid 1 of another user")
+    orphans = [Path(f"/dev/shm/armorm_{zombie.pid}_dead_region"), Path(f"/dev/shm/armorm_{stranger}_reused_region")]
+    try:
+        deadline = time.monotonic() + 10
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for path in orphans:
+            path.write_bytes(b"x")
+        assert {path.name for path in orphans} <= set(remove_orphaned_segments())
+        assert not any(path.exists() for path in orphans)
+    finally:
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        zombie.wait()
+        if other is not None:
+            other.kill()
+            other.wait()
+
+
+def test_a_process_group_is_seen_whole_and_killed_whole_when_sigterm_is_ignored():
+    """What TritonServer.stop relies on: its model processes share tritonserver's group, and a server that ignores
+    SIGTERM is killed with all of them."""
+    import signal
+    import time
+
+    from armorm.launcher.processes import alive, process_group, terminate
+    from armorm.testing.processes import descendants
+
+    stubborn = ("import signal, subprocess, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "subprocess.Popen(['sleep', '60']); time.sleep(60)")
+    leader = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(command.startswith("sleep") for command in descendants(leader.pid).values()):
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.05)
+        child = next(pid for pid, command in descendants(leader.pid).items() if command == "sleep 60")
+        group = process_group(leader.pid)
+        assert set(group) == {leader.pid, child} and group[child] == "sleep 60"
+        assert alive(child) and process_group(os.getpgid(0)).keys().isdisjoint(group)
+        # SIGTERM is ignored, so after the timeout SIGKILL goes to the whole group.
+        assert terminate(leader, timeout=0.5, kill_group=True) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while process_group(leader.pid):  # a killed child left as a zombie no longer counts
+            assert time.monotonic() < deadline, f"left behind: {process_group(leader.pid)}"
+            time.sleep(0.05)
+    finally:
+        try:
+            os.killpg(leader.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        leader.wait()
 
 
 def test_backoff_doubles_up_to_its_ceiling():
@@ -141,7 +211,8 @@ def test_max_restarts_gives_up_when_asked():
 
 
 def test_placement_is_chosen_on_the_node_and_only_the_kind_changes(exported_repository, tmp_path):
-    from armorm.launcher.placement import KINDS, PlacementError, choose_placement, read_config, serving_repository
+    from armorm.launcher.model_config import read_config
+    from armorm.launcher.placement import KINDS, PlacementError, choose_placement, serving_repository
 
     assert choose_placement("auto", gpus=1).device == "gpu"
     assert choose_placement("auto", gpus=0).device == "cpu"
@@ -168,7 +239,7 @@ def test_a_repository_exported_on_a_gpu_host_serves_on_a_cpu_node(exported_repos
     the repository whose backbone runs on the CPU, with every other setting of config.pbtxt kept."""
     import torch
 
-    from armorm.launcher.serve_process import ServeProcess
+    from armorm.testing.serve_process import ServeProcess
     from armorm_client import ArmoRMClient
     from tests.conversations import varied_conversations
 

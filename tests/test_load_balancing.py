@@ -81,7 +81,7 @@ def test_aged_out_connections_reconnect_without_failing_a_call(second_server):
     seen: set[int] = set()
     with ArmoRMClient(second_server.grpc_url) as client:
         deadline, answered = time.monotonic() + 5.0, 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (answered < 5 or len(seen) < 3):  # done once both are seen
             assert client.score(conversation).num_tokens > 0
             answered += 1
             seen |= client_ports_to(port)

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,8 @@ from armorm.gateway import DRAINING_MESSAGE
 from armorm.gateway.stats import IN_FLIGHT
 from armorm.launcher.orphans import shm_segments
 from armorm.launcher.processes import process_group
-from armorm.testing.prometheus import scrape, total
 from armorm.testing.processes import live_processes
+from armorm.testing.prometheus import scrape, total
 from armorm.testing.serve_process import ServeProcess
 from armorm_client import (
     NO_RETRIES,
@@ -73,6 +74,7 @@ def burst(server, retry, count=40):
     start = time.monotonic()
     with ArmoRMClient(server.grpc_url, retry=retry, timeout_s=60) as client:
         results = client.score_batch(requests, max_in_flight=count, return_exceptions=True)
+    assert len(results) == count, "one outcome per request"
     return results, time.monotonic() - start
 
 
@@ -120,36 +122,68 @@ def process_group_of_any(repository: Path) -> dict[int, str]:
     return {p.pid: p.command for p in live_processes() if str(repository) in p.command}
 
 
-def test_a_killed_model_process_fails_fast_and_the_supervisor_restarts_the_server(exported_repository, tmp_path,
-                                                                                   expected):
-    # A private copy: its path tells this server's processes apart from every other test server's.
-    repository = derive(exported_repository, tmp_path / "repository", lambda name, config: None)
-    shm_before = shm_segments()
-    server = ServeProcess(repository, tmp_path / "logs").start()
-    try:
-        conversation = long_conversations(8)[0]
-        with ArmoRMClient(server.grpc_url, retry=NO_RETRIES, timeout_s=10) as impatient:
-            assert_same(impatient.score(conversation), expected[0], "before the crash")
-            victim = backbone_stub(repository)
-            os.kill(victim, signal.SIGKILL)
-            start = time.monotonic()
-            with pytest.raises(ServerUnavailableError):
-                impatient.score(conversation)
-            assert time.monotonic() - start < 10, "the failure must be fast, not a hang"
-        with ArmoRMClient(server.grpc_url, retry=PATIENT, timeout_s=10) as patient:
-            result = patient.score(conversation)  # RetriesExhaustedError if the server never came back
-        assert_same(result, expected[0], "after the restart")
-        assert backbone_stub(repository) != victim
-    finally:
-        assert server.stop() == 0, server.log_tails()
-    assert not process_group_of_any(repository), "processes left behind"
-    assert not (shm_segments() - shm_before), "shared memory left behind"
+@dataclass
+class Relay:
+    """armorm-serve on a private copy of the repository (its path tells these processes apart from every other test
+    server's), handed on from the test that restarts its Triton to the test that ends it with SIGTERM: one start
+    for both, and the clean stop is then checked on a server whose Triton was restarted. Run alone, each test gets
+    a fresh start; whatever is still running at the end is stopped and checked here."""
+
+    repository: Path
+    logs: Path
+    shm_before: set[str]
+    waiting: ServeProcess | None = None
+    started: list[ServeProcess] = field(default_factory=list)
+
+    def take(self) -> ServeProcess:
+        if self.waiting is not None and self.waiting.process.poll() is None:
+            server, self.waiting = self.waiting, None
+            return server
+        server = ServeProcess(self.repository, self.logs / f"start-{len(self.started)}").start()
+        self.started.append(server)
+        return server
+
+    def hand_on(self, server: ServeProcess) -> None:
+        self.waiting = server
+
+    def stop_and_check(self) -> None:
+        for server in self.started:
+            if server.process.poll() is None:
+                assert server.stop() == 0, server.log_tails()
+        assert not process_group_of_any(self.repository), "processes left behind"
+        assert not (shm_segments() - self.shm_before), "shared memory left behind"
 
 
-def test_sigterm_drains_admitted_requests_and_refuses_new_ones(exported_repository, tmp_path, expected):
-    repository = derive(exported_repository, tmp_path / "repository", lambda name, config: None)
-    shm_before = shm_segments()
-    server = ServeProcess(repository, tmp_path / "logs").start()
+@pytest.fixture(scope="module")
+def relay(exported_repository, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("relay")
+    repository = derive(exported_repository, directory / "repository", lambda name, config: None)
+    handed = Relay(repository, directory / "logs", shm_segments())
+    yield handed
+    handed.stop_and_check()
+
+
+def test_a_killed_model_process_fails_fast_and_the_supervisor_restarts_the_server(relay, expected):
+    server = relay.take()
+    conversation = long_conversations(8)[0]
+    with ArmoRMClient(server.grpc_url, retry=NO_RETRIES, timeout_s=10) as impatient:
+        assert_same(impatient.score(conversation), expected[0], "before the crash")
+        victim = backbone_stub(relay.repository)
+        os.kill(victim, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailableError):
+            impatient.score(conversation)
+        assert time.monotonic() - start < 10, "the failure must be fast, not a hang"
+    with ArmoRMClient(server.grpc_url, retry=PATIENT, timeout_s=10) as patient:
+        result = patient.score(conversation)  # RetriesExhaustedError if the server never came back
+    assert_same(result, expected[0], "after the restart")
+    assert backbone_stub(relay.repository) != victim
+    relay.hand_on(server)  # stopped by the SIGTERM test (or by the relay, run alone): exit 0, nothing left
+
+
+def test_sigterm_drains_admitted_requests_and_refuses_new_ones(relay, expected):
+    repository, shm_before = relay.repository, relay.shm_before
+    server = relay.take()
     conversations = long_conversations(8)
     count = 48
     results: list = []
@@ -232,10 +266,13 @@ def test_soak_mixed_lengths_with_invalid_requests(server, reference):
             return rss_bytes(server.process.pid, group=False) + rss_bytes(server.triton_pid())
 
         baseline = served_rss()
+        # Unreadable /proc entries count as 0: a baseline that small would make any growth pass unseen.
+        assert baseline > 100 << 20, f"the served processes' memory was not read ({baseline} bytes)"
         start = time.monotonic()
         results = client.score_batch(requests, max_in_flight=32, return_exceptions=True)
         seconds = time.monotonic() - start
     grown = served_rss() - baseline
+    assert len(results) == count, "one outcome per request"
     for index, result in enumerate(results):
         slot = index % len(pool)
         if slot >= len(valid):

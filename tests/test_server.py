@@ -69,6 +69,7 @@ def test_concurrent_requests_are_batched_and_batch_invariant(server, client, sin
     inferences, executions = (a - b for a, b in zip(backbone_counts(server), (inferences_before, executions_before)))
     assert inferences == len(requests)
     assert executions < inferences, f"{executions} backbone executions for {inferences} requests: nothing batched"
+    assert len(results) == len(requests)
     for index, result in enumerate(results):
         assert_same(result, singles[index % len(conversations)], f"request {index} in a batch")
 
@@ -104,7 +105,7 @@ def test_one_bad_request_in_a_batch_fails_alone(client, singles):
     requests: list = list(conversations)
     requests.insert(5, b'[{"role": "user", "content": "no answer"}]')
     results = client.score_batch(requests, max_in_flight=len(requests), return_exceptions=True)
-    assert isinstance(results[5], InvalidConversationError)
+    assert len(results) == len(requests) and isinstance(results[5], InvalidConversationError)
     good = results[:5] + results[6:]
     for index, result in enumerate(good):
         assert_same(result, singles[index], f"neighbour {index} of a bad request")
@@ -115,7 +116,9 @@ def test_async_client(server, singles):
         async with AsyncArmoRMClient(server.grpc_url) as client:
             return await client.score_batch(varied_conversations()[:6])
 
-    for index, result in enumerate(asyncio.run(run())):
+    results = asyncio.run(run())
+    assert len(results) == 6
+    for index, result in enumerate(results):
         assert_same(result, singles[index], f"async {index}")
 
 

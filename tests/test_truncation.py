@@ -2,15 +2,11 @@
 a long conversation is scored on its first max_tokens tokens exactly as the model card's pipeline scores it
 (truncation=True, max_length), the metric counts it, and a prompt longer than the limit is still refused."""
 
-import shutil
-
 import pytest
 
 from armorm.serving.metrics import TRUNCATED
 from armorm.testing.prometheus import scrape, total
-from armorm.testing.serve_process import ServeProcess
 from armorm_client import ArmoRMClient, InvalidConversationError
-from armorm_export.repository import read_config, set_parameter, write_config
 from tests.conversations import TEST_MAX_TOKENS, varied_conversations
 from tests.test_server import assert_same
 
@@ -18,16 +14,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def truncating_server(exported_repository, tmp_path_factory):
-    repository = tmp_path_factory.mktemp("truncating") / "repository"
-    shutil.copytree(exported_repository, repository)
-    config_path = repository / "armorm_tokenizer" / "config.pbtxt"
-    config = read_config(config_path)
-    assert config.parameters["truncate"].string_value == "false", "the export's default refuses long conversations"
-    set_parameter(config, "truncate", "true")  # what armorm-export --truncate writes
-    write_config(config_path, config, "truncate=true for the test")
-    with ServeProcess(repository, tmp_path_factory.mktemp("truncating-logs")) as running:
-        yield running
+def truncating_server(variant_server):
+    """truncate="true" in the tokenizer's config, as armorm-export --truncate writes it (conftest.py)."""
+    return variant_server
 
 
 def long_conversation(prompt: str = "Write a long story.") -> list[dict[str, str]]:

@@ -1,14 +1,9 @@
 """The gateway in front of tritonserver: the only listener clients reach (see gateway.py for why)."""
 
-from armorm.gateway.gateway import (
-    DRAINING_MESSAGE,
-    Gateway,
-    GatewayConfig,
-    GatewayStartError,
-    TlsFiles,
-    UpstreamSockets,
-)
-from armorm.gateway.routes import ADMIN_APIS, AccessPolicy, Api
+from armorm.gateway.admission import DRAINING_MESSAGE
+from armorm.gateway.config import GatewayConfig, GatewayStartError, PortTakenError, TlsFiles, Upstream
+from armorm.gateway.gateway import Gateway
+from armorm.gateway.routes import ADMIN_APIS, PUBLIC_MODEL, AccessPolicy, Api
 
-__all__ = ["ADMIN_APIS", "AccessPolicy", "Api", "DRAINING_MESSAGE", "Gateway", "GatewayConfig", "GatewayStartError",
-           "TlsFiles", "UpstreamSockets"]
+__all__ = ["ADMIN_APIS", "PUBLIC_MODEL", "AccessPolicy", "Api", "DRAINING_MESSAGE", "Gateway", "GatewayConfig",
+           "GatewayStartError", "PortTakenError", "TlsFiles", "Upstream"]

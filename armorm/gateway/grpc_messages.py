@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
@@ -10,8 +11,17 @@ from tritonclient.grpc import service_pb2
 from armorm.gateway.http_body import bytes_elements_error
 
 
-def infer_request_error(message: bytes) -> str | None:
-    """Why a serialized ModelInferRequest must not be forwarded, or None.
+@dataclass(frozen=True)
+class InferRequestView:
+    """What the gateway needs of a ModelInferRequest: the model it names (None: not a ModelInferRequest at all)
+    and why it must not be forwarded to the ensemble (None: it may)."""
+
+    model: str | None
+    problem: str | None
+
+
+def inspect_infer_request(message: bytes) -> InferRequestView:
+    """Decode a serialized ModelInferRequest and check it as a request to the ensemble.
 
     Only what Triton 2.51 would get wrong is checked: BYTES data given as raw contents is parsed by Triton after
     requests are batched, so one malformed request would fail its whole batch. Everything else (names, shapes,
@@ -21,7 +31,16 @@ def infer_request_error(message: bytes) -> str | None:
     try:
         request.ParseFromString(message)
     except DecodeError as err:
-        return f"the request is not a valid ModelInferRequest ({err})"
+        return InferRequestView(None, f"the request is not a valid ModelInferRequest ({err})")
+    return InferRequestView(request.model_name, _raw_contents_error(request))
+
+
+def infer_request_error(message: bytes) -> str | None:
+    """Why a serialized ModelInferRequest must not be forwarded to the ensemble, or None."""
+    return inspect_infer_request(message).problem
+
+
+def _raw_contents_error(request: service_pb2.ModelInferRequest) -> str | None:
     if not request.raw_input_contents:
         return None
     if len(request.raw_input_contents) != len(request.inputs):

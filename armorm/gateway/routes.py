@@ -7,13 +7,15 @@ caller's headers open it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hmac
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from armorm_client.contract import ADMIN_HEADER, API_KEY_HEADER, GRPC_HEADER_PREFIX
+from armorm_client.contract import ADMIN_HEADER, API_KEY_HEADER, ENSEMBLE, GRPC_HEADER_PREFIX
 
 
 class Api(enum.Enum):
@@ -31,6 +33,9 @@ class Api(enum.Enum):
 # Closed unless the caller sends the admin key. Inference, health and the read-only metadata, model-config and
 # statistics stay open: perf_analyzer needs the last three and cannot send gRPC headers.
 ADMIN_APIS = frozenset({Api.MODEL_REPOSITORY, Api.SHARED_MEMORY, Api.TRACE, Api.LOGGING})
+# Public inference reaches the ensemble only. Its steps are not an API: they trust what the tokenizer checked,
+# so only holders of the admin key may call them directly (debugging), unchecked.
+PUBLIC_MODEL = ENSEMBLE.name
 
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_STREAM_INFER = GRPC_SERVICE + "ModelStreamInfer"
@@ -69,6 +74,7 @@ _HTTP_ROUTES: tuple[tuple[str, re.Pattern[str], Api], ...] = tuple(
         ("GET", _MODEL, Api.METADATA),
         ("GET", _MODEL + r"/config", Api.MODEL_CONFIG),
         ("POST", _MODEL + r"/infer", Api.INFERENCE),
+        ("POST", r"/get_reward", Api.INFERENCE),  # OpenRLHF's remote reward protocol (reward_api.py)
         ("POST", r"/v2/repository/index", Api.MODEL_REPOSITORY),
         ("POST", r"/v2/repository/models/[^/]+/(?:load|unload)", Api.MODEL_REPOSITORY),
         ("GET", r"/v2/(?:system|cuda)sharedmemory(?:/region/[^/]+)?/status", Api.SHARED_MEMORY),
@@ -77,6 +83,15 @@ _HTTP_ROUTES: tuple[tuple[str, re.Pattern[str], Api], ...] = tuple(
         ("*", r"/v2/logging", Api.LOGGING),
     )
 )
+
+
+_HTTP_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+
+
+def model_of_http_infer(path: str) -> str:
+    """The model an inference path names ("" for a path that is not one)."""
+    match = _HTTP_INFER.fullmatch(path)
+    return match.group(1) if match else ""
 
 
 def api_of_http(method: str, path: str) -> Api | None:
@@ -117,12 +132,24 @@ class AccessPolicy:
             return self._require(self.api_key, API_KEY_HEADER, api, header)
         return None
 
+    def check_model(self, model: str, header: Callable[[str], str | None]) -> str | None:
+        """Why this caller may not run inference on `model` (None: it may): PUBLIC_MODEL is open to every caller
+        that passed `check(Api.INFERENCE, ...)`, any other model only to holders of the admin key."""
+        if model == PUBLIC_MODEL:
+            return None
+        if self.admin_key is not None and self._require(self.admin_key, ADMIN_HEADER, Api.INFERENCE, header) is None:
+            return None
+        return (f"model {model[:64]!r} is not served for inference here; send requests to {PUBLIC_MODEL!r} (the "
+                "other models are its internal steps)")
+
     @staticmethod
     def _require(key: str, name: str, api: Api, header: Callable[[str], str | None]) -> Denial | None:
         hint = " (ArmoRMClient: api_key=...)" if name == API_KEY_HEADER else ""
         presented = header(name)
         if presented is None:
             presented = header(GRPC_HEADER_PREFIX + name)
+        if presented is None and name == API_KEY_HEADER:
+            presented = authorization_key(header("authorization"))
         if presented is None:
             return Denial(f"the {api.value} API needs the {name} header{hint}", True)
         # surrogateescape: a header that is not UTF-8 reaches here with escaped bytes; it is a wrong key, not a crash
@@ -131,9 +158,24 @@ class AccessPolicy:
         return None
 
 
+def authorization_key(value: str | None) -> str | None:
+    """The API key in an Authorization header: `Bearer KEY`, or Basic with KEY as the password, which is what
+    `requests` sends for a URL like http://rm:KEY@host:8000/get_reward (trainers that send no headers of their
+    own, OpenRLHF among them, can still carry a key)."""
+    scheme, _, credentials = (value or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        return credentials.strip()
+    if scheme.lower() == "basic" and credentials:
+        try:
+            return base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[2] or None
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    return None
+
+
 # Never forwarded to Triton: the keys stay in the gateway, the transport's own headers are the proxy's business.
 _KEY_HEADERS = frozenset({ADMIN_HEADER, API_KEY_HEADER, GRPC_HEADER_PREFIX + ADMIN_HEADER,
-                          GRPC_HEADER_PREFIX + API_KEY_HEADER})
+                          GRPC_HEADER_PREFIX + API_KEY_HEADER, "authorization"})
 
 
 def forwarded_grpc_metadata(metadata: tuple[tuple[str, str | bytes], ...]) -> tuple[tuple[str, str | bytes], ...]:

@@ -1,11 +1,15 @@
-"""The gateway's own counters, appended to Triton's /metrics in Prometheus text format."""
+"""The gateway's own counters, appended to Triton's /metrics in Prometheus text format (prometheus_client)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-# Names, declared once; tests and the README refer to these.
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+# Names, declared once; tests and docs/operations.md refer to these.
 REQUESTS = "armorm_gateway_requests_total"
 REFUSED = "armorm_gateway_refused_total"
 ABANDONED = "armorm_gateway_abandoned_total"
@@ -13,32 +17,39 @@ IN_FLIGHT = "armorm_gateway_in_flight"
 UPSTREAM_UNAVAILABLE = "armorm_gateway_upstream_unavailable_total"
 
 
-@dataclass
+@dataclass(eq=False)  # identity-hashed: the registry keys its collectors by them
 class GatewayStats:
-    """Touched only from the gateway's event loop: no lock needed."""
+    """Touched only from the gateway's event loop: no lock needed. Plain numbers that the admission logic reads
+    too; exported at scrape time by a collector on a registry of this gateway's own (several gateways can live
+    in one process, as in the tests)."""
 
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (protocol, api)
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)  # (protocol, reason)
     abandoned: int = 0  # the caller left (cancelled, deadline); the upstream call ran to its end regardless
     in_flight: int = 0  # upstream inference calls not yet answered, abandoned ones included
     upstream_unavailable: int = 0  # Triton unreachable (restarting) or refusing
+    registry: CollectorRegistry = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(REQUESTS, "Requests the gateway received, by protocol and API",
+                                       labels=("protocol", "api"))
+        for labels, count in sorted(self.requests.items()):
+            requests.add_metric(labels, count)
+        refused = CounterMetricFamily(REFUSED, "Requests the gateway answered itself without reaching the model "
+                                               "server, by reason", labels=("protocol", "reason"))
+        for labels, count in sorted(self.refused.items()):
+            refused.add_metric(labels, count)
+        yield requests
+        yield refused
+        yield CounterMetricFamily(ABANDONED, "Inference calls whose caller left first; the model server still "
+                                             "finished them", value=self.abandoned)
+        yield GaugeMetricFamily(IN_FLIGHT, "Inference calls inside the model server now", value=self.in_flight)
+        yield CounterMetricFamily(UPSTREAM_UNAVAILABLE, "Calls answered UNAVAILABLE because the model server was "
+                                                        "unreachable", value=self.upstream_unavailable)
 
     def prometheus(self) -> str:
-        lines = [
-            f"# HELP {REQUESTS} Requests the gateway received, by protocol and API",
-            f"# TYPE {REQUESTS} counter",
-            *(f'{REQUESTS}{{protocol="{p}",api="{a}"}} {n}' for (p, a), n in sorted(self.requests.items())),
-            f"# HELP {REFUSED} Requests the gateway answered itself without reaching the model server, by reason",
-            f"# TYPE {REFUSED} counter",
-            *(f'{REFUSED}{{protocol="{p}",reason="{r}"}} {n}' for (p, r), n in sorted(self.refused.items())),
-            f"# HELP {ABANDONED} Inference calls whose caller left first; the model server still finished them",
-            f"# TYPE {ABANDONED} counter",
-            f"{ABANDONED} {self.abandoned}",
-            f"# HELP {IN_FLIGHT} Inference calls inside the model server now",
-            f"# TYPE {IN_FLIGHT} gauge",
-            f"{IN_FLIGHT} {self.in_flight}",
-            f"# HELP {UPSTREAM_UNAVAILABLE} Calls answered UNAVAILABLE because the model server was unreachable",
-            f"# TYPE {UPSTREAM_UNAVAILABLE} counter",
-            f"{UPSTREAM_UNAVAILABLE} {self.upstream_unavailable}",
-        ]
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()

@@ -17,6 +17,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from armorm.launcher.model_config import read_config
 from armorm_client.contract import BACKBONE
 
 DEVICES = ("auto", "cpu", "gpu", "exported")
@@ -58,10 +59,6 @@ def choose_placement(requested: str, gpus: int) -> Placement:
     device = requested if requested != "auto" else ("gpu" if gpus else "cpu")
     why = f"{gpus} GPU(s) visible" if requested == "auto" else "--backbone-device"
     return Placement(device, f"backbone on {device.upper()} ({why})")
-
-
-def read_config(path: Path) -> mc.ModelConfig:
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
 def placed_config(config: mc.ModelConfig, device: str) -> mc.ModelConfig | None:

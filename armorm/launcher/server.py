@@ -26,16 +26,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from armorm.gateway import AccessPolicy, Gateway, GatewayConfig, GatewayStartError, TlsFiles, UpstreamSockets
-from armorm.gateway.gateway import PortTakenError
-from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, serving_repository, visible_gpus
-from armorm.launcher.triton_process import (
-    ServerStartError,
-    TritonServer,
-    private_socket_dir,
-    remove_orphaned_segments,
-    remove_orphaned_socket_dirs,
+from armorm.gateway import (
+    AccessPolicy,
+    Gateway,
+    GatewayConfig,
+    GatewayStartError,
+    PortTakenError,
+    TlsFiles,
+    Upstream,
 )
+from armorm.launcher.orphans import private_socket_dir, remove_orphaned_segments, remove_orphaned_socket_dirs
+from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, serving_repository, visible_gpus
+from armorm.launcher.triton_process import ServerStartError, TritonServer
+from armorm.launcher.upstream import UpstreamSockets
 
 ADMIN_KEY_ENV = "ARMORM_ADMIN_KEY"
 API_KEY_ENV = "ARMORM_API_KEY"
@@ -242,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     private = private_socket_dir()  # 0700: only this user can reach Triton's sockets
     sockets = UpstreamSockets(private)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
-    gateway = Gateway(GatewayConfig(sockets, args.host, args.grpc_port, args.http_port, args.metrics_port, policy,
+    upstream = Upstream(sockets.grpc_target, sockets.http, sockets.metrics)
+    gateway = Gateway(GatewayConfig(upstream, args.host, args.grpc_port, args.http_port, args.metrics_port, policy,
                                     tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age))
     try:
         repository = serving_repository(args.repository, placement, private)

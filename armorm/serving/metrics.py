@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from armorm.model.batching import BackboneStats
 
-# Names, declared once; tests and the README refer to these.
+# Names, declared once; tests and docs/operations.md refer to these.
 CONVERSATIONS = "armorm_conversations_total"
 TOKENS = "armorm_tokens_total"
 REJECTED = "armorm_rejected_requests_total"

@@ -14,7 +14,12 @@ def parse(text: str) -> Samples:
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+            # The parser names every counter sample <family>_total; Triton exposes its counters without the
+            # suffix, so a counter is found under both names.
+            names = {sample.name, family.name} if family.type == "counter" and sample.name.endswith("_total") \
+                else {sample.name}
+            for name in names:
+                samples.setdefault(name, []).append((dict(sample.labels), float(sample.value)))
     return samples
 
 

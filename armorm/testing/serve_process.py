@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from armorm.gateway import TlsFiles
+from armorm.launcher.loopback import ServerUrls, free_port
+from armorm.launcher.processes import terminate
 from armorm.launcher.server import ADMIN_KEY_ENV, API_KEY_ENV, EXIT_PORT_TAKEN
-from armorm.launcher.triton_process import ServerStartError, ServerUrls, descendants, free_port, terminate
+from armorm.launcher.triton_process import ServerStartError
+from armorm.testing.processes import descendants
 from armorm_client.contract import ADMIN_HEADER, GRPC_HEADER_PREFIX
 
 # A port chosen free can be taken before armorm-serve binds it; it then exits EXIT_PORT_TAKEN and is started again.

@@ -1,8 +1,8 @@
 """gRPC side of the gateway: every KServe method passed through as raw bytes to Triton's Unix socket.
 
-Only inference requests are decoded, to refuse the ones Triton would let fail their batch neighbours
-(grpc_messages.py); everything else passes as opaque bytes. The caller's deadline and cancellation stop at
-the gateway (see Gateway.upstream).
+Only inference requests are decoded: for the model they name (the ensemble is the one public model) and to
+refuse the ones Triton would let fail their batch neighbours (grpc_messages.py); everything else passes as
+opaque bytes. The caller's deadline and cancellation stop at the gateway (see Admission.upstream).
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from typing import Any
 
 import grpc
 
-from armorm.gateway.gateway import Gateway, ListenError, Refusal
-from armorm.gateway.grpc_messages import infer_request_error
+from armorm.gateway.admission import Admission, Refusal, Refused, off_loop_if_large
+from armorm.gateway.config import GatewayConfig, ListenError, LoadedTls
+from armorm.gateway.grpc_messages import inspect_infer_request
 from armorm.gateway.routes import (
     GRPC_HEALTH_CHECK,
     GRPC_SERVICE,
     GRPC_STREAM_INFER,
+    PUBLIC_MODEL,
     Api,
     api_of_grpc,
     forwarded_grpc_metadata,
@@ -29,6 +31,7 @@ PROTOCOL = "grpc"
 REFUSAL_CODES = {
     Refusal.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Refusal.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Refusal.NOT_PUBLIC: grpc.StatusCode.NOT_FOUND,
     Refusal.DRAINING: grpc.StatusCode.UNAVAILABLE,
     Refusal.OVERLOADED: grpc.StatusCode.UNAVAILABLE,
 }
@@ -47,11 +50,12 @@ _UPSTREAM_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _END = object()
+Status = tuple[grpc.StatusCode, str]
 
 
 class GrpcProxy(grpc.GenericRpcHandler):
-    def __init__(self, gateway: Gateway, channel: grpc.aio.Channel) -> None:
-        self.gateway = gateway
+    def __init__(self, admission: Admission, channel: grpc.aio.Channel) -> None:
+        self.admission = admission
         self.channel = channel
         self._unary_calls: dict[str, Any] = {}
 
@@ -66,31 +70,46 @@ class GrpcProxy(grpc.GenericRpcHandler):
     async def authorize(self, api: Api, context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
         """Check the caller's keys (abort when refused); the metadata to forward."""
         metadata = tuple(context.invocation_metadata() or ())
-        refusal = self.gateway.authorize(PROTOCOL, api, dict(metadata).get)
+        refusal = self.admission.authorize(PROTOCOL, api, dict(metadata).get)
         if refusal is not None:
             await context.abort(REFUSAL_CODES[refusal[0]], refusal[1])
         return forwarded_grpc_metadata(metadata)
 
+    async def refusal_of(self, message: bytes, context: grpc.aio.ServicerContext) -> Status | None:
+        """Why one inference message must not reach Triton: not a request, a model other than the ensemble
+        without the admin key, or a request the ensemble must not batch with others."""
+        view = await off_loop_if_large(inspect_infer_request, message)
+        if view.model is None:
+            self.admission.refuse(PROTOCOL, "malformed")
+            return grpc.StatusCode.INVALID_ARGUMENT, view.problem or ""
+        header = dict(context.invocation_metadata() or ()).get
+        refusal: Refused | None = self.admission.authorize_model(PROTOCOL, view.model, header)
+        if refusal is not None:
+            return REFUSAL_CODES[refusal[0]], refusal[1]
+        if view.model == PUBLIC_MODEL and view.problem is not None:  # the steps take no checks: only admins reach them
+            self.admission.refuse(PROTOCOL, "malformed")
+            return grpc.StatusCode.INVALID_ARGUMENT, view.problem
+        return None
+
     async def unary(self, method: str, api: Api, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         metadata = await self.authorize(api, context)
-        if self.gateway.draining and method in _READINESS:
+        if self.admission.draining and method in _READINESS:
             return NOT_READY
-        if self.gateway.draining and method == GRPC_HEALTH_CHECK:
+        if self.admission.draining and method == GRPC_HEALTH_CHECK:
             return NOT_SERVING
         inference = api is Api.INFERENCE
         if inference:
-            problem = await self.gateway.check(infer_request_error, request)
-            if problem is not None:
-                self.gateway.refuse(PROTOCOL, "malformed")
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            refusal = self.gateway.admit_inference(PROTOCOL)
+            status = await self.refusal_of(request, context)
+            if status is not None:
+                await context.abort(*status)
+            refusal = self.admission.admit_inference(PROTOCOL)
             if refusal is not None:
                 await context.abort(REFUSAL_CODES[refusal[0]], refusal[1])
         upstream = self._unary_calls.get(method)
         if upstream is None:
             upstream = self._unary_calls[method] = self.channel.unary_unary(method)
         try:  # no await between admit_inference and upstream(): a drain starting now counts this call
-            return await self.gateway.upstream(upstream(request, metadata=metadata), inference)
+            return await self.admission.upstream(upstream(request, metadata=metadata), inference)
         except grpc.aio.AioRpcError as err:
             await self.abort_like(err, context)
 
@@ -98,20 +117,20 @@ class GrpcProxy(grpc.GenericRpcHandler):
         """ModelStreamInfer: each message is admitted like a unary call and holds its in-flight slot until its
         answer comes back (the ensemble answers each request once). A refused message ends the stream with its
         status after the answers to the earlier ones."""
+        admission = self.admission
         metadata = await self.authorize(api, context)
         call = self.channel.stream_stream(method)(metadata=metadata)
         answers: asyncio.Queue[Any] = asyncio.Queue()
-        state = {"pending": 0, "refusal": None}
+        state: dict[str, Any] = {"pending": 0, "refusal": None}
 
         async def forward_requests() -> None:
             try:
                 async for message in requests:
-                    problem = await self.gateway.check(infer_request_error, message)
-                    if problem is not None:
-                        self.gateway.refuse(PROTOCOL, "malformed")
-                        state["refusal"] = (grpc.StatusCode.INVALID_ARGUMENT, problem)
+                    status = await self.refusal_of(message, context)
+                    if status is not None:
+                        state["refusal"] = status
                         break
-                    refusal = self.gateway.admit_inference(PROTOCOL)
+                    refusal = admission.admit_inference(PROTOCOL)
                     if refusal is not None:
                         state["refusal"] = (REFUSAL_CODES[refusal[0]], refusal[1])
                         break
@@ -130,7 +149,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
                 async for answer in call:
                     if state["pending"]:
                         state["pending"] -= 1
-                        self.gateway.release()
+                        admission.release()
                     answers.put_nowait(answer)
                 if state["refusal"] is not None:
                     answers.put_nowait(state["refusal"])
@@ -140,12 +159,12 @@ class GrpcProxy(grpc.GenericRpcHandler):
                 answers.put_nowait((grpc.StatusCode.UNAVAILABLE, UNREACHABLE))
             finally:
                 for _ in range(state["pending"]):
-                    self.gateway.release()
+                    admission.release()
                 state["pending"] = 0
                 answers.put_nowait(_END)
 
-        self.gateway.track(forward_requests())
-        self.gateway.track(collect_answers())  # runs to its end even if this caller leaves
+        admission.track(forward_requests())
+        admission.track(collect_answers())  # runs to its end even if this caller leaves
         while (answer := await answers.get()) is not _END:
             if isinstance(answer, tuple):
                 await context.abort(*answer)
@@ -154,7 +173,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
     async def abort_like(self, err: grpc.aio.AioRpcError, context: grpc.aio.ServicerContext) -> None:
         code, details = err.code(), err.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "socket" in details.lower()):
-            self.gateway.stats.upstream_unavailable += 1
+            self.admission.stats.upstream_unavailable += 1
             details = UNREACHABLE
         elif transient_failure(details):
             code = grpc.StatusCode.UNAVAILABLE
@@ -165,13 +184,15 @@ class GrpcListener:
     def __init__(self, server: grpc.aio.Server, channel: grpc.aio.Channel) -> None:
         self.server, self.channel = server, channel
 
+    def begin_drain(self) -> None:
+        """Nothing to do: one HTTP/2 connection to Triton, which does not hold its shutdown."""
+
     async def close(self) -> None:
         await self.server.stop(grace=1.0)
         await self.channel.close()
 
 
-async def start_grpc(gateway: Gateway) -> GrpcListener:
-    config = gateway.config
+async def start_grpc(config: GatewayConfig, admission: Admission, tls: LoadedTls | None) -> GrpcListener:
     channel = grpc.aio.insecure_channel(config.upstream.grpc_target, options=_UPSTREAM_OPTIONS)
     # Beyond this many concurrent calls gRPC answers RESOURCE_EXHAUSTED before reading more messages: memory
     # stays bounded even when callers without keys send large messages.
@@ -185,22 +206,15 @@ async def start_grpc(gateway: Gateway) -> GrpcListener:
         # Calls running when the age is reached get as long again to finish before the connection closes.
         options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
     server = grpc.aio.server(maximum_concurrent_rpcs=config.max_in_flight + 256, options=options)
-    server.add_generic_rpc_handlers((GrpcProxy(gateway, channel),))
+    server.add_generic_rpc_handlers((GrpcProxy(admission, channel),))
     address = f"{config.host}:{config.grpc_port}"
     try:
-        if config.tls is None:
+        if tls is None:
             server.add_insecure_port(address)
         else:
-            server.add_secure_port(address, server_credentials(config))
+            server.add_secure_port(address, tls.grpc_credentials)
     except RuntimeError as err:
         await channel.close()
         raise ListenError(f"cannot listen for gRPC on {address}: {err} (is another server using the port?)") from None
     await server.start()
     return GrpcListener(server, channel)
-
-
-def server_credentials(config: Any) -> grpc.ServerCredentials:
-    tls = config.tls
-    client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
-    return grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)

@@ -1,0 +1,76 @@
+"""OpenRLHF's remote reward protocol on the public HTTP port: `POST /get_reward` with
+{"query": [chat-templated prompt + response, ...], "prompts": [...], "labels": [...]} →
+{"rewards": [...], "scores": [...], "extra_logs": {<objective>: [...], "gating/<objective>": [...]}}.
+
+Each query becomes one request to the ensemble's `text` input, all sent at once, so Triton's dynamic batcher
+batches them with everyone else's. Pure translation here; the listener does keys, limits and the sending.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from armorm.gateway.http_body import BodyError
+from armorm.model.conversation import json_kind
+from armorm_client.contract import ENSEMBLE, GATING, OBJECTIVES, REWARDS, SCORE, TEXT
+
+REWARD_PATH = "/get_reward"
+# OpenRLHF ≤ 0.9 split a whole rollout batch across reward URLs: hundreds of queries per call are normal.
+MAX_QUERIES = 4096
+INFER_PATH = f"/v2/models/{ENSEMBLE.name}/infer"
+_OUTPUTS = (SCORE.name, REWARDS.name, GATING.name)
+
+
+def parse_queries(body: bytes) -> list[str]:
+    """The `query` list of an OpenRLHF reward request (`prompts` and `labels` are accepted and unused: the
+    query already holds the prompt)."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise BodyError('the body must be JSON like {"query": ["<|begin_of_text|>...", ...]}') from None
+    if not isinstance(document, dict):
+        raise BodyError(f'the body must be a JSON object with a "query" list, got a JSON {json_kind(document)}')
+    queries = document.get("query")
+    if isinstance(queries, str):
+        queries = [queries]
+    if not isinstance(queries, list) or not queries:
+        raise BodyError('"query" must be a non-empty list of chat-templated texts (prompt + response)')
+    if len(queries) > MAX_QUERIES:
+        raise BodyError(f'"query" holds {len(queries)} texts; send at most {MAX_QUERIES} per call')
+    for index, query in enumerate(queries):
+        if not isinstance(query, str):
+            raise BodyError(f"query[{index}] must be a string, got a JSON {json_kind(query)}")
+    return queries
+
+
+def infer_body(query: str) -> bytes:
+    """One query as a KServe v2 JSON request to the ensemble's `text` input."""
+    return json.dumps({"inputs": [{"name": TEXT.name, "shape": [1, 1], "datatype": "BYTES", "data": [query]}],
+                       "outputs": [{"name": name} for name in _OUTPUTS]}).encode()
+
+
+def read_answer(answer: bytes) -> dict[str, list[float]]:
+    """A KServe v2 JSON response of the ensemble → its outputs by name."""
+    outputs = json.loads(answer)["outputs"]
+    return {output["name"]: [float(value) for value in output["data"]] for output in outputs}
+
+
+def reward_response(answers: Sequence[dict[str, list[float]]]) -> dict[str, Any]:
+    scores = [answer[SCORE.name][0] for answer in answers]
+    extra: dict[str, list[float]] = {}
+    for index, objective in enumerate(OBJECTIVES):
+        extra[objective] = [answer[REWARDS.name][index] for answer in answers]
+    for index, objective in enumerate(OBJECTIVES):
+        extra[f"gating/{objective}"] = [answer[GATING.name][index] for answer in answers]
+    return {"rewards": scores, "scores": scores, "extra_logs": extra}
+
+
+def upstream_error(index: int, count: int, answer: bytes) -> str:
+    """Triton's {"error": ...} for one query, named for the caller."""
+    try:
+        message = str(json.loads(answer).get("error", ""))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        message = answer[:200].decode("utf-8", "replace")
+    return f"query[{index}] of {count}: {message}" if count > 1 else message

@@ -1,0 +1,30 @@
+"""A repository's config.pbtxt files, parsed with Triton's own schema: what the launcher reads from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+def python_instances(repository: Path) -> set[str]:
+    """Names of the Python-backend instances the configs ask for, as Triton names them
+    (`<group name or model_groupindex>_<instance index>`, e.g. armorm_backbone_0_0)."""
+    names = set()
+    for path in Path(repository).glob("*/config.pbtxt"):
+        try:
+            config = read_config(path)
+        except text_format.ParseError:
+            continue  # tritonserver refuses it at start-up and says why in its log
+        if config.backend != "python":
+            continue
+        groups = config.instance_group or [mc.ModelInstanceGroup(count=1)]
+        for index, group in enumerate(groups):
+            prefix = group.name or f"{config.name}_{index}"
+            names.update(f"{prefix}_{number}" for number in range(max(group.count, 1)))
+    return names

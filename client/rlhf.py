@@ -1,0 +1,118 @@
+"""What the trainer integrations (armorm_client.verl, armorm_client.trl) share: settings from the environment,
+clients built from them, and prompt + response → the conversation the server scores.
+
+A trainer must never hang on the server nor train on a reward it did not get: every call has a deadline
+(ARMORM_TIMEOUT_S, per attempt), UNAVAILABLE (overload, restart, unreachable) is retried ARMORM_MAX_ATTEMPTS
+times with backoff and then raised, and nothing here invents a default reward.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from armorm_client.client import ArmoRMClient, AsyncArmoRMClient
+from armorm_client.retry import RetryPolicy
+
+URL_ENV = "ARMORM_URL"
+API_KEY_ENV = "ARMORM_API_KEY"  # the name armorm-score reads too
+TIMEOUT_ENV = "ARMORM_TIMEOUT_S"
+MAX_ATTEMPTS_ENV = "ARMORM_MAX_ATTEMPTS"
+MAX_IN_FLIGHT_ENV = "ARMORM_MAX_IN_FLIGHT"
+SSL_ENV = "ARMORM_SSL"
+ROOT_CERTIFICATES_ENV = "ARMORM_ROOT_CERTIFICATES"
+
+DEFAULT_URL = "localhost:8001"
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class MissingPromptError(ValueError):
+    """A row came without the prompt ArmoRM needs (it scores the prompt and the response together)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to reach the server. Hashable: the integrations keep one client per distinct Settings."""
+
+    url: str = DEFAULT_URL
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per attempt; DEADLINE_EXCEEDED is not retried
+    max_attempts: int = 5  # UNAVAILABLE (overload, restart, unreachable) is retried up to this many tries
+    max_in_flight: int = 64  # requests of one batch in flight at once
+    ssl: bool = False
+    root_certificates: str | None = None  # a PEM file; None: the system's roots
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def number(name: str, kind: type, default: Any, minimum: float) -> Any:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not a {kind.__name__}") from None
+            if value < minimum:
+                raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+            return value
+
+        ssl = env.get(SSL_ENV, "").strip().lower()
+        if ssl not in ("", "0", "1", "true", "false"):
+            raise ValueError(f"{SSL_ENV}={ssl!r}: use 1 or 0")
+        return cls(url=env.get(URL_ENV, "").strip() or DEFAULT_URL,
+                   api_key=env.get(API_KEY_ENV) or None,
+                   timeout_s=number(TIMEOUT_ENV, float, DEFAULT_TIMEOUT_S, 0.001),
+                   max_attempts=number(MAX_ATTEMPTS_ENV, int, 5, 1),
+                   max_in_flight=number(MAX_IN_FLIGHT_ENV, int, 64, 1),
+                   ssl=ssl in ("1", "true"),
+                   root_certificates=env.get(ROOT_CERTIFICATES_ENV) or None)
+
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_attempts)
+
+    def client(self) -> ArmoRMClient:
+        return ArmoRMClient(self.url, timeout_s=self.timeout_s, retry=self.retry(), api_key=self.api_key,
+                            ssl=self.ssl, root_certificates=self.root_certificates)
+
+    def async_client(self) -> AsyncArmoRMClient:
+        """Must be called inside the event loop that will use it (a gRPC aio channel belongs to one loop)."""
+        return AsyncArmoRMClient(self.url, timeout_s=self.timeout_s, retry=self.retry(), api_key=self.api_key,
+                                 ssl=self.ssl, root_certificates=self.root_certificates)
+
+
+def text_of(content: Any) -> str:
+    """A message's content as text: a string, or the text parts of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)) and all(isinstance(block, Mapping) for block in content):
+        if all(block.get("type") == "text" for block in content):
+            return "".join(str(block.get("text", "")) for block in content)
+        raise ValueError("ArmoRM scores text only: a message holds a non-text content block")
+    raise ValueError(f"a message's content must be text, not {type(content).__name__}")
+
+
+def messages_of(value: Any, role: str) -> list[dict[str, str]]:
+    """A prompt or a response as messages: text becomes one turn with `role`; a list of message dicts (or a numpy
+    array of them, as verl's parquet rows give) keeps its turns, each reduced to role and content."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, Mapping) or not hasattr(value, "__iter__"):
+        raise ValueError(f"expected text or a list of messages, got {type(value).__name__}")
+    messages = []
+    for message in value:
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise ValueError(f"a message must be a dict with 'role' and 'content', got {message!r:.200}")
+        messages.append({"role": str(message["role"]), "content": text_of(message["content"])})
+    if not messages:
+        raise ValueError("an empty list of messages")
+    return messages
+
+
+def conversation(prompt: Any, response: Any) -> list[dict[str, str]]:
+    """prompt + response as one conversation: a text prompt is a single user turn, a text response a single
+    assistant turn. The server checks the rest (roles, the assistant turn last, the token limit)."""
+    return messages_of(prompt, "user") + messages_of(response, "assistant")

@@ -1,0 +1,121 @@
+"""OpenRLHF's remote reward protocol (POST /get_reward on the public HTTP port), on the exact JSON its trainer
+sends: each `query` the chat-templated prompt + response, special tokens kept. Rewards must equal the ensemble's
+score for the same conversation, with the 19 objectives and gating weights in extra_logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import aiohttp
+import numpy as np
+import pytest
+
+from armorm.gateway.routes import AccessPolicy, Api, authorization_key
+from armorm_client.contract import OBJECTIVES
+from tests.conversations import TEST_MAX_TOKENS, varied_conversations
+
+ATOL = 1e-5  # fp32: the same tokens through the same server
+
+
+def test_the_api_key_rides_in_authorization_for_clients_that_send_no_headers():
+    import base64
+
+    basic = "Basic " + base64.b64encode(b"rm:s3cret").decode()
+    assert authorization_key(basic) == "s3cret"
+    assert authorization_key("Bearer s3cret") == "s3cret"
+    assert authorization_key("Basic !!notbase64") is None
+    assert authorization_key(None) is None
+    policy = AccessPolicy(api_key="s3cret")
+    headers = {"authorization": basic}
+    assert policy.check(Api.INFERENCE, headers.get) is None
+    assert policy.check(Api.INFERENCE, {"authorization": "Bearer wrong"}.get).missing is False
+    assert policy.check(Api.INFERENCE, {}.get).missing is True
+
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_checkpoint):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+
+
+def post(server, document, path: str = "/get_reward") -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://{server.http_url}{path}", data=json.dumps(document).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def openrlhf_request(tokenizer, conversations) -> dict:
+    """What OpenRLHF's _fetch_rewards_via_http posts: queries templated by the tokenizer, prompts, labels."""
+    return {"query": [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations],
+            "prompts": [tokenizer.apply_chat_template(c[:-1], tokenize=False, add_generation_prompt=True)
+                        for c in conversations],
+            "labels": [""] * len(conversations)}
+
+
+def test_rewards_equal_the_ensembles_scores_with_objectives_in_extra_logs(server, client, tokenizer):
+    conversations = varied_conversations()
+    status, answer = post(server, openrlhf_request(tokenizer, conversations))
+    assert status == 200, answer
+    expected = [client.score(c) for c in conversations]
+    np.testing.assert_allclose(answer["rewards"], [e.score for e in expected], atol=ATOL)
+    assert answer["scores"] == answer["rewards"]
+    logs = answer["extra_logs"]
+    assert set(logs) == set(OBJECTIVES) | {f"gating/{name}" for name in OBJECTIVES}
+    for index, name in enumerate(OBJECTIVES):
+        np.testing.assert_allclose(logs[name], [e.rewards[index] for e in expected], atol=ATOL)
+        np.testing.assert_allclose(logs[f"gating/{name}"], [e.gating[index] for e in expected], atol=ATOL)
+
+
+def test_one_sample_per_call_concurrently_as_current_openrlhf_sends(server, client, tokenizer):
+    conversations = varied_conversations()[:8] * 4
+
+    async def run():
+        async with aiohttp.ClientSession() as session:
+            async def one(conversation):
+                async with session.post(f"http://{server.http_url}/get_reward",
+                                        json=openrlhf_request(tokenizer, [conversation])) as response:
+                    assert response.status == 200, await response.text()
+                    return (await response.json())["rewards"][0]
+            return await asyncio.gather(*(one(c) for c in conversations))
+
+    rewards = asyncio.run(run())
+    np.testing.assert_allclose(rewards, [client.score(c).score for c in conversations], atol=ATOL)
+
+
+BAD = {
+    "not JSON": (b"{", "must be JSON"),
+    "no query": ({"prompts": ["x"]}, '"query" must be a non-empty list'),
+    "query not strings": ({"query": [1]}, "query[0] must be a string"),
+    "special tokens stripped": ({"query": ["user\n\nHi there.assistant\n\nHello!"]}, "skip_special_tokens=False"),
+    "over the token limit": (None, f"the limit is {TEST_MAX_TOKENS} tokens"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_call_fails_with_400_and_a_reason(server, tokenizer, case):
+    document, expected = BAD[case]
+    if case == "over the token limit":
+        long = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * (TEST_MAX_TOKENS + 10)}]
+        document = openrlhf_request(tokenizer, [varied_conversations()[0], long])
+        assert post(server, document)[1]["error"].startswith("query[1] of 2: "), "the refused query is named"
+    if isinstance(document, bytes):
+        request = urllib.request.Request(f"http://{server.http_url}/get_reward", data=document, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(request, timeout=60)
+        status, answer = raised.value.code, json.loads(raised.value.read())
+    else:
+        status, answer = post(server, document)
+    assert status == 400 and expected in answer["error"], answer
+    status, answer = post(server, openrlhf_request(tokenizer, varied_conversations()[:1]))
+    assert status == 200 and len(answer["rewards"]) == 1
