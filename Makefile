@@ -25,7 +25,7 @@ CHECKOV := build/tools/checkov/bin/checkov
 CHECKOV_SPEC := checkov==3.3.30
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway gpu-check device-kit device-rehearsal lint docker image-lock clean
+.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway bench-openrlhf gpu-check device-kit device-rehearsal lint docker image-lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ bench: install ## one-run benchmark: model card pipeline vs served (sweep, best-
 
 bench-gateway: install ## the gateway's cost: same requests through it and straight to tritonserver, ratio printed
 	$(BIN)/python scripts/bench_gateway.py $(REPO)
+
+bench-openrlhf: install ## OpenRLHF's single-sample /get_reward calls vs armorm_client on the same conversations, ratio printed
+	$(BIN)/python scripts/bench_openrlhf.py $(REPO)
 
 gpu-check: install ## packed runtime vs model card pipeline in process: fidelity + throughput (8B shape on a GPU)
 	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)

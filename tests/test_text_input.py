@@ -58,11 +58,9 @@ def test_a_generation_ending_in_padding_or_unclosed_scores_as_the_closed_turn(to
     unclosed = closed.removesuffix("<|eot_id|>")
     rows = [closed, unclosed, closed + "[PAD][PAD]", unclosed + "<|end_of_text|>"]
     results, _ = tokenize_requests(served, [[row.encode()] for row in rows], [TEXT_FORM] * len(rows))
+    assert len(results) == len(rows)
     for result in results:
         np.testing.assert_array_equal(result["input_ids"], results[0]["input_ids"])
-
-
-pytestmark = pytest.mark.integration
 
 
 def infer_texts(server, texts: list[bytes], name: str = contract.TEXT.name):
@@ -72,6 +70,7 @@ def infer_texts(server, texts: list[bytes], name: str = contract.TEXT.name):
     return client.infer(contract.ENSEMBLE.name, [tensor])
 
 
+@pytest.mark.integration
 def test_text_scores_equal_messages_scores_and_the_reference(client, tokenizer, reference):
     for index, messages in enumerate(varied_conversations()):
         (by_text,) = client.score_texts([templated(tokenizer, messages)])
@@ -94,6 +93,7 @@ BAD_TEXTS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", sorted(BAD_TEXTS))
 def test_bad_text_is_invalid_argument_alone_and_says_what_is_wrong(server, client, tokenizer, case):
     good = templated(tokenizer, varied_conversations()[1])
@@ -119,6 +119,7 @@ def attempt(client, text):
         return err
 
 
+@pytest.mark.integration
 def test_a_request_must_send_exactly_one_form(server, tokenizer):
     good = templated(tokenizer, varied_conversations()[1]).encode()
     client = grpcclient.InferenceServerClient(server.grpc_url)
