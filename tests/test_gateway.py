@@ -96,18 +96,34 @@ def test_grpc_requests_name_their_model():
 def test_gateway_metrics_are_exposed_with_their_values():
     from prometheus_client.parser import text_string_to_metric_families
 
-    from armorm.gateway.stats import ABANDONED, IN_FLIGHT, REFUSED, REQUESTS, UPSTREAM_UNAVAILABLE, GatewayStats
+    from armorm.gateway.stats import (
+        ABANDONED,
+        BUFFERED_BYTES,
+        BUFFERED_BYTES_LIMIT,
+        CONNECTIONS,
+        IN_FLIGHT,
+        REFUSED,
+        REQUESTS,
+        SHED,
+        UPSTREAM_UNAVAILABLE,
+        GatewayStats,
+    )
 
     stats, other = GatewayStats(), GatewayStats()
     stats.requests[("grpc", "inference")] += 3
     stats.refused[("http", "not_public")] += 2
     stats.abandoned, stats.in_flight, stats.upstream_unavailable = 4, 5, 6
+    stats.buffered_bytes, stats.buffered_bytes_limit = 7, 8
+    stats.connections["http"] += 9
+    stats.shed[("http", "header_timeout")] += 10
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(stats.prometheus()) for s in family.samples}
     assert samples == {
         (REQUESTS, (("api", "inference"), ("protocol", "grpc"))): 3,
         (REFUSED, (("protocol", "http"), ("reason", "not_public"))): 2,
         (ABANDONED, ()): 4, (IN_FLIGHT, ()): 5, (UPSTREAM_UNAVAILABLE, ()): 6,
+        (BUFFERED_BYTES, ()): 7, (BUFFERED_BYTES_LIMIT, ()): 8, (CONNECTIONS, (("listener", "http"),)): 9,
+        (SHED, (("listener", "http"), ("reason", "header_timeout"))): 10,
     }
     assert f"# TYPE {IN_FLIGHT} gauge" in stats.prometheus() and f"# TYPE {REQUESTS} counter" in stats.prometheus()
     assert f"{IN_FLIGHT} 0.0" in other.prometheus(), "each gateway has a registry of its own"

@@ -340,3 +340,20 @@ def test_dashboard_ships_as_a_configmap_for_the_grafana_sidecar():
     assert all(name.startswith("nv_") or f'"{name}"' in declared for name in plotted), "ours are declared in code"
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
     assert all(target["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] for target in p["targets"])
+
+
+def test_the_gateway_limits_reach_armorm_serve_and_the_budget_fits_the_memory_limit():
+    """values.yaml's gateway limits are passed as flags that armorm-serve accepts, and the memory budget for
+    requests in flight sits inside the pod's memory limit (with the 6 GiB the processes use and /dev/shm)."""
+    from armorm.launcher.server import parse_args
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    container = server_container(render())
+    assert int(argument(container, "--max-buffered-bytes")) == values["gateway"]["maxBufferedBytes"]
+    parse_args(container["command"][1:])  # every flag is accepted (a refused one exits)
+    gibibytes = {"Gi": 1 << 30, "Mi": 1 << 20}
+    limit = container["resources"]["limits"]["memory"]
+    shm_size = values["shmSize"]
+    memory = int(limit[:-2]) * gibibytes[limit[-2:]]
+    assert values["gateway"]["maxBufferedBytes"] + 6 * (1 << 30) + int(shm_size[:-2]) * gibibytes[shm_size[-2:]] \
+        <= memory

@@ -1,9 +1,16 @@
 """The gateway in front of tritonserver: the only listener clients reach (see gateway.py for why)."""
 
 from armorm.gateway.admission import DRAINING_MESSAGE
-from armorm.gateway.config import GatewayConfig, GatewayStartError, PortTakenError, TlsFiles, Upstream
+from armorm.gateway.config import (
+    ConnectionLimits,
+    GatewayConfig,
+    GatewayStartError,
+    PortTakenError,
+    TlsFiles,
+    Upstream,
+)
 from armorm.gateway.gateway import Gateway
 from armorm.gateway.routes import ADMIN_APIS, PUBLIC_MODEL, AccessPolicy, Api
 
-__all__ = ["ADMIN_APIS", "PUBLIC_MODEL", "AccessPolicy", "Api", "DRAINING_MESSAGE", "Gateway", "GatewayConfig",
-           "GatewayStartError", "PortTakenError", "TlsFiles", "Upstream"]
+__all__ = ["ADMIN_APIS", "PUBLIC_MODEL", "AccessPolicy", "Api", "ConnectionLimits", "DRAINING_MESSAGE", "Gateway",
+           "GatewayConfig", "GatewayStartError", "PortTakenError", "TlsFiles", "Upstream"]

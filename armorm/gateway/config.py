@@ -17,6 +17,9 @@ DEFAULT_MAX_REQUEST_BYTES = 65 << 20
 DEFAULT_MAX_IN_FLIGHT = 4096
 # Keep-alive connections to Triton's HTTP socket; more concurrent HTTP calls wait for one to come free.
 DEFAULT_HTTP_UPSTREAM_CONNECTIONS = 64
+# Request bytes held at once across both listeners (bodies read, messages received, until Triton answers): 1 GiB,
+# 1/16 of the chart's 16 Gi pod. A request that would go over it is refused at once (503 / RESOURCE_EXHAUSTED).
+DEFAULT_MAX_BUFFERED_BYTES = 1 << 30
 
 
 class GatewayStartError(RuntimeError):
@@ -74,6 +77,23 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """How long and how many: what sheds slow or piled-up clients. Defaults follow nginx and Envoy's edge
+    settings (docs/operations.md, "Limits", gives each with its source); 0 turns a limit off."""
+
+    header_timeout_s: float = 20.0  # a request's headers must be complete this long after its first byte
+    body_idle_timeout_s: float = 60.0  # nginx client_body_timeout: no body byte for this long ends the request
+    min_body_rate: float = 500.0  # bytes/s averaged over a body, checked once it has taken body_rate_grace_s
+    body_rate_grace_s: float = 10.0
+    keepalive_timeout_s: float = 75.0  # nginx keepalive_timeout: an idle HTTP connection closes
+    max_connections: int = 10000  # open connections per listener (Envoy's edge example: 10000 per listener)
+    max_connections_per_address: int = 1000  # per client IP address on each HTTP listener
+    grpc_max_concurrent_streams: int = 100  # Envoy's edge value for HTTP/2
+    grpc_max_connection_idle_s: float = 3600.0  # Envoy's edge idle_timeout: a gRPC connection without calls
+    grpc_min_ping_interval_s: float = 10.0  # clients pinging more often are sent GOAWAY (keep-alive enforcement)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     upstream: Upstream
     host: str = "127.0.0.1"
@@ -88,3 +108,5 @@ class GatewayConfig:
     # Kubernetes Service then re-resolves and reaches new replicas. None: connections live forever.
     max_connection_age_s: float | None = None
     http_upstream_connections: int = DEFAULT_HTTP_UPSTREAM_CONNECTIONS
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    limits: ConnectionLimits = ConnectionLimits()

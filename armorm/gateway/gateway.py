@@ -12,7 +12,8 @@ Why it exists (Triton 2.51, the release the pip server and the tests run):
 - it counts inference calls inside Triton exactly, which makes draining on shutdown exact.
 It runs its own asyncio loop on a thread of `armorm-serve`, so it dies with the supervisor.
 
-Modules, each importing only those before it: routes, stats, http_body, grpc_messages, upstream_pool (leaves)
+Modules, each importing only those before it: routes, stats, http_body, grpc_messages, reward_api, upstream_pool
+(leaves)
 ← config (ports, limits, TLS loaded once) ← admission (keys, the public model, in-flight slots, drain) ←
 http_listener, grpc_listener ← gateway (this file: the loop, start, drain, stop).
 """
@@ -92,6 +93,7 @@ class Gateway:
     async def _start(self) -> None:
         config = self.config
         tls = LoadedTls.load(config.tls) if config.tls else None  # once, for both ports
+        self.stats.buffered_bytes_limit = config.max_buffered_bytes
         self._admission = Admission(config.policy, config.max_in_flight, self.stats)
         self._listeners.append(await start_grpc(config, self._admission, tls))
         self._listeners.append(await start_http(config, self._admission, tls))

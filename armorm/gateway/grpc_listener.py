@@ -3,6 +3,10 @@
 Only inference requests are decoded: for the model they name (the ensemble is the one public model) and to
 refuse the ones Triton would let fail their batch neighbours (grpc_messages.py); everything else passes as
 opaque bytes. The caller's deadline and cancellation stop at the gateway (see Admission.upstream).
+
+Every method that takes one message is served as a client-streaming one: its handler runs when the call's
+headers arrive, so keys are checked, and a full memory budget refused, before the message is read. A message
+read is held against the budget (by its size) until Triton answers it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from armorm.gateway.admission import Admission, Refusal, Refused, off_loop_if_large
+from armorm.gateway.admission import Admission, Held, Refusal, Refused, charge, off_loop_if_large
 from armorm.gateway.config import GatewayConfig, ListenError, LoadedTls
 from armorm.gateway.grpc_messages import inspect_infer_request
 from armorm.gateway.routes import (
@@ -34,6 +38,7 @@ REFUSAL_CODES = {
     Refusal.NOT_PUBLIC: grpc.StatusCode.NOT_FOUND,
     Refusal.DRAINING: grpc.StatusCode.UNAVAILABLE,
     Refusal.OVERLOADED: grpc.StatusCode.UNAVAILABLE,
+    Refusal.OVER_BUDGET: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 UNREACHABLE = "the model server is not reachable (starting or restarting); retry with backoff"
 # Serialized {ready: false} (inference.ServerReadyResponse / ModelReadyResponse) and
@@ -65,7 +70,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
             return None  # UNIMPLEMENTED
         if details.method == GRPC_STREAM_INFER:
             return grpc.stream_stream_rpc_method_handler(partial(self.stream, details.method, api))
-        return grpc.unary_unary_rpc_method_handler(partial(self.unary, details.method, api))
+        return grpc.stream_unary_rpc_method_handler(partial(self.unary, details.method, api))
 
     async def authorize(self, api: Api, context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
         """Check the caller's keys (abort when refused); the metadata to forward."""
@@ -89,10 +94,39 @@ class GrpcProxy(grpc.GenericRpcHandler):
         if view.model == PUBLIC_MODEL and view.problem is not None:  # the steps take no checks: only admins reach them
             self.admission.refuse(PROTOCOL, "malformed")
             return grpc.StatusCode.INVALID_ARGUMENT, view.problem
+        if view.shared_memory:
+            refusal = self.admission.authorize_shared_memory(PROTOCOL, header)
+            if refusal is not None:
+                return REFUSAL_CODES[refusal[0]], refusal[1]
         return None
 
-    async def unary(self, method: str, api: Api, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def read_one(self, api: Api, requests: Any, context: grpc.aio.ServicerContext, held: Held) -> bytes:
+        """The call's one message, held against the budget; RESOURCE_EXHAUSTED when it does not fit (or when the
+        budget is full already: then it is not read at all)."""
+        stats = self.admission.stats
+        if stats.buffered_bytes >= stats.buffered_bytes_limit:  # a message of any size would go over
+            self.admission.refuse(PROTOCOL, Refusal.OVER_BUDGET.value)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server holds {stats.buffered_bytes} bytes "
+                                "of requests, its budget: retry shortly")
+        async for request in requests:
+            refusal = self.admission.reserve(PROTOCOL, held, charge(api is Api.INFERENCE, len(request)))
+            if refusal is not None:
+                await context.abort(REFUSAL_CODES[refusal[0]], refusal[1])
+            return request
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+
+    async def unary(self, method: str, api: Api, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
         metadata = await self.authorize(api, context)
+        held = Held(self.admission)
+        try:
+            return await self.answer(method, api, await self.read_one(api, requests, context, held), metadata, context,
+                                     held)
+        finally:
+            if not held.handed_off:
+                held.release()
+
+    async def answer(self, method: str, api: Api, request: bytes, metadata: tuple[tuple[str, Any], ...],
+                     context: grpc.aio.ServicerContext, held: Held) -> bytes:
         if self.admission.draining and method in _READINESS:
             return NOT_READY
         if self.admission.draining and method == GRPC_HEALTH_CHECK:
@@ -109,7 +143,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
         if upstream is None:
             upstream = self._unary_calls[method] = self.channel.unary_unary(method)
         try:  # no await between admit_inference and upstream(): a drain starting now counts this call
-            return await self.admission.upstream(upstream(request, metadata=metadata), inference)
+            return await self.admission.upstream(upstream(request, metadata=metadata), inference, held)
         except grpc.aio.AioRpcError as err:
             await self.abort_like(err, context)
 
@@ -126,16 +160,22 @@ class GrpcProxy(grpc.GenericRpcHandler):
         async def forward_requests() -> None:
             try:
                 async for message in requests:
-                    status = await self.refusal_of(message, context)
-                    if status is not None:
-                        state["refusal"] = status
-                        break
-                    refusal = admission.admit_inference(PROTOCOL)
-                    if refusal is not None:
-                        state["refusal"] = (REFUSAL_CODES[refusal[0]], refusal[1])
-                        break
-                    state["pending"] += 1
-                    await call.write(message)
+                    held = Held(admission)
+                    try:
+                        refusal = admission.reserve(PROTOCOL, held, charge(True, len(message)))
+                        status = None if refusal is not None else await self.refusal_of(message, context)
+                        if status is not None:
+                            state["refusal"] = status
+                            break
+                        if refusal is None:
+                            refusal = admission.admit_inference(PROTOCOL)
+                        if refusal is not None:
+                            state["refusal"] = (REFUSAL_CODES[refusal[0]], refusal[1])
+                            break
+                        state["pending"] += 1
+                        await call.write(message)
+                    finally:
+                        held.release()  # written: gRPC holds it until sent
             except Exception:  # noqa: BLE001 - the caller went away: stop writing, let Triton finish
                 pass
             finally:
@@ -196,11 +236,25 @@ async def start_grpc(config: GatewayConfig, admission: Admission, tls: LoadedTls
     channel = grpc.aio.insecure_channel(config.upstream.grpc_target, options=_UPSTREAM_OPTIONS)
     # Beyond this many concurrent calls gRPC answers RESOURCE_EXHAUSTED before reading more messages: memory
     # stays bounded even when callers without keys send large messages.
+    limits = config.limits
     options = [
         ("grpc.so_reuseport", 0),  # never share a port with another process (a stale server, say)
         ("grpc.max_receive_message_length", config.max_request_bytes),
         ("grpc.max_send_message_length", -1),
+        # Slow and idle clients: the HTTP/2 preface (and TLS) within the header timeout, calls per connection,
+        # connections without calls closed, pings more often than the minimum answered with GOAWAY.
+        ("grpc.http2.min_ping_interval_without_data_ms", int(limits.grpc_min_ping_interval_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 2),
     ]
+    if limits.grpc_max_concurrent_streams:
+        options.append(("grpc.max_concurrent_streams", limits.grpc_max_concurrent_streams))
+    if limits.header_timeout_s:
+        options.append(("grpc.server_handshake_timeout_ms", int(limits.header_timeout_s * 1000)))
+    if limits.grpc_max_connection_idle_s:
+        options.append(("grpc.max_connection_idle_ms", int(limits.grpc_max_connection_idle_s * 1000)))
+    if limits.max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", limits.max_connections))
     if config.max_connection_age_s:
         age_ms = int(config.max_connection_age_s * 1000)
         # Calls running when the age is reached get as long again to finish before the connection closes.

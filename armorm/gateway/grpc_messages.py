@@ -8,16 +8,17 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from armorm.gateway.http_body import bytes_elements_error
+from armorm.gateway.http_body import SHARED_MEMORY_REGION, bytes_elements_error
 
 
 @dataclass(frozen=True)
 class InferRequestView:
     """What the gateway needs of a ModelInferRequest: the model it names (None: not a ModelInferRequest at all)
-    and why it must not be forwarded to the ensemble (None: it may)."""
+    and why it must not be forwarded to the ensemble (None: it may); whether it names shared-memory regions."""
 
     model: str | None
     problem: str | None
+    shared_memory: bool = False
 
 
 def inspect_infer_request(message: bytes) -> InferRequestView:
@@ -32,7 +33,8 @@ def inspect_infer_request(message: bytes) -> InferRequestView:
         request.ParseFromString(message)
     except DecodeError as err:
         return InferRequestView(None, f"the request is not a valid ModelInferRequest ({err})")
-    return InferRequestView(request.model_name, _raw_contents_error(request))
+    shared_memory = any(SHARED_MEMORY_REGION in tensor.parameters for tensor in (*request.inputs, *request.outputs))
+    return InferRequestView(request.model_name, _raw_contents_error(request), shared_memory)
 
 
 def infer_request_error(message: bytes) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from armorm.model.conversation import json_kind
@@ -22,6 +23,17 @@ from armorm.model.conversation import json_kind
 ENSEMBLE_DATATYPE = "BYTES"
 # Shape nesting beyond this is never a real tensor; it only exhausts the parser.
 MAX_DATA_DEPTH = 64
+# The KServe parameter that places a tensor in a registered shared-memory region instead of the request.
+SHARED_MEMORY_REGION = "shared_memory_region"
+
+
+@dataclass(frozen=True)
+class BodyCheck:
+    """Why an inference body must not be forwarded (None: it may), and whether it names shared-memory regions
+    (inputs read from or outputs written to one: only holders of the shared-memory API's key may)."""
+
+    problem: str | None
+    shared_memory: bool = False
 
 
 class BodyError(ValueError):
@@ -54,9 +66,26 @@ def bytes_elements_error(raw: bytes | memoryview, expected: int) -> str | None:
     return None
 
 
-def infer_body_error(body: bytes, header_length: str | None) -> str | None:
+def infer_body_error(body: bytes | bytearray, header_length: str | None) -> str | None:
     """Why a KServe v2 inference body is malformed, or None. `header_length` is the request's
     Inference-Header-Content-Length (a JSON header followed by binary tensor data)."""
+    return check_infer_body(body, header_length).problem
+
+
+def check_infer_body(body: bytes | bytearray, header_length: str | None) -> BodyCheck:
+    """infer_body_error's check, and whether the body uses shared memory."""
+    problem = _infer_body_problem(body, header_length)
+    if problem is not None:
+        return BodyCheck(problem)
+    json_end = int(header_length) if header_length is not None else len(body)
+    if body.find(SHARED_MEMORY_REGION.encode(), 0, json_end) < 0:  # a byte search: no second parse
+        return BodyCheck(None)
+    document = json.loads(body[:int(header_length)] if header_length is not None else body)
+    tensors = [*document["inputs"], *document.get("outputs", [])]
+    return BodyCheck(None, any(SHARED_MEMORY_REGION in (t.get("parameters") or {}) for t in tensors))
+
+
+def _infer_body_problem(body: bytes | bytearray, header_length: str | None) -> str | None:
     json_part = body
     binary_size = 0
     if header_length is not None:
@@ -80,7 +109,7 @@ def infer_body_error(body: bytes, header_length: str | None) -> str | None:
     if not isinstance(inputs, list) or not inputs:
         return 'the request needs a non-empty "inputs" list'
     declared_binary = 0
-    binary = body[len(json_part):]
+    binary = memoryview(body)[len(json_part):]  # a view: the tensor data is not copied
     for index, tensor in enumerate(inputs):
         problem, size = _input_error(tensor, index)
         if problem:
@@ -117,6 +146,10 @@ def _input_error(tensor: Any, index: int) -> tuple[str | None, int]:
     parameters = tensor.get("parameters", {})
     if not isinstance(parameters, dict):
         return f'{where}: "parameters" must be an object', 0
+    if SHARED_MEMORY_REGION in parameters:
+        if not isinstance(parameters[SHARED_MEMORY_REGION], str):
+            return f"{where}: {SHARED_MEMORY_REGION} must be a string (a registered region's name)", 0
+        return None, 0  # Triton checks the region, its offset and size
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
         if type(size) is not int or size < 0:

@@ -1,9 +1,11 @@
 """HTTP side of the gateway (KServe v2 REST and /metrics), forwarded to Triton's Unix sockets.
 
 Every body is read within a size limit (counted after gzip/deflate decoding, so a small compressed bomb stops
-there too), and sent on uncompressed as application/json or application/octet-stream whatever the client
-declared (the form-encoded content type is what crashes Triton 2.51, upstream #5840). Inference bodies for the
-ensemble are checked first, so malformed ones get 400 with a reason instead of Triton's 500.
+there too), within the gateway's budget of bytes held (refused 503 before it is read when its Content-Length
+does not fit) and with idle and minimum-rate timeouts; it is sent on uncompressed as application/json or
+application/octet-stream whatever the client declared (the form-encoded content type is what crashes Triton
+2.51, upstream #5840). Inference bodies for the ensemble are checked first, so malformed ones get 400 with a
+reason instead of Triton's 500.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import ssl
 import aiohttp
 from aiohttp import web
 
-from armorm.gateway.admission import Admission, Refusal, off_loop_if_large
-from armorm.gateway.config import GatewayConfig, ListenError, LoadedTls
-from armorm.gateway.http_body import BodyError, infer_body_error
+from armorm.gateway.admission import RETRY_AFTER_S, Admission, Held, Refusal, charge, off_loop_if_large
+from armorm.gateway.config import ConnectionLimits, GatewayConfig, ListenError, LoadedTls
+from armorm.gateway.http_body import BodyError, check_infer_body
+from armorm.gateway.http_connections import ConnectionGuard, GuardedProtocol
 from armorm.gateway.reward_api import (
     INFER_PATH,
     REWARD_PATH,
@@ -32,13 +35,14 @@ from armorm.gateway.upstream_pool import UpstreamPool
 
 PROTOCOL = "http"
 REFUSAL_STATUS = {Refusal.UNAUTHENTICATED: 401, Refusal.PERMISSION_DENIED: 403, Refusal.NOT_PUBLIC: 404,
-                  Refusal.DRAINING: 503, Refusal.OVERLOADED: 503}
+                  Refusal.DRAINING: 503, Refusal.OVERLOADED: 503, Refusal.OVER_BUDGET: 503}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _PASSED_BACK = ("Content-Type", "Content-Encoding", HEADER_LENGTH)
 # Bodies of every API but inference (repository index, load, shared memory, trace and log settings: small JSON).
 SMALL_BODY_LIMIT = 64 << 10
 METRICS_UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=5)
 METRICS_UPSTREAM_CONNECTIONS = 2
+LINGERING_S = 5.0
 
 
 def plain_path(path: str) -> bool:
@@ -48,8 +52,17 @@ def plain_path(path: str) -> bool:
 
 
 def error(status: int, message: str) -> web.Response:
-    """Triton's own error shape: {"error": "..."}."""
-    return web.json_response({"error": message}, status=status)
+    """Triton's own error shape: {"error": "..."}; a 503 says when to retry."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class Shed(BodyError):
+    """A body the gateway stops reading: over the memory budget (503) or too slow (408)."""
+
+    def __init__(self, message: str, status: int, reason: str) -> None:
+        super().__init__(message, status)
+        self.reason = reason
 
 
 class HttpProxy:
@@ -70,8 +83,27 @@ class HttpProxy:
             return error(REFUSAL_STATUS[refusal[0]], refusal[1])
         if admission.draining and api is Api.HEALTH and request.path.endswith("/ready"):
             return error(503, "the server is shutting down")
+        held = Held(admission)
         try:
-            body = await self.read_body(request, api)
+            return await self.forward(request, api, held)
+        finally:
+            if not held.handed_off:
+                held.release()
+
+    async def forward(self, request: web.Request, api: Api, held: Held) -> web.StreamResponse:
+        admission = self.admission
+        inference = api is Api.INFERENCE
+        try:
+            body = await self.read_body(request, api, held)
+        except Shed as err:
+            if err.reason == Refusal.OVER_BUDGET.value:  # counted by reserve(); the rest is read and dropped
+                return error(err.status, str(err))
+            admission.refuse(PROTOCOL, err.reason)
+            answer = error(err.status, str(err))  # a slow client: answered and closed, nothing more read
+            await answer.prepare(request)
+            await answer.write_eof()
+            request.protocol.force_close()
+            return answer
         except BodyError as err:
             admission.refuse(PROTOCOL, "too_large" if err.status == 413 else "malformed")
             return error(err.status, str(err))
@@ -86,16 +118,20 @@ class HttpProxy:
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         if inference:
             if model_of_http_infer(request.path) == PUBLIC_MODEL:  # the steps take no checks: only admins reach them
-                problem = await off_loop_if_large(infer_body_error, body, request.headers.get(HEADER_LENGTH))
-                if problem is not None:
+                check = await off_loop_if_large(check_infer_body, body, request.headers.get(HEADER_LENGTH))
+                if check.problem is not None:
                     admission.refuse(PROTOCOL, "malformed")
-                    return error(400, problem)
+                    return error(400, check.problem)
+                refusal = admission.authorize_shared_memory(PROTOCOL, request.headers.get) if check.shared_memory \
+                    else None
+                if refusal is not None:
+                    return error(REFUSAL_STATUS[refusal[0]], refusal[1])
             refusal = admission.admit_inference(PROTOCOL)
             if refusal is not None:
                 return error(REFUSAL_STATUS[refusal[0]], refusal[1])
         try:  # no await between admit_inference and upstream(): a drain starting now counts this call
             status, answer_headers, answer = await admission.upstream(
-                self.pool.request(request.method, request.path_qs, headers, body), inference)
+                self.pool.request(request.method, request.path_qs, headers, body), inference, held)
         except aiohttp.ClientError:
             admission.stats.upstream_unavailable += 1
             return error(503, "the model server is not reachable (starting or restarting); retry with backoff")
@@ -130,58 +166,96 @@ class HttpProxy:
                 return error(status, upstream_error(index, len(queries), answer))
         return web.json_response(reward_response([read_answer(answer) for _, _, answer in results]))
 
-    async def read_body(self, request: web.Request, api: Api) -> bytes:
+    async def read_body(self, request: web.Request, api: Api, held: Held) -> bytearray:
         """The body, decoded (gzip/deflate undone, the decoded bytes counted), within the API's limit: inference
-        gets --max-request-bytes, every other API a few KiB of JSON, so open endpoints cannot make it buffer MBs."""
+        gets --max-request-bytes, every other API a few KiB of JSON, so open endpoints cannot make it buffer MBs.
+
+        Its bytes are reserved from the budget before they are read (the Content-Length at once; a chunked or
+        compressed body as it grows; an inference body INFERENCE_CHARGE times)
+        and gathered in one buffer that grows in place: no second copy. A body
+        with no byte for body_idle_timeout_s, or slower on average than min_body_rate once it has taken
+        body_rate_grace_s, is shed (408)."""
         limit = self.config.max_request_bytes if api is Api.INFERENCE else SMALL_BODY_LIMIT
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyError(f"the body is {request.content_length} bytes; the limit here is {limit}", 413)
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
+        limits: ConnectionLimits = self.config.limits
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise BodyError(f"the body is {declared} bytes; the limit here is {limit}", 413)
+        inference = api is Api.INFERENCE
+        self.reserve(held, charge(inference, declared or 0))
+        loop = asyncio.get_running_loop()
+        started, body = loop.time(), bytearray()
+        while True:
+            try:
+                async with asyncio.timeout(limits.body_idle_timeout_s or None):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                raise Shed(f"no body bytes came for {limits.body_idle_timeout_s:g} s", 408, "slow_body") from None
+            if not chunk:
+                return body
+            size = len(body) + len(chunk)
             if size > limit:
                 raise BodyError(f"the body (decompressed) exceeds the {limit}-byte limit here", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if charge(inference, size) > held.size:  # grow by doubling: few budget checks
+                self.reserve(held, charge(inference, max(size, min(2 * size, limit))))
+            body += chunk
+            elapsed = loop.time() - started
+            if limits.min_body_rate and elapsed > limits.body_rate_grace_s and size < limits.min_body_rate * elapsed:
+                raise Shed(f"the body came at {size / elapsed:.0f} bytes/s, under the {limits.min_body_rate:g} "
+                           "bytes/s this server needs", 408, "slow_body")
+
+    def reserve(self, held: Held, size: int) -> None:
+        refusal = self.admission.reserve(PROTOCOL, held, size)
+        if refusal is not None:
+            raise Shed(refusal[1], 503, refusal[0].value)
 
 
 class HttpListener:
     """One public HTTP port and its pool of connections to Triton."""
 
-    def __init__(self, runner: web.AppRunner, pool: UpstreamPool) -> None:
-        self.runner, self.pool = runner, pool
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, pool: UpstreamPool) -> None:
+        self.runner, self.server, self.pool = runner, server, pool
 
     def begin_drain(self) -> None:
         self.pool.retire()
 
     async def close(self) -> None:
+        self.server.close()
         await self.runner.cleanup()
         await self.pool.close()
 
 
-async def listen(app: web.Application, pool: UpstreamPool, host: str, port: int,
+async def listen(app: web.Application, pool: UpstreamPool, guard: ConnectionGuard, host: str, port: int,
                  what: str, tls: ssl.SSLContext | None = None) -> HttpListener:
-    """Serve `app` on host:port (HTTPS with `tls`); `pool` (its way to Triton) is closed with it, or at once
-    if the port is taken."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)  # a slow upload must not hold a stop
+    """Serve `app` on host:port (HTTPS with `tls`), each connection guarded by `guard` (`app` must have its
+    middleware); `pool` (its way to Triton) is closed with it, or at once if the port is taken."""
+    limits = guard.limits
+    # shutdown_timeout: a slow upload must not hold a stop. lingering_time: the rest of a refused body (413,
+    # 503) is read and dropped for at most this long so that the client sees the answer, not a reset (nginx
+    # lingering_timeout 5 s); nothing of it is kept.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, lingering_time=LINGERING_S,
+                           keepalive_timeout=limits.keepalive_timeout_s)
     await runner.setup()
+    loop = asyncio.get_running_loop()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=False, ssl_context=tls).start()
+        server = await loop.create_server(lambda: GuardedProtocol(runner.server(), guard), host, port,
+                                          reuse_port=False, ssl=tls, backlog=1024,
+                                          ssl_handshake_timeout=(limits.header_timeout_s or None) if tls else None)
     except OSError as err:
         await runner.cleanup()
         await pool.close()
         raise ListenError(f"cannot listen for {what} on {host}:{port}: {err.strerror} "
                           "(is another server using the port?)") from None
-    return HttpListener(runner, pool)
+    return HttpListener(runner, server, pool)
 
 
 async def start_http(config: GatewayConfig, admission: Admission, tls: LoadedTls | None) -> HttpListener:
     pool = UpstreamPool(config.upstream.http_socket, config.http_upstream_connections)
     proxy = HttpProxy(config, admission, pool)
-    app = web.Application(client_max_size=config.max_request_bytes)
+    guard = ConnectionGuard("http", config.limits, admission.stats)
+    app = web.Application(client_max_size=config.max_request_bytes, middlewares=[guard.middleware])
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     context = tls.ssl_context if tls else None
-    return await listen(app, pool, config.host, config.http_port, "HTTPS" if tls else "HTTP", context)
+    return await listen(app, pool, guard, config.host, config.http_port, "HTTPS" if tls else "HTTP", context)
 
 
 async def start_metrics(config: GatewayConfig, stats: GatewayStats) -> HttpListener:
@@ -200,7 +274,8 @@ async def start_metrics(config: GatewayConfig, stats: GatewayStats) -> HttpListe
     async def elsewhere(request: web.Request) -> web.Response:
         return error(404, "only GET /metrics is served on this port")
 
-    app = web.Application(client_max_size=SMALL_BODY_LIMIT)
+    guard = ConnectionGuard("metrics", config.limits, stats)
+    app = web.Application(client_max_size=SMALL_BODY_LIMIT, middlewares=[guard.middleware])
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", elsewhere)
-    return await listen(app, pool, config.host, config.metrics_port, "metrics")
+    return await listen(app, pool, guard, config.host, config.metrics_port, "metrics")

@@ -12,12 +12,17 @@ under a second), and a connection left from before a restart is dead. So:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
 IDLE_CLOSE_S = 1.0
+# Larger bodies go to the socket in slices of this size: asyncio copies what a write cannot send at once into its
+# own buffer, so one write of the whole body would hold it twice.
+SEND_SLICE = 1 << 20
 
 Answer = tuple[int, CIMultiDictProxy[str], bytes]
 
@@ -36,15 +41,20 @@ class UpstreamPool:
             connector = aiohttp.UnixConnector(path=self._path, limit=self._connections, force_close=True)
         return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
 
-    async def request(self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"",
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body: bytes | bytearray = b"",
                       timeout: aiohttp.ClientTimeout | None = None) -> Answer:
         """(status, headers, body) of Triton's answer, the body as it came (not decompressed).
         Raises aiohttp.ClientError when Triton cannot be reached."""
         for attempt in (1, 2):
             session = self._session
             self._calls[session] = self._calls.get(session, 0) + 1
+            data: Any = body
+            if len(body) > SEND_SLICE:
+                headers = {**(headers or {}), "Content-Length": str(len(body))}  # not chunked: sent as it is
+                data = _slices(memoryview(body))
             try:
-                async with session.request(method, "http://triton" + path, headers=headers, data=body,
+                async with session.request(method, "http://triton" + path, headers=headers, data=data,
                                            auto_decompress=False, timeout=timeout) as response:
                     return response.status, response.headers, await response.read()
             except aiohttp.ClientConnectorError:  # nothing listens: starting or restarting
@@ -76,3 +86,8 @@ class UpstreamPool:
         self._calls.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _slices(view: memoryview) -> AsyncIterator[memoryview]:
+    for start in range(0, len(view), SEND_SLICE):
+        yield view[start:start + SEND_SLICE]

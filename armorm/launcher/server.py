@@ -28,6 +28,7 @@ from pathlib import Path
 
 from armorm.gateway import (
     AccessPolicy,
+    ConnectionLimits,
     Gateway,
     GatewayConfig,
     GatewayStartError,
@@ -35,6 +36,7 @@ from armorm.gateway import (
     TlsFiles,
     Upstream,
 )
+from armorm.gateway.admission import INFERENCE_CHARGE, LARGE_SHARE
 from armorm.launcher.orphans import private_socket_dir, remove_orphaned_segments, remove_orphaned_socket_dirs
 from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, serving_repository, visible_gpus
 from armorm.launcher.triton_process import ServerStartError, TritonServer
@@ -191,6 +193,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-connection-age", type=float, default=None, metavar="SECONDS",
                         help="ask gRPC clients to reconnect after this long (behind a Kubernetes Service they then "
                              "reach new replicas); default: connections live as long as the client keeps them")
+    parser.add_argument("--max-buffered-bytes", type=int, default=GatewayConfig.max_buffered_bytes,
+                        help="request bytes held at once across gRPC and HTTP; a request over it is refused at once "
+                             "(HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED) (default %(default)s)")
+    limits = ConnectionLimits()
+    for flag, attribute, kind, text in (
+        ("--header-timeout", "header_timeout_s", float, "seconds for a request's headers (and a gRPC connection's "
+                                                        "HTTP/2 preface and TLS handshake)"),
+        ("--body-idle-timeout", "body_idle_timeout_s", float, "seconds without a body byte before the request is "
+                                                              "shed (408)"),
+        ("--min-body-rate", "min_body_rate", float, "bytes/s a body must average once it has taken --body-rate-grace"),
+        ("--body-rate-grace", "body_rate_grace_s", float, "seconds before --min-body-rate applies"),
+        ("--keepalive-timeout", "keepalive_timeout_s", float, "seconds an idle HTTP keep-alive connection stays open"),
+        ("--max-connections", "max_connections", int, "open connections per listener"),
+        ("--max-connections-per-address", "max_connections_per_address", int,
+         "open HTTP connections per client address and listener (behind a proxy every client shares its address)"),
+        ("--grpc-max-concurrent-streams", "grpc_max_concurrent_streams", int, "concurrent calls per gRPC connection"),
+        ("--grpc-max-connection-idle", "grpc_max_connection_idle_s", float,
+         "seconds a gRPC connection without calls stays open"),
+        ("--grpc-min-ping-interval", "grpc_min_ping_interval_s", float,
+         "clients that ping more often than this (seconds) are disconnected"),
+    ):
+        parser.add_argument(flag, dest=attribute, type=kind, default=getattr(limits, attribute),
+                            help=f"{text}; 0: no limit (default %(default)s)")
     parser.add_argument("--log-file", default="build/tritonserver.log", help="tritonserver's log; - for stdout")
     parser.add_argument("--max-restarts", type=int, default=None,
                         help="give up (exit 1) after this many restarts within --restart-window; default: never "
@@ -216,6 +241,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked over TLS)")
+    limit_fields = ConnectionLimits.__dataclass_fields__
+    negative = [name for name in limit_fields if getattr(args, name) < 0]
+    if negative:
+        parser.error("limits must be 0 (none) or more")
+    largest = INFERENCE_CHARGE * args.max_request_bytes
+    if args.max_buffered_bytes * LARGE_SHARE < largest:
+        parser.error(f"--max-buffered-bytes must hold one of the largest requests in its share for large ones "
+                     f"({LARGE_SHARE:.0%}): at least {int(largest / LARGE_SHARE)} for --max-request-bytes "
+                     f"{args.max_request_bytes} (an inference body is charged {INFERENCE_CHARGE} times its size: the "
+                     "copies held of it while it is in flight)")
     if args.max_connection_age is not None and not 0 < args.max_connection_age <= 2**31 / 1000:
         parser.error("--max-connection-age must be a number of seconds above 0 and below 2147483")
     return args
@@ -246,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     sockets = UpstreamSockets(private)
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     upstream = Upstream(sockets.grpc_target, sockets.http, sockets.metrics)
+    limits = ConnectionLimits(**{name: getattr(args, name) for name in ConnectionLimits.__dataclass_fields__})
     gateway = Gateway(GatewayConfig(upstream, args.host, args.grpc_port, args.http_port, args.metrics_port, policy,
-                                    tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age))
+                                    tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age,
+                                    max_buffered_bytes=args.max_buffered_bytes, limits=limits))
     try:
         repository = serving_repository(args.repository, placement, private)
         gateway.start()
