@@ -8,7 +8,8 @@ but no tritonserver, no tritonclient and no Llama-3 tokenizer, and installs noth
   Python's) and the shared libraries that tritonserver, the backend and that stub load (found with ldd);
 - numpy-1.26 wheel for the target Python: the 24.10 stub crashes on BYTES inputs with numpy 2, so the stub
   processes (only they) import this one (scripts/device_check.sh gives them a venv of their own);
-- site.tar.xz: tritonclient's pure-Python gRPC client and python-rapidjson (its one compiled dependency) for
+- site.tar.xz: tritonclient's pure-Python gRPC client, prometheus_client and python-rapidjson (its one compiled
+  dependency) for
   the target Python; the project itself travels as tracked files;
 - tokenizer.json.xz: the Llama-3 tokenizer for the random checkpoints;
 - manifest.json: the target Python, every file with its size and sha256.
@@ -117,6 +118,11 @@ def client_site(target: Path, python: str, scratch: Path) -> None:
             shutil.copy2(source, destination)
     with zipfile.ZipFile(download_wheel(RAPIDJSON, python, scratch)) as wheel:
         wheel.extractall(target)
+    # The gateway's metrics exposition; pure Python, absent from the device.
+    import prometheus_client
+
+    shutil.copytree(Path(prometheus_client.__file__).resolve().parent, target / "prometheus_client",
+                    ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def build(output: Path, python: str, preset: int = 6) -> Path:
