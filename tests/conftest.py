@@ -25,6 +25,14 @@ def reference(tiny_checkpoint: Path):
 
 
 @pytest.fixture(scope="session")
+def tokenizer(tiny_checkpoint: Path):
+    """The checkpoint's own Hugging Face tokenizer: what trainers template their queries with."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+
+
+@pytest.fixture(scope="session")
 def exported_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from armorm_export.repository import ExportOptions, export_repository
 

@@ -38,13 +38,6 @@ def test_the_api_key_rides_in_authorization_for_clients_that_send_no_headers():
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_checkpoint):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tiny_checkpoint))
-
-
 def post(server, document, path: str = "/get_reward") -> tuple[int, dict]:
     request = urllib.request.Request(f"http://{server.http_url}{path}", data=json.dumps(document).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
@@ -91,6 +84,9 @@ def test_one_sample_per_call_concurrently_as_current_openrlhf_sends(server, clie
 
     rewards = asyncio.run(run())
     np.testing.assert_allclose(rewards, [client.score(c).score for c in conversations], atol=ATOL)
+    from armorm.testing.prometheus import scrape, total
+
+    assert total(scrape(server.metrics_url), "armorm_gateway_in_flight") == 0, "every query's slot was given back"
 
 
 BAD = {

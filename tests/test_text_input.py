@@ -18,13 +18,6 @@ from tests.conversations import TEST_MAX_TOKENS, varied_conversations
 SCORE_ATOL = 1e-5  # the same tokens through the same server: only batching could differ
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_checkpoint):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tiny_checkpoint))
-
-
 def templated(tokenizer, messages) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False)
 

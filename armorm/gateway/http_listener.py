@@ -149,13 +149,24 @@ class HttpProxy:
         except BodyError as err:
             admission.refuse(PROTOCOL, "malformed")
             return error(err.status, str(err))
-        refusal = admission.admit_inference(PROTOCOL)
-        if refusal is not None:
-            return error(REFUSAL_STATUS[refusal[0]], refusal[1])
+        if len(queries) > admission.max_in_flight:
+            admission.refuse(PROTOCOL, "malformed")
+            return error(400, f'"query" holds {len(queries)} texts; this server takes at most '
+                              f"{admission.max_in_flight} in flight: split the call")
+        # One in-flight slot per query, as if each were its own call: the limit and the drain count them all.
+        for taken in range(len(queries)):
+            refusal = admission.admit_inference(PROTOCOL)
+            if refusal is not None:
+                for _ in range(taken):
+                    admission.release()
+                return error(REFUSAL_STATUS[refusal[0]], refusal[1])
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        calls = asyncio.gather(*(self.pool.request("POST", INFER_PATH, headers, infer_body(q)) for q in queries))
-        try:  # no await since admit_inference, as in handle()
-            results = await admission.upstream(calls, inference=True)
+        calls = [admission.track(self.pool.request("POST", INFER_PATH, headers, infer_body(query)))
+                 for query in queries]  # tracked at once (no await since the slots were taken), each frees its own
+        for call in calls:
+            call.add_done_callback(lambda _: admission.release())
+        try:
+            results = await admission.upstream(asyncio.gather(*calls), inference=False)
         except aiohttp.ClientError:
             admission.stats.upstream_unavailable += 1
             return error(503, "the model server is not reachable (starting or restarting); retry with backoff")

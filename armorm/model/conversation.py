@@ -203,7 +203,7 @@ class ConversationTokenizer:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ConversationError(f"text is not valid UTF-8 (bad byte at offset {err.start})", "encoding") from None
-        bos = self.tokenizer.bos_token or ""
+        bos = self.tokenizer.bos_token or "<|begin_of_text|>"  # Llama-3's, for a tokenizer config that omits it
         if not text.startswith(bos):
             if self.special_pattern is not None and not self.special_pattern.search(text):
                 raise ConversationError(

@@ -141,30 +141,8 @@ async def slow_bodies(host: str, port: int, connections: int, declared: int, tri
     """Connections that declare a `declared`-byte body and send a byte every `trickle_s`: (opened, still held)."""
     head = (f"POST /v2/models/armorm/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {declared}\r\n\r\n").encode()
-    opened = []
-    for _ in range(connections):
-        try:
-            reader, writer = await _connect(host, port)
-        except OSError:
-            continue
-        writer.write(head + b"{")
-        opened.append((reader, writer))
-    deadline = time.monotonic() + hold_s
-
-    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        try:
-            while time.monotonic() < deadline:
-                if await _closed_by_server(reader, min(trickle_s, max(deadline - time.monotonic(), 0.01))):
-                    return False
-                writer.write(b" ")
-            return True
-        except OSError:
-            return False
-        finally:
-            writer.close()
-
-    held = await asyncio.gather(*(trickle(r, w) for r, w in opened))
-    return len(opened), sum(held)
+    drips = min(declared - 1, int(hold_s / trickle_s) + 1)  # never more than the declared body
+    return await slowloris(host, port, connections, trickle_s, hold_s, head + b"{", b" " * drips)
 
 
 def big_body(size: int) -> bytes:
