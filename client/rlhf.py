@@ -8,6 +8,7 @@ times with backoff and then raised, and nothing here invents a default reward.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ ROOT_CERTIFICATES_ENV = "ARMORM_ROOT_CERTIFICATES"
 
 DEFAULT_URL = "localhost:8001"
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_MAX_IN_FLIGHT = 64
 
 
 class MissingPromptError(ValueError):
@@ -39,8 +42,8 @@ class Settings:
     url: str = DEFAULT_URL
     api_key: str | None = field(default=None, repr=False)
     timeout_s: float = DEFAULT_TIMEOUT_S  # per attempt; DEADLINE_EXCEEDED is not retried
-    max_attempts: int = 5  # UNAVAILABLE (overload, restart, unreachable) is retried up to this many tries
-    max_in_flight: int = 64  # requests of one batch in flight at once
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # tries for UNAVAILABLE (overload, restart, unreachable)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests of one batch in flight at once
     ssl: bool = False
     root_certificates: str | None = None  # a PEM file; None: the system's roots
 
@@ -56,8 +59,8 @@ class Settings:
                 value = kind(raw)
             except ValueError:
                 raise ValueError(f"{name}={raw!r} is not a {kind.__name__}") from None
-            if value < minimum:
-                raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+            if not math.isfinite(value) or value < minimum:  # "nan" and "inf" parse as floats
+                raise ValueError(f"{name}={raw!r} must be a finite number, at least {minimum}")
             return value
 
         ssl = env.get(SSL_ENV, "").strip().lower()
@@ -66,8 +69,8 @@ class Settings:
         return cls(url=env.get(URL_ENV, "").strip() or DEFAULT_URL,
                    api_key=env.get(API_KEY_ENV) or None,
                    timeout_s=number(TIMEOUT_ENV, float, DEFAULT_TIMEOUT_S, 0.001),
-                   max_attempts=number(MAX_ATTEMPTS_ENV, int, 5, 1),
-                   max_in_flight=number(MAX_IN_FLIGHT_ENV, int, 64, 1),
+                   max_attempts=number(MAX_ATTEMPTS_ENV, int, DEFAULT_MAX_ATTEMPTS, 1),
+                   max_in_flight=number(MAX_IN_FLIGHT_ENV, int, DEFAULT_MAX_IN_FLIGHT, 1),
                    ssl=ssl in ("1", "true"),
                    root_certificates=env.get(ROOT_CERTIFICATES_ENV) or None)
 

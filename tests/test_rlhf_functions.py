@@ -203,7 +203,8 @@ def test_settings_come_from_the_environment_and_bad_values_name_the_variable(env
     assert reward.settings == settings and reward.client()._options.headers == {
         "triton-grpc-protocol-armorm-api-key": "secret-key"}  # the header the gateway checks
     assert ArmoRMReward(max_attempts=4, url="elsewhere:1").settings.max_attempts == 4
-    for name, value in (("ARMORM_TIMEOUT_S", "soon"), ("ARMORM_MAX_ATTEMPTS", "0"), ("ARMORM_SSL", "yes")):
+    for name, value in (("ARMORM_TIMEOUT_S", "soon"), ("ARMORM_TIMEOUT_S", "nan"), ("ARMORM_TIMEOUT_S", "inf"),
+                        ("ARMORM_MAX_ATTEMPTS", "0"), ("ARMORM_SSL", "yes")):
         with env.context() as patch:
             patch.setenv(name, value)
             with pytest.raises(ValueError, match=name):

@@ -42,6 +42,14 @@ def test_text_tokenizes_to_the_model_cards_ids_and_positions(tokenizer, referenc
             np.testing.assert_array_equal(text_row[name], json_row[name])
 
 
+def test_a_server_that_refuses_special_tokens_in_content_refuses_text(tokenizer):
+    from armorm.model.conversation import TEXT_FORM, ConversationTokenizer, InputLimits, tokenize_requests
+
+    strict = ConversationTokenizer(tokenizer, InputLimits(reject_special_tokens=True))
+    (result,), _ = tokenize_requests(strict, [[templated(tokenizer, varied_conversations()[0]).encode()]], [TEXT_FORM])
+    assert result.reason == "special_token" and "send messages instead" in str(result)
+
+
 def test_a_generation_ending_in_padding_or_unclosed_scores_as_the_closed_turn(tokenizer):
     from armorm.model.conversation import TEXT_FORM, ConversationTokenizer, tokenize_requests
 

@@ -194,6 +194,10 @@ class ConversationTokenizer:
     def parse_text(self, raw: bytes | str) -> str:
         """Validate one already chat-templated conversation (what RLHF trainers send: prompt + response decoded
         with special tokens kept) and return the text to tokenize, with its last turn closed."""
+        if self.limits.reject_special_tokens:  # in templated text, a turn forged inside content looks like a turn
+            raise ConversationError("this server refuses special tokens inside content (reject_special_tokens), "
+                                    "which templated text cannot show apart from its turns: send messages instead",
+                                    "special_token")
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogatepass")
         if len(raw) > self.limits.max_bytes:
