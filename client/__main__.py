@@ -237,8 +237,11 @@ class TableWriter:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # A plain kill (a Job's end, a timeout) stops the run as Ctrl-C does: the output is left whole.
+    # A plain kill (a Job's end, a timeout) stops the run as Ctrl-C does: the output is left whole. SIGINT too, set
+    # again: a shell starts background jobs (`armorm-score … &`, CI wrappers) with SIGINT ignored, and Python
+    # then leaves it ignored, so kill -INT did nothing and the run went on to the end.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.input == "-" and sys.stdin.isatty():
         print("armorm-score: reading JSONL rows from the terminal (end with Ctrl-D)", file=sys.stderr)
     try:
