@@ -228,3 +228,28 @@ def test_triton_transient_states_are_recognised_for_unavailable():
     assert transient_failure("Stub process 'armorm_backbone_0_0' is not healthy.")
     assert transient_failure("Request for unknown model: 'armorm' has no available versions")
     assert not transient_failure("messages is not valid JSON")
+
+
+def test_a_conversation_over_the_tokenizers_byte_limit_is_refused_in_every_encoding():
+    """JSON data, binary data and gRPC's typed and raw contents: Triton never gets a string it would refuse."""
+    limit = 100
+    fits, over, wide = "x" * limit, "x" * (limit + 1), "é" * 51  # 51 characters, 102 bytes in UTF-8
+    for text, problem in ((fits, None), (over, "string 1 is 101 bytes; the limit is 100"), (wide, "is 102 bytes")):
+        json_body = body([{**MESSAGES, "shape": [2, 1], "data": ["[]", text]}])
+        got = infer_body_error(json_body, None, limit)
+        assert got is None if problem is None else problem in got, (text[:3], got)
+        data = strings(b"[]", text.encode())
+        header = body([{**MESSAGES, "shape": [2, 1], "parameters": {"binary_data_size": len(data)}}])
+        got = infer_body_error(header + data, str(len(header)), limit)
+        assert got is None if problem is None else problem in got, (text[:3], got)
+        for raw in (False, True):
+            request = service_pb2.ModelInferRequest(model_name="armorm")
+            tensor = request.inputs.add(name="messages", datatype="BYTES", shape=[2, 1])
+            if raw:
+                request.raw_input_contents.append(data)
+            else:
+                tensor.contents.bytes_contents.extend([b"[]", text.encode()])
+            got = infer_request_error(request.SerializeToString(), limit)
+            assert got is None if problem is None else problem in got, (text[:3], raw, got)
+    assert infer_body_error(body([{**MESSAGES, "data": ["x" * (1 << 20)]}]), None) is None  # the default: 1 MiB
+    assert "the limit is 1048576" in infer_body_error(body([{**MESSAGES, "data": ["x" * ((1 << 20) + 1)]}]), None)

@@ -1,5 +1,6 @@
 """What a gateway starts with: public ports, limits, keys, TLS files (loaded once, by `LoadedTls.load`) and where
-tritonserver listens. The bottom of the gateway's modules: it imports none of them but routes.py."""
+tritonserver listens. The bottom of the gateway's modules: it imports none of them but routes.py and http_body.py
+(for the default of one conversation's size)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from armorm.gateway.http_body import DEFAULT_MAX_CONVERSATION_BYTES
 from armorm.gateway.routes import AccessPolicy
 
 # The ensemble takes at most 64 conversations of at most 1 MiB each per request (tokenizer max_bytes).
@@ -110,3 +112,5 @@ class GatewayConfig:
     http_upstream_connections: int = DEFAULT_HTTP_UPSTREAM_CONNECTIONS
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
     limits: ConnectionLimits = ConnectionLimits()
+    # One conversation's bytes at most (the tokenizer's max_bytes): longer strings are refused before Triton.
+    max_conversation_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES

@@ -59,9 +59,10 @@ Status = tuple[grpc.StatusCode, str]
 
 
 class GrpcProxy(grpc.GenericRpcHandler):
-    def __init__(self, admission: Admission, channel: grpc.aio.Channel) -> None:
+    def __init__(self, admission: Admission, channel: grpc.aio.Channel, max_conversation_bytes: int) -> None:
         self.admission = admission
         self.channel = channel
+        self.max_conversation_bytes = max_conversation_bytes
         self._unary_calls: dict[str, Any] = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -83,7 +84,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
     async def refusal_of(self, message: bytes, context: grpc.aio.ServicerContext) -> Status | None:
         """Why one inference message must not reach Triton: not a request, a model other than the ensemble
         without the admin key, or a request the ensemble must not batch with others."""
-        view = await off_loop_if_large(inspect_infer_request, message)
+        view = await off_loop_if_large(inspect_infer_request, message, self.max_conversation_bytes)
         if view.model is None:
             self.admission.refuse(PROTOCOL, "malformed")
             return grpc.StatusCode.INVALID_ARGUMENT, view.problem or ""
@@ -260,7 +261,7 @@ async def start_grpc(config: GatewayConfig, admission: Admission, tls: LoadedTls
         # Calls running when the age is reached get as long again to finish before the connection closes.
         options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
     server = grpc.aio.server(maximum_concurrent_rpcs=config.max_in_flight + 256, options=options)
-    server.add_generic_rpc_handlers((GrpcProxy(admission, channel),))
+    server.add_generic_rpc_handlers((GrpcProxy(admission, channel, config.max_conversation_bytes),))
     address = f"{config.host}:{config.grpc_port}"
     try:
         if tls is None:

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from armorm.gateway.http_body import SHARED_MEMORY_REGION, bytes_elements_error
+from armorm.gateway.http_body import (
+    DEFAULT_MAX_CONVERSATION_BYTES,
+    SHARED_MEMORY_REGION,
+    bytes_elements_error,
+    conversation_size_error,
+)
 
 
 @dataclass(frozen=True)
@@ -21,12 +26,14 @@ class InferRequestView:
     shared_memory: bool = False
 
 
-def inspect_infer_request(message: bytes) -> InferRequestView:
+def inspect_infer_request(message: bytes, max_conversation_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES,
+                          ) -> InferRequestView:
     """Decode a serialized ModelInferRequest and check it as a request to the ensemble.
 
     Only what Triton 2.51 would get wrong is checked: BYTES data given as raw contents is parsed by Triton after
-    requests are batched, so one malformed request would fail its whole batch. Everything else (names, shapes,
-    datatypes) Triton checks per request and answers INVALID_ARGUMENT itself.
+    requests are batched, so one malformed request would fail its whole batch. So is a string longer than one
+    conversation may be: Triton would copy it to the tokenizer only to be refused. Everything else (names,
+    shapes, datatypes) Triton checks per request and answers INVALID_ARGUMENT itself.
     """
     request = service_pb2.ModelInferRequest()
     try:
@@ -34,15 +41,25 @@ def inspect_infer_request(message: bytes) -> InferRequestView:
     except DecodeError as err:
         return InferRequestView(None, f"the request is not a valid ModelInferRequest ({err})")
     shared_memory = any(SHARED_MEMORY_REGION in tensor.parameters for tensor in (*request.inputs, *request.outputs))
-    return InferRequestView(request.model_name, _raw_contents_error(request), shared_memory)
+    problem = _raw_contents_error(request, max_conversation_bytes) or _contents_error(request, max_conversation_bytes)
+    return InferRequestView(request.model_name, problem, shared_memory)
 
 
-def infer_request_error(message: bytes) -> str | None:
+def infer_request_error(message: bytes, max_conversation_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES) -> str | None:
     """Why a serialized ModelInferRequest must not be forwarded to the ensemble, or None."""
-    return inspect_infer_request(message).problem
+    return inspect_infer_request(message, max_conversation_bytes).problem
 
 
-def _raw_contents_error(request: service_pb2.ModelInferRequest) -> str | None:
+def _contents_error(request: service_pb2.ModelInferRequest, max_conversation_bytes: int) -> str | None:
+    for tensor in request.inputs:
+        for count, value in enumerate(tensor.contents.bytes_contents):
+            problem = conversation_size_error(count, len(value), max_conversation_bytes)
+            if problem:
+                return f"input {tensor.name[:64]!r}: {problem}"
+    return None
+
+
+def _raw_contents_error(request: service_pb2.ModelInferRequest, max_conversation_bytes: int) -> str | None:
     if not request.raw_input_contents:
         return None
     if len(request.raw_input_contents) != len(request.inputs):
@@ -50,7 +67,7 @@ def _raw_contents_error(request: service_pb2.ModelInferRequest) -> str | None:
                 "raw_input_contents; give one per input")
     for tensor, raw in zip(request.inputs, request.raw_input_contents):
         if tensor.datatype == "BYTES":
-            problem = bytes_elements_error(raw, math.prod(tensor.shape))
+            problem = bytes_elements_error(raw, math.prod(tensor.shape), max_conversation_bytes)
             if problem:
                 return f"input {tensor.name[:64]!r}: {problem}"
     return None

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from armorm.model.conversation import json_kind
+from armorm.model.conversation import InputLimits, json_kind
 
 # The KServe v2 datatype of the ensemble's inputs (contract.MESSAGES and TEXT, TYPE_STRING).
 ENSEMBLE_DATATYPE = "BYTES"
@@ -25,6 +25,24 @@ ENSEMBLE_DATATYPE = "BYTES"
 MAX_DATA_DEPTH = 64
 # The KServe parameter that places a tensor in a registered shared-memory region instead of the request.
 SHARED_MEMORY_REGION = "shared_memory_region"
+# The tokenizer's own limit on one conversation (its max_bytes parameter), unless the launcher read another one:
+# a longer string is refused here, so Triton never parses, copies and hands to the tokenizer what it would refuse.
+DEFAULT_MAX_CONVERSATION_BYTES = InputLimits.max_bytes
+
+
+def conversation_size_error(count: int, size: int, limit: int) -> str | None:
+    """Why string `count` of an input, `size` bytes in UTF-8, is longer than one conversation may be, or None."""
+    if size <= limit:
+        return None
+    return (f"string {count} is {size} bytes; the limit is {limit} bytes for one conversation "
+            "(the tokenizer's max_bytes)")
+
+
+def utf8_size(text: str, limit: int) -> int:
+    """len(text.encode()) where it matters, without encoding a string that is plainly within or over `limit`."""
+    if len(text) > limit or 4 * len(text) <= limit:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True)
@@ -44,10 +62,11 @@ class BodyError(ValueError):
         self.status = status
 
 
-def bytes_elements_error(raw: bytes | memoryview, expected: int) -> str | None:
+def bytes_elements_error(raw: bytes | memoryview, expected: int,
+                         max_element_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES) -> str | None:
     """Check BYTES tensor data in Triton's binary layout (each element: 4-byte little-endian length, then the
     bytes). Triton 2.51 parses it only once requests are batched together, so one malformed request would fail
-    every request of its batch: the gateway refuses it alone instead."""
+    every request of its batch: the gateway refuses it alone instead. So is an element over max_element_bytes."""
     view = memoryview(raw)
     offset = count = 0
     while offset < len(view):
@@ -59,6 +78,9 @@ def bytes_elements_error(raw: bytes | memoryview, expected: int) -> str | None:
         offset += 4
         if offset + length > len(view):
             return f"string {count} declares {length} bytes but only {len(view) - offset} follow"
+        problem = conversation_size_error(count, length, max_element_bytes)
+        if problem:
+            return problem
         offset += length
         count += 1
     if count != expected:
@@ -66,15 +88,17 @@ def bytes_elements_error(raw: bytes | memoryview, expected: int) -> str | None:
     return None
 
 
-def infer_body_error(body: bytes | bytearray, header_length: str | None) -> str | None:
+def infer_body_error(body: bytes | bytearray, header_length: str | None,
+                     max_conversation_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES) -> str | None:
     """Why a KServe v2 inference body is malformed, or None. `header_length` is the request's
     Inference-Header-Content-Length (a JSON header followed by binary tensor data)."""
-    return check_infer_body(body, header_length).problem
+    return check_infer_body(body, header_length, max_conversation_bytes).problem
 
 
-def check_infer_body(body: bytes | bytearray, header_length: str | None) -> BodyCheck:
+def check_infer_body(body: bytes | bytearray, header_length: str | None,
+                     max_conversation_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES) -> BodyCheck:
     """infer_body_error's check, and whether the body uses shared memory."""
-    problem = _infer_body_problem(body, header_length)
+    problem = _infer_body_problem(body, header_length, max_conversation_bytes)
     if problem is not None:
         return BodyCheck(problem)
     json_end = int(header_length) if header_length is not None else len(body)
@@ -85,7 +109,8 @@ def check_infer_body(body: bytes | bytearray, header_length: str | None) -> Body
     return BodyCheck(None, any(SHARED_MEMORY_REGION in (t.get("parameters") or {}) for t in tensors))
 
 
-def _infer_body_problem(body: bytes | bytearray, header_length: str | None) -> str | None:
+def _infer_body_problem(body: bytes | bytearray, header_length: str | None, max_conversation_bytes: int,
+                        ) -> str | None:
     json_part = body
     binary_size = 0
     if header_length is not None:
@@ -111,11 +136,12 @@ def _infer_body_problem(body: bytes | bytearray, header_length: str | None) -> s
     declared_binary = 0
     binary = memoryview(body)[len(json_part):]  # a view: the tensor data is not copied
     for index, tensor in enumerate(inputs):
-        problem, size = _input_error(tensor, index)
+        problem, size = _input_error(tensor, index, max_conversation_bytes)
         if problem:
             return problem
         if "binary_data_size" in tensor.get("parameters", {}):
-            problem = bytes_elements_error(binary[declared_binary:declared_binary + size], math.prod(tensor["shape"]))
+            problem = bytes_elements_error(binary[declared_binary:declared_binary + size], math.prod(tensor["shape"]),
+                                           max_conversation_bytes)
             if problem:
                 return f"input {tensor['name'][:64]!r}: {problem}"
         declared_binary += size
@@ -130,7 +156,7 @@ def _infer_body_problem(body: bytes | bytearray, header_length: str | None) -> s
     return None
 
 
-def _input_error(tensor: Any, index: int) -> tuple[str | None, int]:
+def _input_error(tensor: Any, index: int, max_conversation_bytes: int) -> tuple[str | None, int]:
     where = f"inputs[{index}]"
     if not isinstance(tensor, dict):
         return f"{where} must be an object, got a JSON {json_kind(tensor)}", 0
@@ -162,9 +188,12 @@ def _input_error(tensor: Any, index: int) -> tuple[str | None, int]:
         return f"{where}: {problem}", 0
     if len(values) != math.prod(shape):
         return f"{where} has {len(values)} values for shape {shape} ({math.prod(shape)} expected)", 0
-    for value in values:
+    for count, value in enumerate(values):
         if not isinstance(value, str):
             return f"{where} is {datatype} but holds the JSON {json_kind(value)} {json.dumps(value)[:40]}", 0
+        problem = conversation_size_error(count, utf8_size(value, max_conversation_bytes), max_conversation_bytes)
+        if problem:
+            return f"{where}: {problem}", 0
     return None, 0
 
 

@@ -118,7 +118,8 @@ class HttpProxy:
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         if inference:
             if model_of_http_infer(request.path) == PUBLIC_MODEL:  # the steps take no checks: only admins reach them
-                check = await off_loop_if_large(check_infer_body, body, request.headers.get(HEADER_LENGTH))
+                check = await off_loop_if_large(check_infer_body, body, request.headers.get(HEADER_LENGTH),
+                                                self.config.max_conversation_bytes)
                 if check.problem is not None:
                     admission.refuse(PROTOCOL, "malformed")
                     return error(400, check.problem)

@@ -37,6 +37,7 @@ from armorm.gateway import (
     Upstream,
 )
 from armorm.gateway.admission import INFERENCE_CHARGE, LARGE_SHARE
+from armorm.launcher.model_config import conversation_bytes_limit
 from armorm.launcher.orphans import private_socket_dir, remove_orphaned_segments, remove_orphaned_socket_dirs
 from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, serving_repository, visible_gpus
 from armorm.launcher.triton_process import ServerStartError, TritonServer
@@ -284,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     limits = ConnectionLimits(**{name: getattr(args, name) for name in ConnectionLimits.__dataclass_fields__})
     gateway = Gateway(GatewayConfig(upstream, args.host, args.grpc_port, args.http_port, args.metrics_port, policy,
                                     tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age,
-                                    max_buffered_bytes=args.max_buffered_bytes, limits=limits))
+                                    max_buffered_bytes=args.max_buffered_bytes, limits=limits,
+                                    max_conversation_bytes=conversation_bytes_limit(args.repository)
+                                    or GatewayConfig.max_conversation_bytes))
     try:
         repository = serving_repository(args.repository, placement, private)
         gateway.start()

@@ -11,6 +11,8 @@ import asyncio
 import itertools
 import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -77,6 +79,53 @@ def good_latencies(http_url: str, count: int, gap_s: float = 0.0) -> list[float]
         latencies.append(time.perf_counter() - start)
         time.sleep(gap_s)
     return latencies
+
+
+def good_client_main(http_url: str, gap_s: float) -> None:
+    """GoodClient's process: good calls every gap_s until its stdin closes; prints "ready" after the first, then
+    a JSON line: {"latencies": [...]} or {"error": ...}."""
+    latencies: list[float] = []
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    try:
+        latencies += good_latencies(http_url, 1)
+        print("ready", flush=True)
+        while not stop.wait(gap_s):
+            latencies += good_latencies(http_url, 1)
+        print(json.dumps({"latencies": latencies}), flush=True)
+    except Exception as err:  # noqa: BLE001 - the parent raises it with what was measured before
+        print(json.dumps({"error": f"good request {len(latencies)} failed: {err!r}"}), flush=True)
+
+
+@dataclass
+class GoodClient:
+    """A well-behaved client in a process of its own, scoring over HTTP every `gap_s` while in use; `latencies`
+    once it ends. Its own process: an attacker's CPU in the test's process (its event loop, the GIL) must not
+    delay the measurement, as it would not for a remote attacker. A failed good request raises at exit."""
+
+    http_url: str
+    gap_s: float = 0.02
+    latencies: list[float] = field(default_factory=list)
+
+    def __enter__(self) -> GoodClient:
+        code = f"from armorm.testing.abuse import good_client_main; good_client_main({self.http_url!r}, {self.gap_s})"
+        self._process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,  # noqa: S603
+                                         stdout=subprocess.PIPE, text=True)
+        first = self._process.stdout.readline().strip()
+        if first != "ready":
+            self._process.kill()
+            raise RuntimeError(f"the good client did not start: {first[:500]}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            answer = json.loads(self._process.communicate(input="", timeout=120)[0].strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, IndexError, ValueError):
+            self._process.kill()
+            raise AssertionError("the good client ended without its latencies") from None
+        if "error" in answer:
+            raise AssertionError(answer["error"])
+        self.latencies = answer["latencies"]
 
 
 def p99(latencies: list[float]) -> float:
@@ -146,8 +195,8 @@ async def slow_bodies(host: str, port: int, connections: int, declared: int, tri
 
 
 def big_body(size: int) -> bytes:
-    """A well-formed inference request of `size` bytes: one conversation string that fills it (the tokenizer
-    refuses it for its length, but only once it has reached Triton)."""
+    """A well-formed inference request of `size` bytes: one conversation string that fills it (over one
+    conversation's byte limit, the gateway refuses it once read, before Triton)."""
     shell = json.dumps({"inputs": [{"name": "messages", "shape": [1, 1], "datatype": "BYTES", "data": ["@"]}]})
     before, after = shell.split("@")
     return before.encode() + b"x" * (size - len(before) - len(after)) + after.encode()
