@@ -21,6 +21,7 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 from itertools import islice
+from types import FrameType
 from typing import Any
 
 from armorm_client import dataset, evaluation
@@ -83,6 +84,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--output is the input file: write the results elsewhere")
     args.columns = Columns(**{f: getattr(args, f"{f}_column") for f in Columns.__dataclass_fields__})
     return args
+
+
+# Code a stop must not interrupt midway: a KeyboardInterrupt raised inside gRPC's call setup left the channel a call
+# it never started, and closing the channel then waited forever (1 SIGTERM in about 30). A stop that lands there is
+# raised once the next answer is in (within the call timeout).
+SHIELDED_PACKAGES = frozenset({"grpc", "tritonclient", "pyarrow"})
+
+
+class StopSignals:
+    """SIGTERM (a Job's end, a timeout) and SIGINT stop the run as Ctrl-C does, leaving the output whole."""
+
+    def __init__(self) -> None:
+        self.deferred = False
+
+    def install(self) -> None:
+        # SIGINT set again too: a shell starts background jobs (`armorm-score … &`, CI wrappers) with SIGINT
+        # ignored, and Python then leaves it ignored, so kill -INT did nothing and the run went on to the end.
+        self.deferred = False
+        signal.signal(signal.SIGTERM, self.handle)
+        signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        while frame is not None:
+            if frame.f_globals.get("__name__", "").partition(".")[0] in SHIELDED_PACKAGES:
+                self.deferred = True
+                return
+            frame = frame.f_back
+        raise KeyboardInterrupt
+
+    def raise_deferred(self) -> None:
+        if self.deferred:
+            raise KeyboardInterrupt
+
+
+STOP_SIGNALS = StopSignals()
 
 
 class Run:
@@ -160,6 +196,7 @@ class Run:
                 if isinstance(answer, ServerUnavailableError):  # retries spent: stopping beats a file of errors
                     raise StopRun(SERVER_UNAVAILABLE, f"the server stayed unavailable ({answer})")
                 self.emit(identifier, subset, answer)
+                STOP_SIGNALS.raise_deferred()
         except KeyboardInterrupt:
             return self.stopped(answers, StopRun(INTERRUPTED, "interrupted"))
         except dataset.DatasetError as err:
@@ -237,11 +274,7 @@ class TableWriter:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # A plain kill (a Job's end, a timeout) stops the run as Ctrl-C does: the output is left whole. SIGINT too, set
-    # again: a shell starts background jobs (`armorm-score … &`, CI wrappers) with SIGINT ignored, and Python
-    # then leaves it ignored, so kill -INT did nothing and the run went on to the end.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    STOP_SIGNALS.install()
     if args.input == "-" and sys.stdin.isatty():
         print("armorm-score: reading JSONL rows from the terminal (end with Ctrl-D)", file=sys.stderr)
     try:

@@ -112,6 +112,26 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(server, tmp_path):
     assert again.returncode == 0 and len(read_jsonl(partial)) == 4000
 
 
+def frame_of_module(name: str):
+    namespace = {"__name__": name, "sys": sys}
+    exec("def here():\n    return sys._getframe()", namespace)  # noqa: S102 - a frame that belongs to `name`
+    return namespace["here"]()
+
+
+def test_a_stop_inside_grpc_is_held_until_the_next_answer():
+    """A KeyboardInterrupt raised in gRPC's call setup once left the channel a call it never started, and the
+    interrupted run then hung in close(): a stop that lands there is raised after the next answer instead."""
+    from armorm_client.__main__ import StopSignals
+
+    stop = StopSignals()
+    stop.handle(signal.SIGTERM, frame_of_module("grpc._channel"))
+    assert stop.deferred
+    with pytest.raises(KeyboardInterrupt):
+        stop.raise_deferred()
+    with pytest.raises(KeyboardInterrupt):
+        StopSignals().handle(signal.SIGTERM, frame_of_module("armorm_client.client"))
+
+
 def test_sigterm_leaves_a_whole_parquet_file_that_resumes(server, tmp_path):
     import pyarrow.parquet as pq
 
