@@ -233,8 +233,9 @@ def test_triton_transient_states_are_recognised_for_unavailable():
 def test_a_conversation_over_the_tokenizers_byte_limit_is_refused_in_every_encoding():
     """JSON data, binary data and gRPC's typed and raw contents: Triton never gets a string it would refuse."""
     limit = 100
-    fits, over, wide = "x" * limit, "x" * (limit + 1), "é" * 51  # 51 characters, 102 bytes in UTF-8
-    for text, problem in ((fits, None), (over, "string 1 is 101 bytes; the limit is 100"), (wide, "is 102 bytes")):
+    fits, over, wide, wider = "x" * limit, "x" * (limit + 1), "é" * 51, "é" * 101  # é: 2 bytes in UTF-8
+    for text, problem in ((fits, None), (over, "string 1 is 101 bytes; the limit is 100"), (wide, "is 102 bytes"),
+                          (wider, "is 202 bytes")):
         json_body = body([{**MESSAGES, "shape": [2, 1], "data": ["[]", text]}])
         got = infer_body_error(json_body, None, limit)
         assert got is None if problem is None else problem in got, (text[:3], got)

@@ -39,8 +39,9 @@ def conversation_size_error(count: int, size: int, limit: int) -> str | None:
 
 
 def utf8_size(text: str, limit: int) -> int:
-    """len(text.encode()) where it matters, without encoding a string that is plainly within or over `limit`."""
-    if len(text) > limit or 4 * len(text) <= limit:
+    """len(text.encode()), or len(text) where that is plainly within `limit`: no encoding for ASCII (isascii is
+    O(1) in CPython) or for a string short enough that even 4 bytes a character fit."""
+    if text.isascii() or 4 * len(text) <= limit:
         return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
 
