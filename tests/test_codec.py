@@ -1,7 +1,7 @@
 import numpy as np
 
 from armorm.model.batching import pad_right, token_budget_groups
-from armorm.serving.codec import bytes_items, split_rows
+from armorm.serving.codec import bytes_items, distinct_rows, split_rows
 
 
 def test_split_rows_inverts_concatenate():
@@ -27,3 +27,21 @@ def test_token_budget_groups_bound_padded_tokens_and_keep_every_row():
         if len(group) > 1:
             assert len(group) * max(lengths[i] for i in group) <= 120
     assert [3] in groups, "a row over the budget runs alone, it is not dropped"
+
+
+def test_distinct_rows_groups_rows_by_their_exact_bits():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((3, 4096)).astype(np.float32)
+    base[2, 7] = np.nan
+    rows = base[[0, 1, 0, 2, 2, 1, 0]].copy()
+    rows[6, 100] = np.nextafter(rows[6, 100], np.float32(1))  # one ulp apart: a different row
+    first, inverse = distinct_rows(rows)
+    assert len(first) == 4, "three prompts and the row one ulp off"
+    np.testing.assert_array_equal(rows[first][inverse], rows)
+    assert inverse[0] == inverse[2] and inverse[1] == inverse[5] and inverse[3] == inverse[4]
+    assert len({inverse[0], inverse[6]}) == 2
+    signed = np.zeros((2, 8), np.float32)
+    signed[1, 0] = -0.0  # equal as numbers, not as bits: computed twice, each exactly
+    assert len(distinct_rows(signed)[0]) == 2
+    empty_first, empty_inverse = distinct_rows(np.zeros((0, 8), np.float32))
+    assert empty_first.size == 0 and empty_inverse.size == 0

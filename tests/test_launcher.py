@@ -254,13 +254,14 @@ def test_a_repository_exported_on_a_gpu_host_serves_on_a_cpu_node(exported_repos
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "no CUDA device is visible" in refused.stderr, refused.stderr
     assert not (tmp_path / "refused.log").exists(), "tritonserver must not start"
-    config.write_text(config.read_text().replace("max_queue_size: 512", "max_queue_size: 7"))  # an operator's edit
+    edited = config.read_text().replace("dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 7 }")
+    config.write_text(edited)  # an operator's edit
     with ServeProcess(repository, tmp_path / "logs") as served:
         log = served.cli_log.read_text()
         assert "backbone on CPU (0 GPU(s) visible)" in log and "instance kind set for this node" in log
         loaded = served.grpc_client().get_model_config("armorm_backbone", as_json=True)["config"]
         assert [group["kind"] for group in loaded["instance_group"]] == ["KIND_CPU"]
-        assert loaded["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 7, "edits still apply"
+        assert int(loaded["dynamic_batching"]["max_queue_delay_microseconds"]) == 7, "edits still apply"
         with ArmoRMClient(served.grpc_url) as client:
             assert client.score(varied_conversations()[0]).num_tokens > 0
 

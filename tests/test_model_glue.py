@@ -173,3 +173,19 @@ def test_an_unknown_runtime_names_the_registered_ones(tmp_path):
 
     with pytest.raises(ValueError, match="unknown backbone runtime 'nope'; use one of " + ", ".join(RUNTIMES)):
         create_runtime("nope", RuntimeContext(tmp_path, {}, "cpu", Parameters("armorm_backbone")))
+
+
+def test_gating_model_computes_each_distinct_prompt_row_once(exported_repository, tiny_checkpoint, monkeypatch):
+    model = fake_pb.load_model(exported_repository, "armorm_gating", monkeypatch)
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    weights = heads.HeadWeights.from_state_dict(checkpoint.state, checkpoint.config)
+    prompts = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
+    requests = [fake_pb.request(gate_hidden=prompts[[0, 0, 0]]), fake_pb.request(gate_hidden=prompts[[1, 0]])]
+    seen = []
+    real = heads.gating
+    monkeypatch.setattr(heads, "gating", lambda rows, w: seen.append(len(rows)) or real(rows, w))
+    responses = model.execute(requests)
+    assert seen == [2], "two distinct prompt rows in the batch, computed once each in one call"
+    expected = real(torch.from_numpy(prompts), weights.gating).numpy()
+    np.testing.assert_allclose(responses[0].output("gating"), expected[[0, 0, 0]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(responses[1].output("gating"), expected[[1, 0]], rtol=1e-6, atol=1e-6)

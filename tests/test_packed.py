@@ -82,3 +82,14 @@ def test_varlen_arguments_follow_the_kernel_signature():
 
     assert varlen_kwargs(older) == {"is_causal": True}  # GQA then by repeating k/v
     assert varlen_kwargs(newer) == {"enable_gqa": True, "window_size": (-1, 0)}  # bottom-right causal
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_cpu_attention_runs_the_fused_kernel(backbone, group, share):
+    """3-D inputs made torch fall back to plain matrix math (an L×L score matrix per head, 2-20x slower)."""
+    runner = PackedBackbone(backbone)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run(runner, group, share_prompts=share)
+    ops = {event.key for event in profile.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops, sorted(o for o in ops if "attention" in o)
+    assert "aten::_softmax" not in ops, "the math fallback ran"

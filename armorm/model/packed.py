@@ -202,18 +202,19 @@ class PackedBackbone:
                            **self.varlen_kwargs)
 
     def _sdpa_loop(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
+        # 4-D [1, heads, L, d] with native GQA: torch's fused (flash) CPU kernel. 3-D inputs fall back to plain
+        # matrix math that materialises every head's L×L scores (2-20x slower, and memory quadratic in L).
         outputs = []
         q_start = k_start = 0
-        group = q.shape[1] // k.shape[1]
         for lq, lk, mask in zip(layout.q_lengths, layout.k_lengths, layout.masks):
-            query = q[q_start: q_start + lq].transpose(0, 1)  # [heads, Lq, d]
-            key = k[k_start: k_start + lk].repeat_interleave(group, 1).transpose(0, 1)
-            value = v[k_start: k_start + lk].repeat_interleave(group, 1).transpose(0, 1)
+            query = q[q_start: q_start + lq].transpose(0, 1).unsqueeze(0)
+            key = k[k_start: k_start + lk].transpose(0, 1).unsqueeze(0)
+            value = v[k_start: k_start + lk].transpose(0, 1).unsqueeze(0)
             if mask is None:
-                out = nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True)
+                out = nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True, enable_gqa=True)
             else:
-                out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-            outputs.append(out.transpose(0, 1))
+                out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
+            outputs.append(out[0].transpose(0, 1))
             q_start += lq
             k_start += lk
         return torch.cat(outputs)

@@ -23,3 +23,16 @@ def split_rows(array: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
 def bytes_items(array: np.ndarray) -> list[bytes]:
     """A BYTES tensor [batch, 1] (object array) → one bytes value per row."""
     return [item if isinstance(item, bytes) else bytes(item) for item in array.reshape(-1)]
+
+
+def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of one row per distinct bit pattern, each row's slot among them), so rows[first][inverse] == rows.
+
+    Each row is compared as one opaque byte string (memcmp): np.unique(axis=0) compares them column by column
+    as a structured type, 0.4 ms per call at hidden 256 and 25-35 ms at 4096 (docs/benchmarks.md)."""
+    rows = np.ascontiguousarray(rows)
+    if rows.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    opaque = rows.reshape(rows.shape[0], -1).view(np.dtype((np.void, rows[0].nbytes))).reshape(-1)
+    _, first, inverse = np.unique(opaque, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)

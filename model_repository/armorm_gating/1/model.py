@@ -1,10 +1,10 @@
 """Triton glue for ArmoRM's gating MLP; the math is armorm.model.heads.gating."""
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb
 
 from armorm.model import heads
+from armorm.serving.codec import distinct_rows
 from armorm.serving.metrics import AbortedRequests
 from armorm.serving.triton_glue import ModelContext, answer_rowwise
 from armorm_client.contract import GATE_HIDDEN, GATING, GATING_WEIGHTS
@@ -27,6 +27,7 @@ class TritonPythonModel:
     @torch.inference_mode()
     def compute(self, inputs):
         # Responses to one prompt share their gate row bit for bit: compute each distinct row once.
-        unique, inverse = np.unique(inputs[GATE_HIDDEN.name], axis=0, return_inverse=True)
-        gating = heads.gating(torch.from_numpy(unique).to(self.device), self.weights).cpu().numpy()
-        return {GATING.name: gating[inverse.reshape(-1)]}
+        rows = inputs[GATE_HIDDEN.name]
+        first, inverse = distinct_rows(rows)
+        gating = heads.gating(torch.from_numpy(rows[first]).to(self.device), self.weights).cpu().numpy()
+        return {GATING.name: gating[inverse]}
