@@ -30,6 +30,7 @@ from armorm.model.backbone import default_dtype
 from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS
 from armorm.testing.fidelity import floor_for, judge
 from armorm.testing.random_checkpoint import TinySizes, write_random_checkpoint
+from armorm.testing.stages import Breakdown, Snapshot
 from armorm.testing.workloads import best_of_n, flatten, mix
 
 SHAPES = {
@@ -55,6 +56,7 @@ class Row:
     repeats: int = 1  # the row is the median of this many runs of the workload
     low_req_per_s: float = 0.0  # slowest and fastest of those runs
     high_req_per_s: float = 0.0
+    stages: Breakdown | None = None  # served rows: where the time went, over all runs of the point
 
     @property
     def spread(self) -> float:
@@ -278,7 +280,10 @@ def main() -> int:
                     row.computed_tokens = int(total(scrape(server.metrics_url), metrics.BACKBONE_COMPUTED) - before)
                     return row, scores
 
+                before = Snapshot.take(server.metrics_url, server.process.pid)
                 row, scores = measured(point, args.repeats, args.min_seconds)
+                row.stages = Breakdown.between(before, Snapshot.take(server.metrics_url, server.process.pid),
+                                               row.requests * row.repeats)
                 row.workload = name
                 rows.append(row)
                 worst = max(worst, float(np.abs(np.array(scores) - np.array(card_scores[name])).max()))
@@ -300,8 +305,16 @@ def main() -> int:
         lines.append(f"{row.workload:<44} {row.method:<26} {row.concurrency:>4} {row.req_per_s:>8.2f} "
                      f"{row.tok_per_s:>9.0f} {row.p50_ms:>8.1f} {row.p99_ms:>8.1f} {ratio:>6.2f}x {fraction:>6.1%} "
                      f"{row.spread:>6.0%} {row.repeats:>4}")
+        if row.stages is not None:
+            lines += row.stages.lines()
         summary.append({**asdict(row), "req_per_s": row.req_per_s, "tok_per_s": row.tok_per_s, "spread": row.spread,
                         "ratio_vs_card": ratio, "fraction_of_gemm_peak": fraction})
+    for workload in dict.fromkeys(r.workload for r in rows):
+        card = next(r for r in rows if r.workload == workload and r.method == "model card pipeline")
+        best = max((r for r in rows if r.workload == workload and r is not card), key=lambda r: r.req_per_s)
+        lines.append(f"{workload}: served at its best concurrency ({best.concurrency}) is "
+                     f"{best.req_per_s / card.req_per_s:.2f}x the card "
+                     f"(spread {best.spread:.0%}; card's {card.spread:.0%})")
     floor = floor_for(str(dtype).removeprefix("torch."))
     fidelity = [judge(name, np.concatenate(served_scores[name]), np.tile(card_scores[name], len(concurrency)),
                       np.tile(fp32_scores[name], len(concurrency)), floor=floor) for name in card_scores]

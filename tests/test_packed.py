@@ -93,3 +93,33 @@ def test_cpu_attention_runs_the_fused_kernel(backbone, group, share):
     ops = {event.key for event in profile.key_averages()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops, sorted(o for o in ops if "attention" in o)
     assert "aten::_softmax" not in ops, "the math fallback ran"
+
+
+def test_best_of_64_with_a_long_prompt_charges_the_prompt_once(backbone, reference):
+    """Each response used to be charged its whole prompt: 64 responses to a 1.5k-token prompt under an 8192-token
+    budget took 1 + 13 forwards. The prompt counts once per forward now: 1 for the prompt, 1 for the responses."""
+    prompt = [{"role": "user", "content": "word " * 1500}]
+    conversations = [prompt + [{"role": "assistant", "content": f"answer {i} " * 4}] for i in range(64)]
+    rows = reference.parity_rows(conversations)
+    runner = PackedBackbone(backbone, max_batch_tokens=8192)
+    gate, reward = run(runner, rows)
+    assert runner.last_stats.shared_prompts == 1
+    assert runner.last_stats.forwards == 2, runner.last_stats
+    assert rows.max_error(gate, reward) <= ATOL
+
+
+def test_prompt_groups_run_a_wave_at_a_time(backbone, reference):
+    """Distinct prompts whose keys/values would not fit one budget are cached a wave at a time (then freed)."""
+    conversations = [[{"role": "user", "content": f"prompt {p} " + "word " * 300},
+                      {"role": "assistant", "content": f"answer {r}"}] for p in range(6) for r in range(3)]
+    rows = reference.parity_rows(conversations)
+    runner = PackedBackbone(backbone, max_batch_tokens=700)
+    cached = []
+    forward = runner._forward
+    runner._forward = lambda segments, cache, keep_kv, wanted: (
+        cached.append(sum(cache.length(p) for p in range(len(cache.layers)))), forward(segments, cache, keep_kv,
+                                                                                       wanted))[1]
+    gate, reward = run(runner, rows)
+    assert runner.last_stats.shared_prompts == 6
+    assert max(cached) <= 700, f"cached prompt tokens per forward: {cached}"
+    assert rows.max_error(gate, reward) <= ATOL

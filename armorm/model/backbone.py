@@ -62,12 +62,16 @@ class Attention(nn.Module):
 
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x [..., tokens, hidden] → rotated q [..., tokens, heads, dim], k and v [..., tokens, kv_heads, dim]."""
-        shape = x.shape[:-1]
-        q = self.q_proj(x).view(*shape, self.heads, self.head_dim)
-        k = self.k_proj(x).view(*shape, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(*shape, self.kv_heads, self.head_dim)
-        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+        return (self.queries(x, cos, sin), *self.keys_values(x, cos, sin))
+
+    def queries(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        q = self.q_proj(x).view(*x.shape[:-1], self.heads, self.head_dim)
+        return q * cos.unsqueeze(-2) + rotate_half(q) * sin.unsqueeze(-2)
+
+    def keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.k_proj(x).view(*x.shape[:-1], self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(*x.shape[:-1], self.kv_heads, self.head_dim)
+        return k * cos.unsqueeze(-2) + rotate_half(k) * sin.unsqueeze(-2), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape

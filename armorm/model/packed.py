@@ -24,6 +24,10 @@ from torch import nn
 from armorm.model.backbone import ArmoRMBackbone, rotary_tables
 from armorm.model.batching import DEFAULT_MAX_BATCH_TOKENS, BackboneStats
 
+# Per forward, the keys/values copied for the responses of shared prompts (each its prompt's and its own) may reach
+# this many times the token budget: one layer's copy at a time, small beside the activations it replaces.
+KEY_COPY_FACTOR = 16
+
 
 @dataclass
 class Segment:
@@ -98,20 +102,47 @@ def plan_sharing(input_ids: Sequence[np.ndarray], gate_positions: np.ndarray,
     return SharingPlan(prefixes, prefix_of)
 
 
-def budget_chunks(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Consecutive indices grouped so each group's total length ≤ max_tokens (a longer one runs alone)."""
+def budget_chunks(lengths: Sequence[int], max_tokens: int, groups: Sequence[int | None] | None = None,
+                  shared: Sequence[int] | None = None) -> list[list[int]]:
+    """Consecutive indices grouped so each group's cost ≤ max_tokens (a costlier one runs alone).
+
+    The cost is the sum of `lengths`, plus, for members of a prompt group (`groups[i]` not None), that group's
+    `shared[g]` prompt tokens once per chunk: the prompt's keys are what the responses attend to. The keys copied
+    per response (its prompt's plus its own) are held to KEY_COPY_FACTOR × max_tokens, so memory stays bounded."""
     chunks: list[list[int]] = []
     current: list[int] = []
-    total = 0
+    seen: set[int] = set()
+    cost = keys = 0
     for index, length in enumerate(lengths):
-        if current and total + length > max_tokens:
+        group = groups[index] if groups is not None else None
+        prompt = shared[group] if group is not None and shared is not None else 0
+        added = length + (prompt if group not in seen else 0)
+        if current and (cost + added > max_tokens or keys + length + prompt > KEY_COPY_FACTOR * max_tokens):
             chunks.append(current)
-            current, total = [], 0
+            current, seen, cost, keys = [], set(), 0, 0
+            added = length + prompt
         current.append(index)
-        total += length
+        cost += added
+        keys += length + prompt
+        if group is not None:
+            seen.add(group)
     if current:
         chunks.append(current)
     return chunks
+
+
+def prompt_waves(prompt_lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Prompt groups taken a wave at a time: each wave's prompts fit one forward of max_tokens (a longer prompt
+    runs alone), and only one wave's keys/values are cached at once."""
+    return budget_chunks(prompt_lengths, max_tokens)
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`: on a GPU from pinned memory without blocking the host (an index tensor copied
+    from pageable memory or a list synchronises: the CPU could not prepare the next chunk meanwhile)."""
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def varlen_kwargs(kernel) -> dict[str, object]:
@@ -166,8 +197,9 @@ class PackedBackbone:
         cu_q = cu_k = None
         masks: list[torch.Tensor | None] = []
         if self.varlen is not None:
-            cu_q = torch.tensor(np.concatenate(([0], np.cumsum(q_lengths))), dtype=torch.int32, device=self.device)
-            cu_k = torch.tensor(np.concatenate(([0], np.cumsum(k_lengths))), dtype=torch.int32, device=self.device)
+            offsets = torch.from_numpy(np.stack([np.concatenate(([0], np.cumsum(q_lengths))),
+                                                 np.concatenate(([0], np.cumsum(k_lengths)))]).astype(np.int32))
+            cu_q, cu_k = host_to_device(offsets, self.device).unbind(0)
         else:  # bottom-right causal: query j sees keys ≤ (lk - lq) + j
             masks = [None if lq == lk else torch.ones(lq, lk, dtype=torch.bool, device=self.device).tril(lk - lq)
                      for lq, lk in zip(q_lengths, k_lengths)]
@@ -176,23 +208,53 @@ class PackedBackbone:
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Sequence[Segment],
                 layout: Layout, layer: int, cache: PrefixCache) -> torch.Tensor:
         """q [T, heads, d], k/v [T, kv_heads, d] (packed by segment) → [T, heads, d]."""
-        if layout.has_prefix:  # each response's keys: its cached prompt's, then its own
-            keys, values = [], []
-            start = 0
-            for segment in segments:
-                end = start + segment.length
-                if segment.prefix is not None:
-                    pk, pv = cache.layers[segment.prefix][layer]
-                    keys += [pk, k[start:end]]
-                    values += [pv, v[start:end]]
-                else:
-                    keys.append(k[start:end])
-                    values.append(v[start:end])
-                start = end
-            k, v = torch.cat(keys), torch.cat(values)
+        if layout.has_prefix:
+            k, v = self._with_prefixes(k, v, segments, layer, cache)
         if self.varlen is not None:
             return self._varlen(q, k, v, layout)
         return self._sdpa_loop(q, k, v, layout)
+
+    @staticmethod
+    def _with_prefixes(k: torch.Tensor, v: torch.Tensor, segments: Sequence[Segment], layer: int,
+                       cache: PrefixCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each segment's keys/values: its cached prompt's (if any), then its own, packed by segment."""
+        keys, values = [], []
+        start = 0
+        for segment in segments:
+            end = start + segment.length
+            if segment.prefix is not None:
+                pk, pv = cache.layers[segment.prefix][layer]
+                keys += [pk, k[start:end]]
+                values += [pv, v[start:end]]
+            else:
+                keys.append(k[start:end])
+                values.append(v[start:end])
+            start = end
+        return torch.cat(keys), torch.cat(values)
+
+    def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Sequence[Segment],
+                     rows: Sequence[tuple[int, int]], layer: int, cache: PrefixCache) -> torch.Tensor:
+        """The last layer's attention for the asked rows only: q [len(rows), heads, d] of (segment, position in
+        the segment) rows, each seeing its cached prompt and its own segment up to itself → [len(rows), heads, d]."""
+        if any(s.prefix is not None for s in segments):
+            k, v = self._with_prefixes(k, v, segments, layer, cache)
+        key_starts = np.concatenate(([0], np.cumsum([cache.key_length(s) for s in segments])))
+        out = torch.empty_like(q)
+        by_segment: dict[int, list[int]] = {}
+        for slot, (segment, _) in enumerate(rows):
+            by_segment.setdefault(segment, []).append(slot)
+        for segment, slots in by_segment.items():
+            start, end = int(key_starts[segment]), int(key_starts[segment + 1])
+            before = end - start - segments[segment].length  # cached prompt tokens
+            limits = torch.tensor([before + rows[slot][1] for slot in slots]).unsqueeze(1)
+            mask = host_to_device(torch.arange(end - start).unsqueeze(0) <= limits, self.device)
+            index = host_to_device(torch.tensor(slots), self.device)
+            query = q[index].transpose(0, 1).unsqueeze(0)
+            key = k[start:end].transpose(0, 1).unsqueeze(0)
+            value = v[start:end].transpose(0, 1).unsqueeze(0)
+            attended = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
+            out[index] = attended[0].transpose(0, 1)
+        return out
 
     def _varlen(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
         if "enable_gqa" not in self.varlen_kwargs:
@@ -220,89 +282,112 @@ class PackedBackbone:
         return torch.cat(outputs)
 
     # -- forward ---------------------------------------------------------------------------
-    def _forward(self, segments: Sequence[Segment], cache: PrefixCache, keep_kv: bool) -> torch.Tensor:
-        """Packed forward of `segments` → hidden [T, hidden] before the final norm (the caller norms only
-        the rows it gathers: the norm is per row).
+    def _forward(self, segments: Sequence[Segment], cache: PrefixCache, keep_kv: bool,
+                 rows: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Packed forward of `segments` → the final-normed hidden state [len(rows), hidden] (fp32) at each asked
+        (segment, position in the segment) row. The last layer runs its queries, output projection and MLP for
+        those rows only: nothing reads the other rows' last hidden state.
 
         With keep_kv, each segment's per-layer k/v are appended to `cache` as a new prefix.
         """
         module = self.module
-        tokens = torch.cat([s.tokens for s in segments]).to(self.device)
-        positions = torch.cat([torch.arange(s.offset, s.offset + s.length) for s in segments]).to(self.device)
+        starts = np.concatenate(([0], np.cumsum([s.length for s in segments])[:-1]))
+        host = torch.cat([torch.cat([s.tokens for s in segments]),
+                          torch.cat([torch.arange(s.offset, s.offset + s.length) for s in segments]),
+                          torch.tensor([int(starts[segment]) + position for segment, position in rows])])
+        total = int(starts[-1]) + segments[-1].length
+        host = host_to_device(host, self.device)  # one copy: tokens, positions, rows
+        tokens, positions, row_index = host[:total], host[total: 2 * total], host[2 * total:]
         x = module.embed_tokens(tokens)
         cos, sin = rotary_tables(self.config, positions, x.dtype)
         layout = self._layout(segments, cache)
         first_new = len(cache.layers)
         if keep_kv:
             cache.layers.extend([] for _ in segments)
+        last = len(module.layers) - 1
         for index, layer in enumerate(module.layers):
             attention = layer.self_attn
-            q, k, v = attention.qkv(layer.input_layernorm(x), cos, sin)
+            hidden = layer.input_layernorm(x)
+            k, v = attention.keys_values(hidden, cos, sin)
             if keep_kv:
-                start = 0
                 for number, segment in enumerate(segments):
-                    end = start + segment.length
-                    cache.layers[first_new + number].append((k[start:end], v[start:end]))
-                    start = end
-            out = self._attend(q, k, v, segments, layout, index, cache)
+                    start = int(starts[number])
+                    cache.layers[first_new + number].append((k[start: start + segment.length],
+                                                             v[start: start + segment.length]))
+            if index < last:
+                q = attention.queries(hidden, cos, sin)
+                out = self._attend(q, k, v, segments, layout, index, cache)
+            else:
+                q = attention.queries(hidden[row_index], cos[row_index], sin[row_index])
+                out = self._attend_rows(q, k, v, segments, rows, index, cache)
+                x = x[row_index]
             x = x + attention.o_proj(out.reshape(out.shape[0], -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return x
+        return module.norm(x).float()
 
     @torch.inference_mode()
     def run(self, input_ids: Sequence[np.ndarray], gate_positions: np.ndarray, reward_positions: np.ndarray,
             share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """One 1-D int64 array per conversation → (gate_hidden, reward_hidden) [n, hidden] fp32, on the device."""
+        """One 1-D int64 array per conversation → (gate_hidden, reward_hidden) [n, hidden] fp32, on the device.
+
+        Conversations without a shared prompt run in forwards of at most `max_batch_tokens` tokens. Prompt groups
+        run a wave at a time (prompts of one wave fit one forward; then their responses, each prompt charged once per
+        forward), and a wave's cached keys/values are freed before the next: memory is bounded by the budget,
+        whatever the batch's prompts."""
         count = len(input_ids)
         gate_positions = np.asarray(gate_positions).reshape(-1)
         reward_positions = np.asarray(reward_positions).reshape(-1)
         plan = (plan_sharing(input_ids, gate_positions, reward_positions) if share_prompts
                 else SharingPlan([], [None] * count))
-        hidden_size = self.config.hidden_size
-        gate_out = torch.empty(count, hidden_size, dtype=torch.float32, device=self.device)
-        reward_out = torch.empty(count, hidden_size, dtype=torch.float32, device=self.device)
-
-        norm = self.module.norm
-        # Phase A: shared prompts, once each; their last token is the gate row of every member.
+        parts: list[torch.Tensor] = []  # every forward's rows, in order
+        gate_source = np.zeros(count, np.int64)  # where each conversation's gate and reward rows are in parts
+        reward_source = np.zeros(count, np.int64)
+        produced = 0
         forwards = 0
-        cache = PrefixCache()
-        prefix_gate: list[torch.Tensor] = []
-        prefix_segments = [Segment(torch.from_numpy(np.ascontiguousarray(p))) for p in plan.prefixes]
-        for chunk in budget_chunks([s.length for s in prefix_segments], self.max_batch_tokens):
-            segments = [prefix_segments[i] for i in chunk]
-            hidden = self._forward(segments, cache, keep_kv=True)
-            forwards += 1
-            ends = torch.as_tensor(np.cumsum([s.length for s in segments]) - 1, device=self.device)
-            prefix_gate.extend(norm(hidden[ends]).float().unbind(0))
 
-        # Phase B: every conversation (or the part after its shared prompt).
-        segments, gate_rows, reward_rows = [], [], []
-        for index, ids in enumerate(input_ids):
-            prefix = plan.prefix_of[index]
-            offset = 0 if prefix is None else int(gate_positions[index]) + 1
-            segments.append(Segment(torch.from_numpy(np.ascontiguousarray(ids[offset:])), offset, prefix))
-            gate_rows.append(None if prefix is not None else int(gate_positions[index]))
-            reward_rows.append(int(reward_positions[index]) - offset)
-        # A response's cost includes the prompt keys/values it attends to (copied per response per layer).
-        costs = [cache.key_length(s) for s in segments]
-        for chunk in budget_chunks(costs, self.max_batch_tokens):
-            chunk_segments = [segments[i] for i in chunk]
-            hidden = self._forward(chunk_segments, cache, keep_kv=False)
+        def forward(segments: list[Segment], cache: PrefixCache, keep_kv: bool,
+                    rows: list[tuple[int, int]]) -> int:
+            nonlocal produced, forwards
+            parts.append(self._forward(segments, cache, keep_kv, rows))
             forwards += 1
-            # One gather per chunk (not two tiny device ops per conversation).
-            starts = np.concatenate(([0], np.cumsum([s.length for s in chunk_segments])[:-1]))
-            rows = torch.as_tensor(chunk, device=self.device)
-            reward_at = torch.as_tensor(starts + np.array([reward_rows[i] for i in chunk]), device=self.device)
-            reward_out[rows] = norm(hidden[reward_at]).float()
-            own = [(slot, i) for slot, i in enumerate(chunk) if gate_rows[i] is not None]
-            if own:
-                gate_at = torch.as_tensor([int(starts[slot]) + gate_rows[i] for slot, i in own], device=self.device)
-                gate_out[torch.as_tensor([i for _, i in own], device=self.device)] = norm(hidden[gate_at]).float()
-            shared = [i for i in chunk if gate_rows[i] is None]
-            if shared:
-                gate_out[torch.as_tensor(shared, device=self.device)] = torch.stack(
-                    [prefix_gate[plan.prefix_of[i]] for i in shared])
+            produced += len(rows)
+            return produced - len(rows)
+
+        own = [i for i in range(count) if plan.prefix_of[i] is None]
+        for chunk in budget_chunks([len(input_ids[i]) for i in own], self.max_batch_tokens):
+            members = [own[c] for c in chunk]
+            segments = [Segment(torch.from_numpy(np.ascontiguousarray(input_ids[i]))) for i in members]
+            rows = [(slot, int(p)) for slot, i in enumerate(members)
+                    for p in (gate_positions[i], reward_positions[i])]
+            first = forward(segments, PrefixCache(), False, rows)
+            gate_source[members] = first + 2 * np.arange(len(members))
+            reward_source[members] = first + 2 * np.arange(len(members)) + 1
+
+        members_of: list[list[int]] = [[] for _ in plan.prefixes]
+        for index, prefix in enumerate(plan.prefix_of):
+            if prefix is not None:
+                members_of[prefix].append(index)
+        for wave in prompt_waves([len(p) for p in plan.prefixes], self.max_batch_tokens):
+            cache = PrefixCache()  # this wave's prompts only: freed when the next wave starts
+            prompts = [Segment(torch.from_numpy(np.ascontiguousarray(plan.prefixes[g]))) for g in wave]
+            first = forward(prompts, cache, True, [(slot, s.length - 1) for slot, s in enumerate(prompts)])
+            for slot, group in enumerate(wave):  # a prompt's last token is the gate row of every member
+                gate_source[members_of[group]] = first + slot
+            members = [i for g in wave for i in members_of[g]]
+            slot_of = {group: slot for slot, group in enumerate(wave)}
+            segments = [Segment(torch.from_numpy(np.ascontiguousarray(input_ids[i][int(gate_positions[i]) + 1:])),
+                                int(gate_positions[i]) + 1, slot_of[plan.prefix_of[i]]) for i in members]
+            groups = [slot_of[plan.prefix_of[i]] for i in members]
+            for chunk in budget_chunks([s.length for s in segments], self.max_batch_tokens, groups,
+                                       [s.length for s in prompts]):
+                rows = [(slot, int(reward_positions[members[c]] - gate_positions[members[c]]) - 1)
+                        for slot, c in enumerate(chunk)]
+                first = forward([segments[c] for c in chunk], cache, False, rows)
+                reward_source[[members[c] for c in chunk]] = first + np.arange(len(chunk))
+            del cache
+        hidden = torch.cat(parts) if parts else torch.empty(0, self.config.hidden_size, device=self.device)
+        sources = host_to_device(torch.from_numpy(np.stack([gate_source, reward_source])), self.device)
         total = int(sum(len(ids) for ids in input_ids))
         self.last_stats = BackboneStats(conversations=count, tokens=total, computed_tokens=total - plan.saved_tokens,
                                         forwards=forwards, shared_prompts=len(plan.prefixes))
-        return gate_out, reward_out
+        return hidden[sources[0]], hidden[sources[1]]
