@@ -206,6 +206,8 @@ def main() -> int:
     parser.add_argument("--min-seconds", type=float, default=5.0, help="seconds of work per point at least")
     parser.add_argument("--output", type=Path, default=Path("build/bench"))
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
+    parser.add_argument("--queue-delay-us", type=int, default=0,
+                        help="max_queue_delay_microseconds of the tokenizer and the backbone (the export writes 0)")
     args = parser.parse_args()
     sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
     args.output.mkdir(parents=True, exist_ok=True)
@@ -231,6 +233,11 @@ def main() -> int:
     set_parameter(config, "max_batch_tokens", str(args.max_batch_tokens))
     set_parameter(config, "dtype", str(dtype).removeprefix("torch."))
     write_config(config_path, config, "bench")
+    for model in ("armorm_tokenizer", "armorm_backbone"):
+        path = repository / model / "config.pbtxt"
+        config = read_config(path)
+        config.dynamic_batching.max_queue_delay_microseconds = args.queue_delay_us
+        write_config(path, config, "bench")
 
     workloads = {
         f"short mix {short_range[0]}-{short_range[1]}": mix(args.conversations, *short_range, seed=1),
