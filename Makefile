@@ -117,6 +117,7 @@ device-kit: install ## build/device: what the GPU machine lacks (tritonserver, n
 # no tritonclient, numpy 2): a file missing from the kit fails here, not on the device.
 REHEARSAL := build/device-rehearsal
 REHEARSAL_PY = $(REHEARSAL)/venv/bin/python
+REHEARSAL_SERVED_ARGS := --conversations 8 --long-conversations 2 --prompts 2 --concurrency 1,4 --dtype bfloat16
 DEVICE_PACKAGES := transformers 'numpy>=2' grpcio protobuf pytest pytest-timeout aiohttp safetensors tokenizers \
 	matplotlib packaging onnx onnxruntime psutil
 device-rehearsal: install ## the device check (scripts/device_check.sh) on CPU, small shape, device-like venv
@@ -124,9 +125,19 @@ device-rehearsal: install ## the device check (scripts/device_check.sh) on CPU, 
 	test -f $(REHEARSAL)/venv/.installed || ($(PYTHON) -m venv $(REHEARSAL)/venv \
 	  && $(REHEARSAL_PY) -m pip install -q '$(TORCH_SPEC)' && $(REHEARSAL_PY) -m pip install -q $(DEVICE_PACKAGES) \
 	  && touch $(REHEARSAL)/venv/.installed)
+	rm -rf $(REHEARSAL)/out $(REHEARSAL)/out-short
 	PYTHON=$(REHEARSAL_PY) OUT=$(REHEARSAL)/out PACKED_ARGS='--dtype bfloat16' \
-	  SERVED_ARGS='--conversations 8 --long-conversations 2 --prompts 2 --concurrency 1,4 --dtype bfloat16' \
-	  bash scripts/device_check.sh --kit $(REHEARSAL)/kit --shape cpu-small
+	  SERVED_ARGS='$(REHEARSAL_SERVED_ARGS)' bash scripts/device_check.sh --kit $(REHEARSAL)/kit --shape cpu-small
+	$(REHEARSAL_PY) scripts/device_summary.py $(REHEARSAL)/out --check-limits
+	@# The served step killed by a short timeout: the summary must still hold the packed figures and name what the
+	@# served step did not reach; the device check then exits non-zero, which is what this run expects.
+	! PYTHON=$(REHEARSAL_PY) OUT=$(REHEARSAL)/out-short PACKED_ARGS='--dtype bfloat16 --short 8 --long 2 --prompts 2' \
+	  SERVED_ARGS='$(REHEARSAL_SERVED_ARGS)' SERVED_TIMEOUT=25 \
+	  bash scripts/device_check.sh --kit $(REHEARSAL)/kit --shape cpu-small --only packed,served
+	grep -q "packed runtime in process" $(REHEARSAL)/out-short/summary.txt
+	grep -q "served  *KILLED at its 25s timeout" $(REHEARSAL)/out-short/summary.txt
+	grep -Eq "served: (phases not reached|no results)" $(REHEARSAL)/out-short/summary.txt
+	$(REHEARSAL_PY) scripts/device_summary.py $(REHEARSAL)/out-short --check-limits | grep -q '^.OUT limits: ok'
 
 lint: install ## ruff
 	$(BIN)/ruff check armorm export client model_repository tests scripts

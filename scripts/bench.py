@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import torch
 from armorm.model.backbone import default_dtype
 from armorm.runtimes import DEFAULT_MAX_BATCH_TOKENS
 from armorm.testing.fidelity import floor_for, judge
-from armorm.testing.random_checkpoint import TinySizes, write_random_checkpoint
+from armorm.testing.random_checkpoint import TinySizes
 from armorm.testing.stages import Breakdown, Snapshot
 from armorm.testing.workloads import best_of_n, flatten, mix
 
@@ -174,7 +174,10 @@ def plot(rows: list[Row], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    workloads = sorted({r.workload for r in rows}, key=[r.workload for r in rows].index)
+    workloads = [w for w in dict.fromkeys(r.workload for r in rows)
+                 if any(r.workload == w and r.method != CARD for r in rows)]  # those with served points so far
+    if not workloads:
+        return
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
     for axis, workload in zip(axes[0], workloads):
         subset = [r for r in rows if r.workload == workload]
@@ -189,6 +192,43 @@ def plot(rows: list[Row], path: Path) -> None:
         axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@dataclass
+class Results:
+    """results.json, rewritten as each phase ends: a run killed by its timeout keeps every phase it finished, and
+    `phases` says which ran (scripts/device_summary.py names the missing ones)."""
+
+    path: Path
+    header: dict
+    planned: list[str]
+    rows: list[Row] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    fidelity: list = field(default_factory=list)
+
+    def phase(self, name: str) -> None:
+        self.done.append(name)
+        self.save()
+
+    def save(self) -> None:
+        cards = {r.workload: r for r in self.rows if r.method == CARD}
+        summary = []
+        for row in self.rows:
+            card = cards.get(row.workload)
+            ratio = row.req_per_s / card.req_per_s if card else None
+            fraction = row.computed_tokens / row.seconds * self.header["flops_per_token"] / self.header[
+                "gemm_peak_flops"]
+            summary.append({**asdict(row), "req_per_s": row.req_per_s, "tok_per_s": row.tok_per_s,
+                            "spread": row.spread, "ratio_vs_card": ratio, "fraction_of_gemm_peak": fraction})
+        data = {**self.header, "phases": {"planned": self.planned, "done": self.done}, "rows": summary,
+                "fidelity": [{**asdict(v), "ok": v.ok} for v in self.fidelity]}
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data, indent=2))
+        temporary.replace(self.path)  # a reader never sees half a file
+
+
+CARD = "model card pipeline"
 
 
 def main() -> int:
@@ -204,40 +244,27 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--repeats", type=int, default=3, help="runs per point at least; the median is reported")
     parser.add_argument("--min-seconds", type=float, default=5.0, help="seconds of work per point at least")
-    parser.add_argument("--output", type=Path, default=Path("build/bench"))
+    parser.add_argument("--output", type=Path, default=Path("build/bench"),
+                        help="results.json and bench.png (nothing else)")
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="checkpoint, repository and server logs (default: the output folder); the device check "
+                             "keeps them out of $OUT")
+    parser.add_argument("--fidelity-subset", type=int, default=0,
+                        help="judge bf16 fidelity on the first N conversations of each workload (0: all): the fp32 "
+                             "reference forward is the slow part on a GPU")
     parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS)
     parser.add_argument("--queue-delay-us", type=int, default=0,
                         help="max_queue_delay_microseconds of the tokenizer and the backbone (the export writes 0)")
     args = parser.parse_args()
     sizes, short_range, long_range, prompt_tokens, response_range = SHAPES[args.shape]
+    scratch = args.scratch or args.output
     args.output.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     dtype = default_dtype(args.device) if args.dtype == "auto" else getattr(torch, args.dtype)
     concurrency = [int(c) for c in args.concurrency.split(",")]
 
     def say(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-    checkpoint = args.output / f"checkpoint-{args.shape}"
-    if not (checkpoint / "config.json").exists():
-        say(f"writing a random {args.shape} checkpoint")
-        write_random_checkpoint(checkpoint, seed=7, sizes=sizes)
-    repository = args.output / f"repository-{args.shape}"
-    from armorm_export.repository import ExportOptions, export_repository, read_config, set_parameter, write_config
-
-    say("exporting (torch_packed runtime)")
-    kind = "gpu" if args.device.startswith("cuda") else "cpu"
-    export_repository(checkpoint, repository, ExportOptions(instance_kind=kind, onnx=False, atol=1e-3 if kind == "gpu"
-                                                            else 1e-4))
-    config_path = repository / "armorm_backbone" / "config.pbtxt"
-    config = read_config(config_path)
-    set_parameter(config, "max_batch_tokens", str(args.max_batch_tokens))
-    set_parameter(config, "dtype", str(dtype).removeprefix("torch."))
-    write_config(config_path, config, "bench")
-    for model in ("armorm_tokenizer", "armorm_backbone"):
-        path = repository / model / "config.pbtxt"
-        config = read_config(path)
-        config.dynamic_batching.max_queue_delay_microseconds = args.queue_delay_us
-        write_config(path, config, "bench")
 
     workloads = {
         f"short mix {short_range[0]}-{short_range[1]}": mix(args.conversations, *short_range, seed=1),
@@ -245,36 +272,62 @@ def main() -> int:
     }
     groups = best_of_n(args.prompts, args.n, prompt_tokens, response_range, seed=3)
     bon_name = f"best-of-{args.n} (prompt {prompt_tokens}, responses {response_range[0]}-{response_range[1]})"
+    flat = flatten(groups)
+    peak = gemm_peak_flops(args.device, dtype)
+    per_token = flops_per_token(sizes)
+    served_points = [f"served {name} @ {c}" for name in [*workloads, bon_name] for c in concurrency]
+    results = Results(args.output / "results.json",
+                      {"device": args.device, "shape": args.shape, "dtype": str(dtype).removeprefix("torch."),
+                       "gemm_peak_flops": peak, "flops_per_token": per_token},
+                      ["checkpoint", "export", "card", "fp32 reference", *served_points])
+
+    t0 = time.perf_counter()
+    checkpoint = load_or_write_checkpoint(scratch / f"checkpoint-{args.shape}", sizes, args.device, say)
+    results.phase("checkpoint")
+    say(f"checkpoint ready in {time.perf_counter() - t0:.0f}s")
+    repository = export_for_bench(checkpoint.directory, scratch / f"repository-{args.shape}", args, dtype, say)
+    results.phase("export")
 
     from armorm.reference import ArmoRMReference
 
     say(f"model card pipeline on {args.device} ({dtype})")
     reference = ArmoRMReference(checkpoint, device=args.device, dtype=dtype)
-    rows: list[Row] = []
     card_scores: dict[str, list[float]] = {}
     reference.score(workloads[next(iter(workloads))][0])  # warm-up
-    for name, conversations in workloads.items():
+    for name, conversations in {**workloads, bon_name: flat}.items():
         row, card_scores[name] = measured(partial(card_pipeline, reference, conversations), args.repeats,
                                           args.min_seconds)
         row.workload = name
-        rows.append(row)
+        results.rows.append(row)
         say(f"  {name}: {row.req_per_s:.2f} req/s")
-    flat = flatten(groups)
-    row, card_scores[bon_name] = measured(partial(card_pipeline, reference, flat), args.repeats, args.min_seconds)
-    row.workload = bon_name
-    rows.append(row)
+    results.phase("card")
     del reference
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    fp32_scores = fp32_reference_scores(checkpoint, args.device, dtype, {**workloads, bon_name: flat}, card_scores, say)
+    subset = args.fidelity_subset or None
+    fp32_scores = fp32_reference_scores(checkpoint, args.device, dtype,
+                                        {name: c[:subset] for name, c in {**workloads, bon_name: flat}.items()},
+                                        {name: s[:subset] for name, s in card_scores.items()}, say)
+    del checkpoint  # the weights: the server loads its own copy
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    results.phase("fp32 reference")
 
     from armorm.serving import metrics
     from armorm.testing.prometheus import scrape, total
     from armorm.testing.serve_process import ServeProcess
 
     worst = 0.0
-    served_scores: dict[str, list[float]] = {name: [] for name in card_scores}
-    with ServeProcess(repository, args.output / "logs", startup_timeout=900) as server:
+    served_scores: dict[str, list[list[float]]] = {name: [] for name in card_scores}
+
+    def judged() -> list:
+        floor = floor_for(str(dtype).removeprefix("torch."))
+        return [judge(name, np.concatenate([s[:subset] for s in served_scores[name]]),
+                      np.tile(card_scores[name][:subset], len(served_scores[name])),
+                      np.tile(fp32_scores[name], len(served_scores[name])), floor=floor)
+                for name in card_scores if served_scores[name]]
+
+    with ServeProcess(repository, scratch / "logs", startup_timeout=900) as server:
         say(f"server ready on {server.grpc_url}")
         asyncio.run(served(server.grpc_url, workloads[next(iter(workloads))][:4], 4, "warm-up"))
         sweeps = [(name, conversations, "served (gRPC)") for name, conversations in workloads.items()]
@@ -292,21 +345,72 @@ def main() -> int:
                 row.stages = Breakdown.between(before, Snapshot.take(server.metrics_url, server.process.pid),
                                                row.requests * row.repeats)
                 row.workload = name
-                rows.append(row)
+                results.rows.append(row)
                 worst = max(worst, float(np.abs(np.array(scores) - np.array(card_scores[name])).max()))
                 served_scores[name].append(scores)
+                results.header["max_score_difference"] = worst
+                results.fidelity = judged()
+                results.phase(f"served {name} @ {c}")
                 say(f"  {name} @ {c}: {row.req_per_s:.2f} req/s")
+            plot(results.rows, args.output / "bench.png")
 
-    peak = gemm_peak_flops(args.device, dtype)
-    per_token = flops_per_token(sizes)
-    lines = [f"device {args.device}, dtype {str(dtype).removeprefix('torch.')}, shape {args.shape}; measured GEMM peak "
+    lines = table(results.rows, peak, per_token, args.device, dtype, args.shape)
+    lines.append(f"max |served score - card score| over every benchmarked request: {worst:.3g}")
+    if subset:
+        lines.append(f"fidelity judged on the first {subset} conversations of each workload")
+    lines += [verdict.line() for verdict in results.fidelity]
+    print("\n".join(lines))
+    print(f"plot: {args.output / 'bench.png'}; data: {results.path}")
+    return 0 if all(v.ok for v in results.fidelity) else 1
+
+
+def load_or_write_checkpoint(directory: Path, sizes: TinySizes, device: str, say):
+    """The random checkpoint in memory (for the reference forwards) and on disk (for the export and the server).
+    Drawn on the device (8B values on a CPU take most of a minute), kept there for the references."""
+    from armorm.model.checkpoint import Checkpoint
+    from armorm.testing.random_checkpoint import random_parameters, tiny_config, write_checkpoint
+
+    if (directory / "config.json").exists():
+        loaded = Checkpoint.load(directory)
+        return Checkpoint(directory, loaded.config, {n: t.to(device) for n, t in loaded.state.items()})
+    say(f"drawing random weights on {device} and writing them to {directory}")
+    config = tiny_config(sizes)
+    state = random_parameters(config, seed=7, device=device)
+    write_checkpoint(directory, config, state)
+    return Checkpoint(directory, config, state)
+
+
+def export_for_bench(checkpoint: Path, repository: Path, args, dtype: torch.dtype, say) -> Path:
+    from armorm_export.repository import ExportOptions, export_repository, read_config, set_parameter, write_config
+
+    kind = "gpu" if args.device.startswith("cuda") else "cpu"
+    # The 8B random model is not checked against an fp32 forward on the host here (two fp32 copies of 8B weights,
+    # minutes): this benchmark's fidelity verdict and the device check's GPU parity steps check it instead.
+    verify = args.shape != "llama3-8b"
+    say(f"exporting (torch_packed runtime){'' if verify else ', no CPU parity check (8B: checked on the GPU)'}")
+    export_repository(checkpoint, repository, ExportOptions(instance_kind=kind, onnx=False, verify=verify,
+                                                            atol=1e-3 if kind == "gpu" else 1e-4))
+    config_path = repository / "armorm_backbone" / "config.pbtxt"
+    config = read_config(config_path)
+    set_parameter(config, "max_batch_tokens", str(args.max_batch_tokens))
+    set_parameter(config, "dtype", str(dtype).removeprefix("torch."))
+    write_config(config_path, config, "bench")
+    for model in ("armorm_tokenizer", "armorm_backbone"):
+        path = repository / model / "config.pbtxt"
+        config = read_config(path)
+        config.dynamic_batching.max_queue_delay_microseconds = args.queue_delay_us
+        write_config(path, config, "bench")
+    return repository
+
+
+def table(rows: list[Row], peak: float, per_token: float, device: str, dtype: torch.dtype, shape: str) -> list[str]:
+    lines = [f"device {device}, dtype {str(dtype).removeprefix('torch.')}, shape {shape}; measured GEMM peak "
              f"{peak / 1e12:.2f} TFLOP/s; {per_token / 1e9:.3f} GFLOP/token",
              f"{'workload':<44} {'method':<26} {'conc':>4} {'req/s':>8} {'tok/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
              f"{'vs card':>7} {'% peak':>6} {'spread':>7} {'runs':>4}  (median run; spread: (fastest − slowest) ÷ "
              "median; % peak: backbone-computed tokens × FLOP/token ÷ GEMM peak)"]
-    summary = []
     for row in rows:
-        card = next(r for r in rows if r.workload == row.workload and r.method == "model card pipeline")
+        card = next(r for r in rows if r.workload == row.workload and r.method == CARD)
         ratio = row.req_per_s / card.req_per_s
         fraction = row.computed_tokens / row.seconds * per_token / peak
         lines.append(f"{row.workload:<44} {row.method:<26} {row.concurrency:>4} {row.req_per_s:>8.2f} "
@@ -314,33 +418,23 @@ def main() -> int:
                      f"{row.spread:>6.0%} {row.repeats:>4}")
         if row.stages is not None:
             lines += row.stages.lines()
-        summary.append({**asdict(row), "req_per_s": row.req_per_s, "tok_per_s": row.tok_per_s, "spread": row.spread,
-                        "ratio_vs_card": ratio, "fraction_of_gemm_peak": fraction})
     for workload in dict.fromkeys(r.workload for r in rows):
-        card = next(r for r in rows if r.workload == workload and r.method == "model card pipeline")
-        best = max((r for r in rows if r.workload == workload and r is not card), key=lambda r: r.req_per_s)
+        card = next(r for r in rows if r.workload == workload and r.method == CARD)
+        served_rows = [r for r in rows if r.workload == workload and r is not card]
+        if not served_rows:
+            continue
+        best = max(served_rows, key=lambda r: r.req_per_s)
         lines.append(f"{workload}: served at its best concurrency ({best.concurrency}) is "
                      f"{best.req_per_s / card.req_per_s:.2f}x the card "
                      f"(spread {best.spread:.0%}; card's {card.spread:.0%})")
-    floor = floor_for(str(dtype).removeprefix("torch."))
-    fidelity = [judge(name, np.concatenate(served_scores[name]), np.tile(card_scores[name], len(concurrency)),
-                      np.tile(fp32_scores[name], len(concurrency)), floor=floor) for name in card_scores]
-    lines.append(f"max |served score - card score| over every benchmarked request: {worst:.3g}")
-    lines += [verdict.line() for verdict in fidelity]
-    (args.output / "results.json").write_text(json.dumps(
-        {"device": args.device, "shape": args.shape, "gemm_peak_flops": peak, "flops_per_token": per_token,
-         "max_score_difference": worst, "rows": summary,
-         "fidelity": [{**asdict(v), "ok": v.ok} for v in fidelity]}, indent=2))
-    plot(rows, args.output / "bench.png")
-    print("\n".join(lines))
-    print(f"plot: {args.output / 'bench.png'}; data: {args.output / 'results.json'}")
-    return 0 if all(v.ok for v in fidelity) else 1
+    return lines
 
 
-def fp32_reference_scores(checkpoint: Path, device: str, dtype: torch.dtype, workloads: dict, card_scores: dict,
+def fp32_reference_scores(checkpoint, device: str, dtype: torch.dtype, workloads: dict, card_scores: dict,
                           say) -> dict[str, list[float]]:
-    """Every benchmarked conversation's score from an fp32 forward (armorm.testing.fidelity judges both paths by it).
-    When the card already ran in fp32, its scores are that reference."""
+    """Every judged conversation's score from an fp32 forward (armorm.testing.fidelity judges both paths by it), on
+    the device, from the weights already in memory. When the card already ran in fp32, its scores are that
+    reference."""
     if dtype == torch.float32:
         return card_scores
     from armorm.reference import ArmoRMReference

@@ -72,6 +72,29 @@ def main() -> int:
     peak = gemm_peak_flops(device, dtype)
     per_token = flops_per_token(sizes)
     rows, worst, scores = [], 0.0, {}
+    fidelity: list = []
+    planned = [*workloads, "fidelity"]
+    done: list[str] = []
+
+    def save(phase: str) -> None:
+        """results.json after each phase: a step killed by its timeout keeps what it finished."""
+        done.append(phase)
+        if args.output is None:
+            return
+        args.output.mkdir(parents=True, exist_ok=True)
+        temporary = args.output / "results.json.tmp"
+        temporary.write_text(json.dumps({
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "shape": args.shape,
+            "gemm_peak_flops": peak, "flops_per_token": per_token, "max_score_difference": worst,
+            "phases": {"planned": planned, "done": done},
+            "fidelity": [{**asdict(v), "ok": v.ok} for v in fidelity], "rows": [
+                {"workload": name, "requests": count, "tokens": total, "card_seconds": card_s,
+                 "packed_seconds": packed_s, "ratio_vs_card": card_s / packed_s,
+                 "fraction_of_gemm_peak": stats.computed_tokens / packed_s * per_token / peak,
+                 "max_score_difference": difference}
+                for name, count, total, card_s, packed_s, difference, stats in rows]}, indent=2))
+        temporary.replace(args.output / "results.json")
+
     reference.score(workloads[next(iter(workloads))][0])  # warm-up
     for name, conversations in workloads.items():
         card_row, card_scores = card_pipeline(reference, conversations)
@@ -94,6 +117,7 @@ def main() -> int:
         rows.append((name, len(conversations), total, card_s, packed_s, difference, packed.last_stats))
         print(f"[gpu-check] {name}: card {len(conversations) / card_s:.1f} req/s, packed "
               f"{len(conversations) / packed_s:.1f} req/s", file=sys.stderr, flush=True)
+        save(name)
 
     print(f"device {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}; torch {torch.__version__}; "
           f"GEMM peak {peak / 1e12:.2f} TFLOP/s; {per_token / 1e9:.2f} GFLOP/token; budget {args.max_batch_tokens}")
@@ -106,23 +130,12 @@ def main() -> int:
               f"{stats.computed_tokens / total:>8.0%} {difference:>11.3g}")
     del reference, packed
     fp32_reference = ArmoRMReference(checkpoint, device=device, dtype=torch.float32) if dtype != torch.float32 else None
-    fidelity = []
     for name, (conversations, served, card) in scores.items():
         fp32 = card if fp32_reference is None else [fp32_reference.score(m).score for m in conversations]
         fidelity.append(judge(name, served, card, fp32, floor=floor_for(str(dtype).removeprefix("torch."))))
     print(f"max |packed score - card score| = {worst:.3g} ({dtype})")
     print("\n".join(verdict.line() for verdict in fidelity))
-    if args.output is not None:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / "results.json").write_text(json.dumps({
-            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "shape": args.shape,
-            "gemm_peak_flops": peak, "flops_per_token": per_token, "max_score_difference": worst,
-            "fidelity": [{**asdict(v), "ok": v.ok} for v in fidelity], "rows": [
-                {"workload": name, "requests": count, "tokens": total, "card_seconds": card_s,
-                 "packed_seconds": packed_s, "ratio_vs_card": card_s / packed_s,
-                 "fraction_of_gemm_peak": stats.computed_tokens / packed_s * per_token / peak,
-                 "max_score_difference": difference}
-                for name, count, total, card_s, packed_s, difference, stats in rows]}, indent=2))
+    save("fidelity")
     return 0 if all(v.ok for v in fidelity) else 1
 
 

@@ -68,3 +68,68 @@ def test_answer_each_answers_every_request_in_order_whatever_fails():
     assert responses == ["failed: bad" if r % 16 == 0 else f"ok {r}" for r in range(1, 33)]
     assert calls[0] == list(range(1, 33))
     assert len(calls) <= 1 + 2 * 5 * 2, "more calls than bisection needs for two culprits in 32"
+
+
+def test_a_broken_device_context_answers_unavailable_and_restarts_the_process(exported_repository, monkeypatch):
+    """A CUDA failure other than out-of-memory breaks the context for every later call: no bisection (it would fail
+    2·log₂ n more times), every request UNAVAILABLE (the client retries), and the process exits once the responses
+    are out, so the supervisor restarts the server with a fresh context."""
+    import threading
+
+    model = fake_pb.load_model(exported_repository, "armorm_backbone", monkeypatch)
+    calls: list[int] = []
+    exits: list[tuple] = []
+
+    def broken(input_ids, gate_positions, reward_positions):
+        calls.append(len(input_ids))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    class RecordedTimer:
+        def __init__(self, delay, function, args=()):
+            exits.append((delay, function, args))
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(model.runtime, "run", broken)
+    monkeypatch.setattr(threading, "Timer", RecordedTimer)
+    responses = model.execute([fake_pb.request(input_ids=conversation(False), **POSITIONS) for _ in range(8)])
+    assert calls == [8], "no bisection of a broken context"
+    assert all(r.error().code() == fake_pb.TritonError.UNAVAILABLE for r in responses)
+    assert "retry" in responses[0].error().message()
+    import os
+
+    assert [(function, args) for _, function, args in exits] == [(os._exit, (3,))]
+    later = model.execute([fake_pb.request(input_ids=conversation(False), **POSITIONS)])
+    assert later[0].error().code() == fake_pb.TritonError.UNAVAILABLE and calls == [8], "nothing runs any more"
+
+
+def test_out_of_memory_frees_the_cache_and_bisects(exported_repository, monkeypatch):
+    import torch
+
+    model = fake_pb.load_model(exported_repository, "armorm_backbone", monkeypatch)
+    run = model.runtime.run
+    freed: list[int] = []
+
+    def tight(input_ids, gate_positions, reward_positions):
+        if len(input_ids) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return run(input_ids, gate_positions, reward_positions)
+
+    monkeypatch.setattr(model.runtime, "run", tight)
+    monkeypatch.setattr(model.runtime, "free_memory", lambda: freed.append(1))
+    responses = model.execute([fake_pb.request(input_ids=conversation(False), **POSITIONS) for _ in range(8)])
+    assert not any(r.has_error() for r in responses), "halves small enough to fit are answered"
+    assert len(freed) == 3, "the cache is freed after each out-of-memory batch (8, then 4 and 4)"
+    assert not model.broken
+
+
+def test_device_failures_are_told_apart():
+    import torch
+
+    from armorm.serving.triton_glue import BROKEN_DEVICE, OUT_OF_MEMORY, device_failure
+
+    assert device_failure(torch.cuda.OutOfMemoryError("CUDA out of memory")) == OUT_OF_MEMORY
+    assert device_failure(RuntimeError("CUDA error: device-side assert triggered")) == BROKEN_DEVICE
+    assert device_failure(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasGemmEx")) == BROKEN_DEVICE
+    assert device_failure(ValueError("a kernel failed on this conversation")) is None

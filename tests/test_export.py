@@ -125,3 +125,25 @@ def test_export_says_where_the_templates_are_before_loading_anything(tmp_path, m
     monkeypatch.setattr(repository, "TEMPLATES", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="set ARMORM_TEMPLATES"):
         repository.export_repository("no-such/checkpoint", tmp_path / "out")
+
+
+def test_a_gpu_placed_onnx_backbone_without_the_cuda_provider_refuses_to_start(exported_repository):
+    import onnxruntime
+
+    from armorm.model.onnx_backbone import MissingProviderError
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(MissingProviderError, match="install onnxruntime-gpu"):
+        onnx_session(exported_repository / contract.BACKBONE.name / "1" / contract.BACKBONE_ONNX, device="cuda:0")
+
+
+@pytest.mark.parametrize(("name", "expected"), [("auto", torch.float32), ("float32", torch.float32),
+                                                ("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_the_dtype_parameter_takes_only_serving_dtypes(name, expected):
+    from armorm.runtimes.torch_packed import serving_dtype
+
+    assert serving_dtype(name, "cpu") is expected
+    for wrong in ("float64", "int8", "Tensor", "__class__", ""):
+        with pytest.raises(ValueError, match="dtype must be auto or one of float32, float16, bfloat16"):
+            serving_dtype(wrong, "cpu")

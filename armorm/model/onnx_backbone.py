@@ -15,16 +15,26 @@ ONNX_INPUTS = (INPUT_IDS.name, GATE_POSITION.name, REWARD_POSITION.name)
 ONNX_OUTPUTS = (GATE_HIDDEN.name, REWARD_HIDDEN.name)
 
 
+class MissingProviderError(RuntimeError):
+    """A GPU-placed ONNX Runtime backbone in a build without the CUDA provider: it would run on the host."""
+
+
 def onnx_session(path: Path, device: str = "cpu", threads: int = 0):
-    """An ONNX Runtime session on `device` ("cpu" or "cuda:N": that GPU, where this build has the CUDA provider)."""
+    """An ONNX Runtime session on `device` ("cpu", or "cuda:N": that GPU, which needs the CUDA provider)."""
     import onnxruntime as ort
+
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise MissingProviderError(
+            f"the backbone is placed on {device} but this onnxruntime {ort.__version__} has no CUDA provider "
+            f"(it has {', '.join(ort.get_available_providers())}): install onnxruntime-gpu matching the CUDA version, "
+            "or use the torch_packed runtime (the default), or place the backbone on the CPU (KIND_CPU)")
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         options.intra_op_num_threads = threads
     providers: list = ["CPUExecutionProvider"]
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+    if device.startswith("cuda"):
         index = int(device.partition(":")[2] or 0)
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)

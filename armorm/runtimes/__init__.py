@@ -36,6 +36,10 @@ class BackboneRuntime(Protocol):
         """One line for the log: device, dtype, kernels."""
         ...
 
+    def free_memory(self) -> None:
+        """After an out-of-memory failure: give cached device memory back before the batch is retried in halves."""
+        ...
+
 
 @dataclass(frozen=True)
 class RuntimeContext:

@@ -25,6 +25,9 @@ class OnnxRuntimeBackbone:
         gate, reward = self.backbone.run(input_ids, gate_positions, reward_positions)
         return gate, reward, self.backbone.last_stats
 
+    def free_memory(self) -> None:
+        """ONNX Runtime's arena keeps its memory; nothing to give back from here."""
+
     def describe(self) -> str:
         return f"onnxruntime with {self.backbone.providers}"
 

@@ -15,6 +15,17 @@ from armorm.model.packed import PackedBackbone
 from armorm.runtimes import RuntimeContext
 from armorm_client.contract import BACKBONE_WEIGHTS
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def serving_dtype(name: str, device: str) -> torch.dtype:
+    """The `dtype` parameter: auto (bf16 on a GPU, fp32 on CPU) or one of DTYPES; anything else is refused."""
+    if name == "auto":
+        return default_dtype(device)
+    if name not in DTYPES:
+        raise ValueError(f"parameter dtype must be auto or one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
 
 class TorchPackedRuntime:
     name = "torch_packed"
@@ -23,8 +34,7 @@ class TorchPackedRuntime:
         threads = context.parameters.integer("threads", 0)  # 0: torch's own choice
         if threads > 0:
             torch.set_num_threads(threads)
-        dtype_name = context.parameters.get("dtype", "auto")
-        self.dtype = default_dtype(context.device) if dtype_name == "auto" else getattr(torch, dtype_name)
+        self.dtype = serving_dtype(context.parameters.get("dtype", "auto"), context.device)
         # Straight onto the device, one tensor at a time, each in the serving dtype as it arrives: neither the
         # host (the chart's memory limit) nor the device ever holds the weights twice.
         with safe_open(str(context.version_dir / BACKBONE_WEIGHTS), framework="pt", device=str(context.device)) as f:
@@ -40,6 +50,10 @@ class TorchPackedRuntime:
         gate, reward = self.packed.run(input_ids, gate_positions, reward_positions, share_prompts=self.share_prompts)
         both = torch.stack((gate, reward)).cpu().numpy()  # one copy to the host
         return both[0], both[1], self.packed.last_stats
+
+    def free_memory(self) -> None:
+        if str(self.device).startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def describe(self) -> str:
         return (f"torch_packed on {self.device}, {self.dtype}, attention {self.packed.attention_name}, "

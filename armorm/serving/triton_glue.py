@@ -112,6 +112,29 @@ def answer_each(
             + answer_each(pb, requests[half:], respond, on_failure))
 
 
+def unavailable(pb: Any, message: str) -> Any:
+    """Retryable: the client's retry policy takes UNAVAILABLE (the server restarts the model meanwhile)."""
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, pb.TritonError.UNAVAILABLE))
+
+
+OUT_OF_MEMORY, BROKEN_DEVICE = "out of memory", "broken device context"
+# Text of CUDA failures that leave the context unusable for every later call (torch raises them as RuntimeError, or
+# torch.AcceleratorError on newer builds): a device-side assert, an illegal address, a launch or ECC failure.
+BROKEN_DEVICE_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "cuDNN error",
+                         "CUDA driver error", "unspecified launch failure", "uncorrectable ECC")
+
+
+def device_failure(err: BaseException) -> str | None:
+    """OUT_OF_MEMORY (free the cache; a smaller batch may pass), BROKEN_DEVICE (the process must restart: nothing will
+    pass), or None (an ordinary failure)."""
+    message = str(err)
+    if type(err).__name__ == "OutOfMemoryError" or "out of memory" in message.lower():
+        return OUT_OF_MEMORY
+    if type(err).__name__ == "AcceleratorError" or any(marker in message for marker in BROKEN_DEVICE_MARKERS):
+        return BROKEN_DEVICE
+    return None
+
+
 def failed_internally(pb: Any, err: Exception) -> Any:
     """For steps after validation: the request was well formed, so the fault is the server's."""
     return internal_error(pb, f"the model failed on this request ({type(err).__name__}); see the server log")

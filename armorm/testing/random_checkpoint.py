@@ -170,21 +170,24 @@ def write_tokenizer(directory: Path, config: ArmoRMConfig) -> None:
 
 def write_random_checkpoint(directory: Path, seed: int = 0, sizes: TinySizes = TinySizes(),
                             device: str = "cpu") -> Path:
+    return write_checkpoint(directory, tiny_config(sizes), random_parameters(tiny_config(sizes), seed, device))
+
+
+def write_checkpoint(directory: Path, config: ArmoRMConfig, parameters: dict[str, torch.Tensor]) -> Path:
+    """`parameters` (on any device) in ArmoRM's on-disk format, with the Llama-3 tokenizer, under `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = tiny_config(sizes)
     (directory / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    params = {name: t.cpu() for name, t in random_parameters(config, seed, device).items()}
-    # Two shards with an index, like the released checkpoint's four.
-    first = {n: t for n, t in params.items() if n == "model.embed_tokens.weight"}
-    second = {n: t for n, t in params.items() if n not in first}
-    shards = {"model-00001-of-00002.safetensors": first, "model-00002-of-00002.safetensors": second}
+    # Two shards with an index, like the released checkpoint's four; one tensor at a time to the host.
+    names = list(parameters)
+    shards = {"model-00001-of-00002.safetensors": [n for n in names if n == "model.embed_tokens.weight"],
+              "model-00002-of-00002.safetensors": [n for n in names if n != "model.embed_tokens.weight"]}
     weight_map = {}
-    for file_name, tensors in shards.items():
-        contiguous = {n: t.contiguous() for n, t in tensors.items()}
-        save_file(contiguous, str(directory / file_name), metadata={"format": "pt"})
-        weight_map.update({name: file_name for name in tensors})
-    total = sum(t.numel() * t.element_size() for t in params.values())
+    for file_name, members in shards.items():
+        save_file({n: parameters[n].contiguous().cpu() for n in members}, str(directory / file_name),
+                  metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(members, file_name))
+    total = sum(t.numel() * t.element_size() for t in parameters.values())
     (directory / SHARD_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                     indent=2))
     write_tokenizer(directory, config)
