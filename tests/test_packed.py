@@ -123,3 +123,42 @@ def test_prompt_groups_run_a_wave_at_a_time(backbone, reference):
     assert runner.last_stats.shared_prompts == 6
     assert max(cached) <= 700, f"cached prompt tokens per forward: {cached}"
     assert rows.max_error(gate, reward) <= ATOL
+
+
+PEAK_SCRIPT = """
+import resource, sys
+import numpy as np, torch
+from armorm.model.backbone import ArmoRMBackbone
+from armorm.model.packed import PackedBackbone
+from armorm.testing.random_checkpoint import TinySizes, random_parameters, tiny_config
+
+# Keys/values as wide as the hidden state (8 of 8 heads): what a batch's cached prompts weigh shows.
+config = tiny_config(TinySizes(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                               num_key_value_heads=8, gating_hidden_dim=64))
+state = {name: tensor.float() for name, tensor in random_parameters(config, seed=0).items()}
+packed = PackedBackbone(ArmoRMBackbone.from_state_dict(config, state, torch.float32))
+rng = np.random.default_rng(0)
+ids, gates, rewards = [], [], []
+for _ in range(16):  # distinct 6k-token prompts, 4 responses each
+    prompt = rng.integers(0, 128000, 6000)
+    for length in (100, 101, 102, 103):
+        ids.append(np.concatenate([prompt, rng.integers(0, 128000, length)]))
+        gates.append(5999)
+        rewards.append(len(ids[-1]) - 1)
+packed.run(ids[:4], np.array(gates[:4]), np.array(rewards[:4]))  # warm-up: kernels, allocator pools
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+packed.run(ids, np.array(gates), np.array(rewards))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_peak_memory_stays_bounded_with_many_distinct_long_prompts():
+    """64 conversations on 16 distinct 6k-token prompts: the peak RSS of a fresh process grows by what one budget's
+    work needs. Before, every prompt's keys/values stayed cached for the whole batch."""
+    import subprocess
+    import sys
+
+    grown = int(subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True,
+                               timeout=300).stdout.split()[-1])
+    # Seen: 236 MiB, and 833 MiB before (all 16 prompts cached at once, 393 MB of keys/values alone).
+    assert grown < 400 << 20, f"peak RSS grew by {grown / 2**20:.0f} MiB"
