@@ -241,6 +241,7 @@ def test_a_repository_exported_on_a_gpu_host_serves_on_a_cpu_node(exported_repos
 
     from armorm.testing.serve_process import ServeProcess
     from armorm_client import ArmoRMClient
+    from armorm_export.repository import read_config, write_config
     from tests.conversations import varied_conversations
 
     if torch.cuda.is_available():
@@ -254,8 +255,9 @@ def test_a_repository_exported_on_a_gpu_host_serves_on_a_cpu_node(exported_repos
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "no CUDA device is visible" in refused.stderr, refused.stderr
     assert not (tmp_path / "refused.log").exists(), "tritonserver must not start"
-    edited = config.read_text().replace("dynamic_batching { }", "dynamic_batching { max_queue_delay_microseconds: 7 }")
-    config.write_text(edited)  # an operator's edit
+    edited = read_config(config)
+    edited.dynamic_batching.max_queue_delay_microseconds = 7
+    write_config(config, edited, "an operator's edit")
     with ServeProcess(repository, tmp_path / "logs") as served:
         log = served.cli_log.read_text()
         assert "backbone on CPU (0 GPU(s) visible)" in log and "instance kind set for this node" in log
