@@ -286,6 +286,7 @@ def main() -> int:
     results.phase("checkpoint")
     say(f"checkpoint ready in {time.perf_counter() - t0:.0f}s")
     repository = export_for_bench(checkpoint.directory, scratch / f"repository-{args.shape}", args, dtype, say)
+    results.header["export_checked_against_fp32_on_cpu"] = args.shape != "llama3-8b"
     results.phase("export")
 
     from armorm.reference import ArmoRMReference
@@ -386,7 +387,7 @@ def export_for_bench(checkpoint: Path, repository: Path, args, dtype: torch.dtyp
     kind = "gpu" if args.device.startswith("cuda") else "cpu"
     # The 8B random model is not checked against an fp32 forward on the host here (two fp32 copies of 8B weights,
     # minutes): this benchmark's fidelity verdict and the device check's GPU parity steps check it instead.
-    verify = args.shape != "llama3-8b"
+    verify = args.shape != "llama3-8b"  # what Results records as export_checked_against_fp32_on_cpu
     say(f"exporting (torch_packed runtime){'' if verify else ', no CPU parity check (8B: checked on the GPU)'}")
     export_repository(checkpoint, repository, ExportOptions(instance_kind=kind, onnx=False, verify=verify,
                                                             atol=1e-3 if kind == "gpu" else 1e-4))

@@ -55,6 +55,9 @@ def served_lines(data: dict) -> list[str]:
     lines += [f"  {row['workload'][:44]:<44} {row['method'][:26]:<26} {row['concurrency']:>4} "
               f"{row['req_per_s']:>8.2f} {row['tok_per_s']:>9.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
               f"{row['ratio_vs_card']:>6.2f}x {row['fraction_of_gemm_peak']:>6.1%}" for row in data["rows"]]
+    if data.get("export_checked_against_fp32_on_cpu") is False:
+        lines.append("  export: not checked against the fp32 reference on the CPU (8B: the gpu-tests and packed steps "
+                     "check parity on the GPU; this step's fidelity lines judge the served scores)")
     return [*lines, f"  max |served - card| score {data.get('max_score_difference', float('nan')):.3g}"]
 
 
