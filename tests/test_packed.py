@@ -6,7 +6,7 @@ import torch
 
 from armorm.model.backbone import ArmoRMBackbone
 from armorm.model.checkpoint import Checkpoint
-from armorm.model.packed import PackedBackbone, budget_chunks, plan_sharing
+from armorm.model.packed import PackedBackbone, budget_chunks, plan_sharing, varlen_kwargs
 from tests.conversations import varied_conversations
 
 ATOL = 1e-4
@@ -162,3 +162,36 @@ def test_peak_memory_stays_bounded_with_many_distinct_long_prompts():
                                timeout=300).stdout.split()[-1])
     # Seen: 236 MiB, and 833 MiB before (all 16 prompts cached at once, 393 MB of keys/values alone).
     assert grown < 400 << 20, f"peak RSS grew by {grown / 2**20:.0f} MiB"
+
+
+def cpu_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False):
+    """varlen_attn's contract on the CPU: per sequence, causal aligned bottom-right under window_size (-1, 0)."""
+    out = torch.empty_like(query)
+    for index in range(len(cu_seq_q) - 1):
+        qs, qe, ks, ke = int(cu_seq_q[index]), int(cu_seq_q[index + 1]), int(cu_seq_k[index]), int(cu_seq_k[index + 1])
+        assert qe - qs <= max_q and ke - ks <= max_k
+        mask = torch.ones(qe - qs, ke - ks, dtype=torch.bool).tril(ke - ks - (qe - qs)) if window_size[1] == 0 else None
+        attended = torch.nn.functional.scaled_dot_product_attention(
+            query[qs:qe].transpose(0, 1)[None], key[ks:ke].transpose(0, 1)[None], value[ks:ke].transpose(0, 1)[None],
+            attn_mask=mask, enable_gqa=enable_gqa)
+        out[qs:qe] = attended[0].transpose(0, 1)
+    return out
+
+
+def cpu_varlen_without_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False):
+    """An older signature: no native GQA (keys repeated per head by the caller), `is_causal` (flash-attn aligns it
+    bottom-right)."""
+    assert key.shape[1] == query.shape[1], "the caller repeats keys/values per query head"
+    return cpu_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, window_size=(-1, 0) if is_causal else
+                      (-1, -1))
+
+
+@pytest.mark.parametrize("kernel", [cpu_varlen, cpu_varlen_without_gqa])
+@pytest.mark.parametrize("share", [True, False])
+def test_the_varlen_path_matches_the_reference(backbone, cases, kernel, share):
+    """The GPU's bookkeeping (cumulative offsets, cached prompts before each response's keys, GQA) on the CPU, with
+    a stand-in that keeps varlen_attn's contract: what the first GPU run would otherwise be the first to check."""
+    runner = PackedBackbone(backbone, max_batch_tokens=2048)
+    runner.varlen, runner.varlen_kwargs = kernel, varlen_kwargs(kernel)
+    error = cases.max_error(*run(runner, cases, share_prompts=share))
+    assert error <= ATOL, f"varlen path ({kernel.__name__}, share {share}) vs reference: {error:.3g}"

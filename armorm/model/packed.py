@@ -82,6 +82,43 @@ class SharingPlan:
         return int(sum((count - 1) * len(prefix) for count, prefix in zip(counts, self.prefixes)))
 
 
+@dataclass(frozen=True)
+class RowPlan:
+    """What the last layer needs to attend for the asked rows only, built on the host and copied to the device once
+    per forward (two pinned copies: the int64 indices with the tokens and positions, and the boolean masks)."""
+
+    segments: list[int]  # segments holding asked rows
+    slots: list[torch.Tensor]  # per such segment: its rows' slots among the asked rows (device)
+    masks: list[torch.Tensor]  # per such segment: [its rows, its keys] which keys each row sees (device)
+    key_starts: list[int]  # where each segment's keys start once cached prompts are put before them
+
+    @classmethod
+    def build(cls, segments: Sequence[Segment], rows: Sequence[tuple[int, int]], cache: PrefixCache,
+              starts: np.ndarray, device: torch.device) -> tuple[RowPlan, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ (plan, tokens, positions, row index into the packed tokens), all on `device`."""
+        key_lengths = [cache.key_length(s) for s in segments]
+        key_starts = [0, *np.cumsum(key_lengths).tolist()]
+        by_segment: dict[int, list[int]] = {}
+        for slot, (segment, _) in enumerate(rows):
+            by_segment.setdefault(segment, []).append(slot)
+        masks = [torch.arange(key_lengths[segment]).unsqueeze(0) <= torch.tensor(
+                 [key_lengths[segment] - segments[segment].length + rows[slot][1] for slot in slots]).unsqueeze(1)
+                 for segment, slots in by_segment.items()]
+        indices = torch.cat([torch.cat([s.tokens for s in segments]),
+                             torch.cat([torch.arange(s.offset, s.offset + s.length) for s in segments]),
+                             torch.tensor([int(starts[segment]) + position for segment, position in rows]),
+                             torch.tensor([slot for slots in by_segment.values() for slot in slots])])
+        indices = host_to_device(indices, device)
+        flat_masks = host_to_device(torch.cat([m.reshape(-1) for m in masks]), device)
+        total = sum(s.length for s in segments)
+        tokens, positions = indices[:total], indices[total: 2 * total]
+        row_index = indices[2 * total: 2 * total + len(rows)]
+        slots = list(indices[2 * total + len(rows):].split([len(v) for v in by_segment.values()]))
+        sizes = [m.numel() for m in masks]
+        device_masks = [flat.view(m.shape) for flat, m in zip(flat_masks.split(sizes), masks)]
+        return cls(list(by_segment), slots, device_masks, key_starts), tokens, positions, row_index
+
+
 def plan_sharing(input_ids: Sequence[np.ndarray], gate_positions: np.ndarray,
                  reward_positions: np.ndarray) -> SharingPlan:
     """Group conversations whose tokens match through the gate position; groups of ≥ 2 share."""
@@ -233,27 +270,19 @@ class PackedBackbone:
         return torch.cat(keys), torch.cat(values)
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Sequence[Segment],
-                     rows: Sequence[tuple[int, int]], layer: int, cache: PrefixCache) -> torch.Tensor:
-        """The last layer's attention for the asked rows only: q [len(rows), heads, d] of (segment, position in
-        the segment) rows, each seeing its cached prompt and its own segment up to itself → [len(rows), heads, d]."""
+                     plan: RowPlan, layer: int, cache: PrefixCache) -> torch.Tensor:
+        """The last layer's attention for the asked rows only: q [rows, heads, d], each row seeing its cached prompt
+        and its own segment up to itself (plan.masks) → [rows, heads, d]."""
         if any(s.prefix is not None for s in segments):
             k, v = self._with_prefixes(k, v, segments, layer, cache)
-        key_starts = np.concatenate(([0], np.cumsum([cache.key_length(s) for s in segments])))
         out = torch.empty_like(q)
-        by_segment: dict[int, list[int]] = {}
-        for slot, (segment, _) in enumerate(rows):
-            by_segment.setdefault(segment, []).append(slot)
-        for segment, slots in by_segment.items():
-            start, end = int(key_starts[segment]), int(key_starts[segment + 1])
-            before = end - start - segments[segment].length  # cached prompt tokens
-            limits = torch.tensor([before + rows[slot][1] for slot in slots]).unsqueeze(1)
-            mask = host_to_device(torch.arange(end - start).unsqueeze(0) <= limits, self.device)
-            index = host_to_device(torch.tensor(slots), self.device)
-            query = q[index].transpose(0, 1).unsqueeze(0)
+        for segment, slots, mask in zip(plan.segments, plan.slots, plan.masks):
+            start, end = plan.key_starts[segment], plan.key_starts[segment + 1]
+            query = q[slots].transpose(0, 1).unsqueeze(0)
             key = k[start:end].transpose(0, 1).unsqueeze(0)
             value = v[start:end].transpose(0, 1).unsqueeze(0)
             attended = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
-            out[index] = attended[0].transpose(0, 1)
+            out[slots] = attended[0].transpose(0, 1)
         return out
 
     def _varlen(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -292,12 +321,7 @@ class PackedBackbone:
         """
         module = self.module
         starts = np.concatenate(([0], np.cumsum([s.length for s in segments])[:-1]))
-        host = torch.cat([torch.cat([s.tokens for s in segments]),
-                          torch.cat([torch.arange(s.offset, s.offset + s.length) for s in segments]),
-                          torch.tensor([int(starts[segment]) + position for segment, position in rows])])
-        total = int(starts[-1]) + segments[-1].length
-        host = host_to_device(host, self.device)  # one copy: tokens, positions, rows
-        tokens, positions, row_index = host[:total], host[total: 2 * total], host[2 * total:]
+        plan, tokens, positions, row_index = RowPlan.build(segments, rows, cache, starts, self.device)
         x = module.embed_tokens(tokens)
         cos, sin = rotary_tables(self.config, positions, x.dtype)
         layout = self._layout(segments, cache)
@@ -319,7 +343,7 @@ class PackedBackbone:
                 out = self._attend(q, k, v, segments, layout, index, cache)
             else:
                 q = attention.queries(hidden[row_index], cos[row_index], sin[row_index])
-                out = self._attend_rows(q, k, v, segments, rows, index, cache)
+                out = self._attend_rows(q, k, v, segments, plan, index, cache)
                 x = x[row_index]
             x = x + attention.o_proj(out.reshape(out.shape[0], -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
