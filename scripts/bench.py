@@ -237,9 +237,9 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="auto: bf16 on a GPU, fp32 on CPU; bfloat16 on CPU rehearses the GPU's fidelity check")
-    parser.add_argument("--conversations", type=int, default=32)
-    parser.add_argument("--long-conversations", type=int, default=8)
-    parser.add_argument("--prompts", type=int, default=4, help="best-of-N prompts")
+    parser.add_argument("--conversations", type=int, default=64)
+    parser.add_argument("--long-conversations", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=8, help="best-of-N prompts")
     parser.add_argument("--n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--repeats", type=int, default=3, help="runs per point at least; the median is reported")
