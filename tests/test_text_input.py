@@ -134,3 +134,71 @@ def test_a_request_must_send_exactly_one_form(server, tokenizer):
     assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "exactly one of the inputs" in raised.value.message()
     assert infer_texts(server, [good]).as_numpy(contract.SCORE.name).shape == (1, 1)
+
+
+def padded_variants(tokenizer, messages, pad: str) -> dict[str, str]:
+    """What trainers send, built as they build it: prompt ids left-padded and response ids right-padded with the
+    policy's pad token, then batch_decode(..., skip_special_tokens=False)."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(messages[-1]["content"] + "<|eot_id|>", add_special_tokens=False)["input_ids"]
+    pad_id = tokenizer.convert_tokens_to_ids(pad)
+    left, right = [pad_id] * 3 + prompt_ids, response_ids + [pad_id] * 4
+    decoded = tokenizer.batch_decode([left + response_ids, prompt_ids + right, left + right],
+                                     skip_special_tokens=False)
+    return dict(zip(("left", "right", "both"), decoded))
+
+
+@pytest.mark.parametrize("pad", ["<|eot_id|>", "<|end_of_text|>", "[PAD]"])
+def test_padded_text_gives_the_ids_of_the_same_messages(tokenizer, pad):
+    from armorm.model.conversation import MESSAGES_FORM, TEXT_FORM, ConversationTokenizer, tokenize_requests
+
+    served = ConversationTokenizer(tokenizer)
+    for messages in varied_conversations()[:4]:
+        (expected,), _ = tokenize_requests(served, [[json.dumps(messages).encode()]], [MESSAGES_FORM])
+        for name, text in padded_variants(tokenizer, messages, pad).items():
+            (got,), _ = tokenize_requests(served, [[text.encode()]], [TEXT_FORM])
+            assert not isinstance(got, Exception), (pad, name, got)
+            np.testing.assert_array_equal(got["input_ids"], expected["input_ids"], err_msg=f"{pad} {name}")
+            np.testing.assert_array_equal(got["reward_position"], expected["reward_position"])
+
+
+def test_a_generation_cut_in_whitespace_is_trimmed_as_the_template_trims_it(tokenizer):
+    from armorm.model.conversation import MESSAGES_FORM, TEXT_FORM, ConversationTokenizer, tokenize_requests
+
+    served = ConversationTokenizer(tokenizer)
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name two rivers."},
+              {"role": "assistant", "content": "The Nile."}, {"role": "user", "content": "  And another?\n"}]
+    for cut in ("The Amazon and the  ", "The Amazon\n\n", "  The Amazon \t"):
+        messages = [*prompt, {"role": "assistant", "content": cut}]
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) + cut  # no eot
+        (got,), _ = tokenize_requests(served, [[text.encode()]], [TEXT_FORM])
+        (expected,), _ = tokenize_requests(served, [[json.dumps(messages).encode()]], [MESSAGES_FORM])
+        np.testing.assert_array_equal(got["input_ids"], expected["input_ids"], err_msg=repr(cut))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>", "ChatML"),
+    ("<s>[INST] Hi [/INST] Hello</s>", "[INST]"),
+    ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>assistant: Hello",
+     "not in Llama-3's chat template at character"),
+    ("<|begin_of_text|><|start_header_id|>tool<|end_header_id|>\n\nx<|eot_id|><|start_header_id|>assistant"
+     "<|end_header_id|>\n\nHello<|eot_id|>", "role 'tool'"),
+])
+def test_text_in_another_template_is_refused_with_what_is_expected(tokenizer, text, expected):
+    from armorm.model.conversation import TEXT_FORM, ConversationTokenizer, tokenize_requests
+
+    (result,), _ = tokenize_requests(ConversationTokenizer(tokenizer), [[text.encode()]], [TEXT_FORM])
+    assert isinstance(result, Exception) and expected in str(result), result
+    if "Llama-3" not in expected and "role" not in expected:
+        assert "<|start_header_id|>ROLE<|end_header_id|>" in str(result), "says what ArmoRM reads"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("pad", ["<|eot_id|>", "[PAD]"])
+def test_padded_text_scores_equal_the_messages_score(client, tokenizer, pad):
+    for messages in varied_conversations()[:3]:
+        expected = client.score(messages)
+        for name, text in padded_variants(tokenizer, messages, pad).items():
+            (got,) = client.score_texts([text])
+            assert got.num_tokens == expected.num_tokens and abs(got.score - expected.score) <= SCORE_ATOL, name

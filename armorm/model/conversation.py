@@ -23,6 +23,13 @@ END_OF_TURN = "<|eot_id|>"
 GATE_PATTERN_TEXT = END_OF_TURN + "<|start_header_id|>assistant<|end_header_id|>\n\n"
 # The request's two forms: parsed messages (the server applies the chat template) or the templated text itself.
 MESSAGES_FORM, TEXT_FORM = "messages", "text"
+# One turn of Llama-3's chat template; a generation cut at a length limit leaves the last one unclosed.
+LLAMA3_TURN = re.compile(r"<\|start_header_id\|>(?P<role>[^<\n]*)<\|end_header_id\|>\n\n(?P<content>.*?)"
+                         r"(?:<\|eot_id\|>|\Z)", re.DOTALL)
+TURN_SHAPE = "<|start_header_id|>ROLE<|end_header_id|>\\n\\nCONTENT<|eot_id|>"
+# Other templates' turn markers, to name the template a text was rendered with.
+OTHER_TEMPLATES = {"<|im_start|>": "ChatML (<|im_start|>)", "[INST]": "Llama-2/Mistral ([INST])",
+                   "<start_of_turn>": "Gemma (<start_of_turn>)", "<|user|>": "Phi/Zephyr (<|user|>)"}
 
 
 class ConversationError(ValueError):
@@ -192,8 +199,13 @@ class ConversationTokenizer:
         return self.special_token_error(messages) or self.render(messages)
 
     def parse_text(self, raw: bytes | str) -> str:
-        """Validate one already chat-templated conversation (what RLHF trainers send: prompt + response decoded
-        with special tokens kept) and return the text to tokenize, with its last turn closed."""
+        """One already chat-templated conversation (what RLHF trainers send: prompt + response decoded with special
+        tokens kept) → the text the chat template renders for the same messages, which is what gets tokenized.
+
+        The text is read back into its turns and rendered again, so it scores exactly as `messages` would: padding
+        runs before <|begin_of_text|> and after the last turn go (a policy's left and right padding, eos), each
+        turn's content is trimmed as the template trims it (a generation cut at a length limit may end in
+        whitespace), and an unclosed last turn is closed."""
         if self.limits.reject_special_tokens:  # in templated text, a turn forged inside content looks like a turn
             raise ConversationError("this server refuses special tokens inside content (reject_special_tokens), "
                                     "which templated text cannot show apart from its turns: send messages instead",
@@ -207,8 +219,31 @@ class ConversationTokenizer:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ConversationError(f"text is not valid UTF-8 (bad byte at offset {err.start})", "encoding") from None
+        return self.render(self.text_turns(text))
+
+    def padding_tokens(self) -> tuple[str, ...]:
+        """What a policy pads with or ends a generation with: its pad token, eos, end of turn, Llama-3.1's pad."""
+        found = (self.tokenizer.pad_token, self.tokenizer.eos_token, END_OF_TURN, "<|end_of_text|>",
+                 "<|finetune_right_pad_id|>")
+        return tuple(dict.fromkeys(t for t in found if t))
+
+    def text_turns(self, text: str) -> list[dict[str, str]]:
+        """Templated text → its messages, or a ConversationError that says what is wrong with it."""
         bos = self.tokenizer.bos_token or "<|begin_of_text|>"  # Llama-3's, for a tokenizer config that omits it
+        padding = self.padding_tokens()
+        start = 0
+        while (token := next((t for t in padding if text.startswith(t, start)), None)) is not None:
+            start += len(token)  # left padding before the conversation
+        end = len(text)
+        while (token := next((t for t in padding if text.endswith(t, start, end)), None)) is not None:
+            end -= len(token)  # right padding after it (and the last turn's own end, closed again on rendering)
+        text = text[start:end]
         if not text.startswith(bos):
+            other = next((name for marker, name in OTHER_TEMPLATES.items() if marker in text), None)
+            if other is not None:
+                raise ConversationError(f"text is in the {other} chat template; ArmoRM reads Llama-3's: {bos}, then "
+                                        f"per turn {TURN_SHAPE} (render with this model's tokenizer, or send "
+                                        "messages)", "not_templated")
             if self.special_pattern is not None and not self.special_pattern.search(text):
                 raise ConversationError(
                     f"text holds no special tokens: it looks decoded with skip_special_tokens=True, which erases the "
@@ -220,16 +255,26 @@ class ConversationTokenizer:
         if text.count(bos) > 1:
             raise ConversationError(f"text holds {bos} {text.count(bos)} times; send one conversation per row",
                                     "not_templated")
-        # A generation may end with padding or end-of-text after its last turn; the template closes every turn.
-        trailing = tuple(t for t in (self.tokenizer.pad_token, self.tokenizer.eos_token, "<|end_of_text|>")
-                         if t and t != END_OF_TURN)
-        while trailing and text.endswith(trailing):
-            text = text[: -len(next(t for t in trailing if text.endswith(t)))]
-        if GATE_PATTERN_TEXT not in text:
+        turns, position = [], len(bos)
+        while position < len(text):
+            turn = LLAMA3_TURN.match(text, position)
+            if turn is None:
+                raise ConversationError(
+                    f"text is not in Llama-3's chat template at character {position} ({text[position:position + 40]!r}"
+                    f"): each turn must be {TURN_SHAPE}", "not_templated")
+            if turn["role"] not in ROLES:
+                raise ConversationError(f"text turn {len(turns)} has role {turn['role']!r}; use one of "
+                                        f"{', '.join(ROLES)}")
+            turns.append({"role": turn["role"], "content": turn["content"]})
+            position = turn.end()
+        if len(turns) > self.limits.max_messages:
+            raise ConversationError(f"text has {len(turns)} turns; the limit is {self.limits.max_messages}",
+                                    "too_large")
+        if len(turns) < 2 or turns[-1]["role"] != "assistant":
             raise ConversationError(
                 "text has no assistant turn after a prompt: it must hold "
                 + repr(GATE_PATTERN_TEXT) + " before the response to score", "no_prompt")
-        return text if text.endswith(END_OF_TURN) else text + END_OF_TURN
+        return turns
 
     def tokenize_texts(
         self, texts: Sequence[str | ConversationError]
