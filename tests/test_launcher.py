@@ -278,6 +278,17 @@ def test_flags_after_a_double_dash_go_to_tritonserver_wherever_the_repository_st
     assert parse_args(["repo"]).extra == []
 
 
+def test_a_refused_reward_must_be_a_finite_number(capsys):
+    from armorm.launcher.server import parse_args
+
+    assert parse_args(["repo"]).refused_reward is None, "off by default: a refused query fails the call"
+    assert parse_args(["repo", "--refused-reward", "-10"]).refused_reward == -10.0
+    for wrong in ("nan", "inf", "-inf"):
+        with pytest.raises(SystemExit):
+            parse_args(["repo", f"--refused-reward={wrong}"])
+        assert "finite number" in capsys.readouterr().err
+
+
 def test_keys_must_be_usable_and_leave_the_environment(tmp_path, monkeypatch):
     from armorm.launcher.server import UnusableKeyError, take_secret
 

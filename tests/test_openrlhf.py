@@ -91,7 +91,7 @@ def test_one_sample_per_call_concurrently_as_current_openrlhf_sends(server, clie
 
 BAD = {
     "not JSON": (b"{", "must be JSON"),
-    "no query": ({"prompts": ["x"]}, '"query" must be a non-empty list'),
+    "no query": ({"prompts": ["x"]}, '"query" must be a list'),
     "query not strings": ({"query": [1]}, "query[0] must be a string"),
     "special tokens stripped": ({"query": ["user\n\nHi there.assistant\n\nHello!"]}, "skip_special_tokens=False"),
     "over the token limit": (None, f"the limit is {TEST_MAX_TOKENS} tokens"),
@@ -115,3 +115,36 @@ def test_a_bad_call_fails_with_400_and_a_reason(server, tokenizer, case):
     assert status == 400 and expected in answer["error"], answer
     status, answer = post(server, openrlhf_request(tokenizer, varied_conversations()[:1]))
     assert status == 200 and len(answer["rewards"]) == 1
+
+
+def test_an_empty_query_list_answers_empty_lists(server):
+    """OpenRLHF v0.11 splits a batch over --reward.remote_url URL1,URL2: with one sample, the second URL gets none."""
+    status, answer = post(server, {"query": [], "prompts": [], "labels": []})
+    assert status == 200 and answer["rewards"] == [] and answer["scores"] == []
+    assert all(values == [] for values in answer["extra_logs"].values()) and answer["extra_logs"]
+
+
+def test_the_reason_of_a_refusal_is_in_the_status_line(server, tokenizer):
+    """OpenRLHF logs `400, message='<reason phrase>'` only: the reason must be there, not 'Bad Request'."""
+    import http.client
+
+    connection = http.client.HTTPConnection(*server.http_url.split(":"), timeout=60)
+    document = {"query": ["user\n\nHi there.assistant\n\nHello!"]}
+    connection.request("POST", "/get_reward", json.dumps(document), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 400 and "skip_special_tokens=False" in response.reason, response.reason
+    connection.close()
+
+
+def test_refused_queries_get_the_stated_reward_only_when_asked(server, client, tokenizer):
+    good = varied_conversations()[:2]
+    document = openrlhf_request(tokenizer, good)
+    document["query"].insert(1, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>")
+    status, answer = post(server, document)
+    assert status == 400 and "query[1] of 3" in answer["error"] and "ChatML" in answer["error"], "off by default"
+    status, answer = post(server, document, "/get_reward?refused_reward=-7.5")
+    assert status == 200, answer
+    expected = [client.score(c).score for c in good]
+    np.testing.assert_allclose([answer["rewards"][0], answer["rewards"][2]], expected, atol=ATOL)
+    assert answer["rewards"][1] == -7.5 and answer["extra_logs"]["refused"] == [0.0, 1.0, 0.0]
+    assert post(server, document, "/get_reward?refused_reward=nan")[0] == 400

@@ -114,3 +114,6 @@ class GatewayConfig:
     limits: ConnectionLimits = ConnectionLimits()
     # One conversation's bytes at most (the tokenizer's max_bytes): longer strings are refused before Triton.
     max_conversation_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES
+    # /get_reward: the reward a refused query (INVALID_ARGUMENT) gets instead of failing the call, with
+    # extra_logs["refused"] = 1. None (the default): a refused query fails the call with its reason.
+    refused_reward: float | None = None

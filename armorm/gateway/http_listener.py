@@ -26,6 +26,7 @@ from armorm.gateway.reward_api import (
     infer_body,
     parse_queries,
     read_answer,
+    refused_reward_of,
     reward_response,
     upstream_error,
 )
@@ -52,9 +53,15 @@ def plain_path(path: str) -> bool:
 
 
 def error(status: int, message: str) -> web.Response:
-    """Triton's own error shape: {"error": "..."}; a 503 says when to retry."""
+    """Triton's own error shape: {"error": "..."}; a 503 says when to retry. The reason phrase carries the message
+    too (one printable ASCII line): clients such as OpenRLHF log only the status line."""
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return web.json_response({"error": message}, status=status, headers=headers)
+    return web.json_response({"error": message}, status=status, headers=headers, reason=reason_phrase(message))
+
+
+def reason_phrase(message: str, limit: int = 300) -> str:
+    printable = "".join(c if " " <= c <= "~" else " " for c in message)
+    return " ".join(printable.split())[:limit] or "error"
 
 
 class Shed(BodyError):
@@ -108,7 +115,7 @@ class HttpProxy:
             admission.refuse(PROTOCOL, "too_large" if err.status == 413 else "malformed")
             return error(err.status, str(err))
         if request.path == REWARD_PATH:
-            return await self.rewards(body)
+            return await self.rewards(body, request.query_string)
         headers = {"Content-Type": "application/octet-stream" if request.headers.get(HEADER_LENGTH)
                    else "application/json"}
         if HEADER_LENGTH in request.headers:
@@ -141,15 +148,19 @@ class HttpProxy:
         kept = {name: answer_headers[name] for name in _PASSED_BACK if name in answer_headers}
         return web.Response(status=status, body=answer, headers=kept)
 
-    async def rewards(self, body: bytes) -> web.Response:
+    async def rewards(self, body: bytes, query_string: str = "") -> web.Response:
         """OpenRLHF's POST /get_reward: every query sent to the ensemble at once, one answer for the call. A
-        refused query fails the call with its reason (a trainer must never train on a made-up reward)."""
+        refused query fails the call with its reason (a trainer must never train on a made-up reward), unless the
+        server or the call (`?refused_reward=R`) states the reward refused queries get."""
         admission = self.admission
         try:
             queries = await off_loop_if_large(parse_queries, body)
+            refused_reward = refused_reward_of(query_string, self.config.refused_reward)
         except BodyError as err:
             admission.refuse(PROTOCOL, "malformed")
             return error(err.status, str(err))
+        if not queries:  # a trainer splitting a small batch over several URLs sends some of them nothing
+            return web.json_response(reward_response([], refused_reward))
         if len(queries) > admission.max_in_flight:
             admission.refuse(PROTOCOL, "malformed")
             return error(400, f'"query" holds {len(queries)} texts; this server takes at most '
@@ -171,12 +182,17 @@ class HttpProxy:
         except aiohttp.ClientError:
             admission.stats.upstream_unavailable += 1
             return error(503, "the model server is not reachable (starting or restarting); retry with backoff")
+        answers = []
         for index, (status, _, answer) in enumerate(results):
+            if status == 400 and refused_reward is not None:
+                answers.append(None)
+                continue
             if status != 200:
                 if status in (404, 500) and transient_failure(answer.decode("utf-8", "replace")):
                     status = 503
                 return error(status, upstream_error(index, len(queries), answer))
-        return web.json_response(reward_response([read_answer(answer) for _, _, answer in results]))
+            answers.append(read_answer(answer))
+        return web.json_response(reward_response(answers, refused_reward))
 
     async def read_body(self, request: web.Request, api: Api, held: Held) -> bytearray:
         """The body, decoded (gzip/deflate undone, the decoded bytes counted), within the API's limit: inference

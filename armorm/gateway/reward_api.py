@@ -9,8 +9,10 @@ batches them with everyone else's. Pure translation here; the listener does keys
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
 from armorm.gateway.http_body import BodyError
 from armorm.model.conversation import json_kind
@@ -35,8 +37,8 @@ def parse_queries(body: bytes) -> list[str]:
     queries = document.get("query")
     if isinstance(queries, str):
         queries = [queries]
-    if not isinstance(queries, list) or not queries:
-        raise BodyError('"query" must be a non-empty list of chat-templated texts (prompt + response)')
+    if not isinstance(queries, list):
+        raise BodyError('"query" must be a list of chat-templated texts (prompt + response)')
     if len(queries) > MAX_QUERIES:
         raise BodyError(f'"query" holds {len(queries)} texts; send at most {MAX_QUERIES} per call')
     for index, query in enumerate(queries):
@@ -57,13 +59,38 @@ def read_answer(answer: bytes) -> dict[str, list[float]]:
     return {output["name"]: [float(value) for value in output["data"]] for output in outputs}
 
 
-def reward_response(answers: Sequence[dict[str, list[float]]]) -> dict[str, Any]:
-    scores = [answer[SCORE.name][0] for answer in answers]
+REFUSED = "refused"  # extra_logs key: 1 where a refused query got the stated reward (opt-in), else 0
+
+
+def refused_reward_of(query_string: str, default: float | None) -> float | None:
+    """The call's `refused_reward` URL parameter (a number) over the server's default; None: refusals fail."""
+    values = parse_qs(query_string).get("refused_reward")
+    if not values:
+        return default
+    try:
+        value = float(values[-1])
+    except ValueError:
+        raise BodyError(f"refused_reward must be a number, got {values[-1][:40]!r}") from None
+    if not math.isfinite(value):
+        raise BodyError("refused_reward must be a finite number")
+    return value
+
+
+def reward_response(answers: Sequence[dict[str, list[float]] | None], refused_reward: float | None = None
+                    ) -> dict[str, Any]:
+    """Per query its score, objectives and gating; a None answer (a refused query, opt-in) gets `refused_reward`,
+    objectives and gating 0 (a trainer averages its logs: NaN would spoil them) and extra_logs["refused"] = 1."""
+    missing = [0.0] * len(OBJECTIVES)
+    filled = [answer or {SCORE.name: [refused_reward], REWARDS.name: missing, GATING.name: missing}
+              for answer in answers]
+    scores = [answer[SCORE.name][0] for answer in filled]
     extra: dict[str, list[float]] = {}
     for index, objective in enumerate(OBJECTIVES):
-        extra[objective] = [answer[REWARDS.name][index] for answer in answers]
+        extra[objective] = [answer[REWARDS.name][index] for answer in filled]
     for index, objective in enumerate(OBJECTIVES):
-        extra[f"gating/{objective}"] = [answer[GATING.name][index] for answer in answers]
+        extra[f"gating/{objective}"] = [answer[GATING.name][index] for answer in filled]
+    if refused_reward is not None:
+        extra[REFUSED] = [0.0 if answer else 1.0 for answer in answers]
     return {"rewards": scores, "scores": scores, "extra_logs": extra}
 
 

@@ -16,6 +16,7 @@ supervisor that restarts tritonserver when it or a model process dies.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import shutil
@@ -191,6 +192,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="largest request body or message accepted (default %(default)s)")
     parser.add_argument("--max-in-flight", type=int, default=GatewayConfig.max_in_flight,
                         help="inference calls inside the model server beyond which new ones get UNAVAILABLE")
+    parser.add_argument("--refused-reward", type=float, default=None, metavar="REWARD",
+                        help="POST /get_reward: a query the model refuses (INVALID_ARGUMENT) gets this reward and "
+                             "extra_logs refused=1 instead of failing the call (a call may say ?refused_reward=R); "
+                             "default: the call fails with the query's reason")
     parser.add_argument("--max-connection-age", type=float, default=None, metavar="SECONDS",
                         help="ask gRPC clients to reconnect after this long (behind a Kubernetes Service they then "
                              "reach new replicas); default: connections live as long as the client keeps them")
@@ -252,6 +257,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      f"({LARGE_SHARE:.0%}): at least {int(largest / LARGE_SHARE)} for --max-request-bytes "
                      f"{args.max_request_bytes} (an inference body is charged {INFERENCE_CHARGE} times its size: the "
                      "copies held of it while it is in flight)")
+    if args.refused_reward is not None and not math.isfinite(args.refused_reward):
+        parser.error("--refused-reward must be a finite number (a trainer would train on it)")
     if args.max_connection_age is not None and not 0 < args.max_connection_age <= 2**31 / 1000:
         parser.error("--max-connection-age must be a number of seconds above 0 and below 2147483")
     return args
@@ -287,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                                     tls, args.max_request_bytes, args.max_in_flight, args.max_connection_age,
                                     max_buffered_bytes=args.max_buffered_bytes, limits=limits,
                                     max_conversation_bytes=conversation_bytes_limit(args.repository)
-                                    or GatewayConfig.max_conversation_bytes))
+                                    or GatewayConfig.max_conversation_bytes, refused_reward=args.refused_reward))
     try:
         repository = serving_repository(args.repository, placement, private)
         gateway.start()
