@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from armorm.gateway.admission import INFERENCE_CHARGE
-from armorm.gateway.stats import BUFFERED_BYTES, BUFFERED_BYTES_LIMIT, CONNECTIONS
+from armorm.gateway.stats import BUFFERED_BYTES, BUFFERED_BYTES_LIMIT, CONNECTIONS, REFUSED
 from armorm.testing.abuse import (
     GOOD_BODY,
     GRPC_DRIP,
@@ -43,6 +44,7 @@ from armorm.testing.abuse import (
 )
 from armorm.testing.prometheus import scrape, total
 from armorm.testing.serve_process import ServeProcess
+from armorm_client import ArmoRMClient, InvalidConversationError, RetryPolicy
 from armorm_client.contract import ADMIN_HEADER
 from armorm_client.perf import perf_analyzer_binary, perf_environment
 
@@ -114,8 +116,9 @@ def test_a_flood_of_large_bodies_stays_within_the_memory_budget(target):
 
 def test_a_request_over_the_budget_is_refused_at_once_on_both_protocols(target):
     """Slow bodies hold the large requests' share of the budget: one more large HTTP request gets 503 with
-    Retry-After before it sends a body byte, a large gRPC message RESOURCE_EXHAUSTED, while small requests are
-    still served; once the slow bodies are shed the budget is free again."""
+    Retry-After before it sends a body byte, a large gRPC message UNAVAILABLE (both retryable), while small
+    requests are still served; once the slow bodies are shed the budget is free again, and a client that was
+    retrying gets through."""
     host, port = target.http_url.split(":")
     holder = threading.Thread(target=lambda: run(slow_bodies(host, int(port), 3, MAX_REQUEST, 0.5, TIMEOUT_S * 2)))
     holder.start()
@@ -129,11 +132,22 @@ def test_a_request_over_the_budget_is_refused_at_once_on_both_protocols(target):
         tensor.set_data_from_numpy(np.array([[b"x" * (MAX_REQUEST // 2)]], dtype=object))
         with pytest.raises(InferenceServerException) as refused:
             grpcclient.InferenceServerClient(target.grpc_url).infer("armorm", [tensor])
-        assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED" and "budget" in refused.value.message()
+        assert refused.value.status() == "StatusCode.UNAVAILABLE" and "budget" in refused.value.message()
         assert http_status(f"http://{target.http_url}/v2/models/armorm/infer", GOOD_BODY,
                            {"Content-Type": "application/json"})[0] == 200
+        # armorm_client retries the refusal (UNAVAILABLE) until the budget frees up: the call then reaches Triton,
+        # whose tokenizer judges it (this 300 KB conversation is over its token limit).
+        refused_before = total(scrape(target.metrics_url), REFUSED, reason="over_budget", protocol="grpc")
+        patient = ArmoRMClient(target.grpc_url, retry=RetryPolicy(max_attempts=200, max_backoff_s=0.2))
+        retried = ThreadPoolExecutor(1).submit(patient.score, [{"role": "user", "content": "hi"},
+                                                               {"role": "assistant", "content": "x " * 150_000}])
     finally:
         holder.join()
+    with pytest.raises(InvalidConversationError, match="tokens"):
+        retried.result(timeout=60)
+    patient.close()
+    assert total(scrape(target.metrics_url), REFUSED, reason="over_budget", protocol="grpc") > refused_before, \
+        "the client's first tries were refused and retried"
     assert gauge(target, BUFFERED_BYTES) == 0
 
 

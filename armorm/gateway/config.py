@@ -20,7 +20,7 @@ DEFAULT_MAX_IN_FLIGHT = 4096
 # Keep-alive connections to Triton's HTTP socket; more concurrent HTTP calls wait for one to come free.
 DEFAULT_HTTP_UPSTREAM_CONNECTIONS = 64
 # Request bytes held at once across both listeners (bodies read, messages received, until Triton answers): 1 GiB,
-# 1/16 of the chart's 16 Gi pod. A request that would go over it is refused at once (503 / RESOURCE_EXHAUSTED).
+# 1/16 of the chart's 16 Gi pod. A request that would go over it is refused at once (503 / UNAVAILABLE: retryable).
 DEFAULT_MAX_BUFFERED_BYTES = 1 << 30
 
 

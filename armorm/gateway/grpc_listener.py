@@ -38,7 +38,7 @@ REFUSAL_CODES = {
     Refusal.NOT_PUBLIC: grpc.StatusCode.NOT_FOUND,
     Refusal.DRAINING: grpc.StatusCode.UNAVAILABLE,
     Refusal.OVERLOADED: grpc.StatusCode.UNAVAILABLE,
-    Refusal.OVER_BUDGET: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Refusal.OVER_BUDGET: grpc.StatusCode.UNAVAILABLE,  # retryable, as HTTP's 503: clients retry UNAVAILABLE
 }
 UNREACHABLE = "the model server is not reachable (starting or restarting); retry with backoff"
 # Serialized {ready: false} (inference.ServerReadyResponse / ModelReadyResponse) and
@@ -102,12 +102,12 @@ class GrpcProxy(grpc.GenericRpcHandler):
         return None
 
     async def read_one(self, api: Api, requests: Any, context: grpc.aio.ServicerContext, held: Held) -> bytes:
-        """The call's one message, held against the budget; RESOURCE_EXHAUSTED when it does not fit (or when the
-        budget is full already: then it is not read at all)."""
+        """The call's one message, held against the budget; UNAVAILABLE (retry shortly) when it does not fit (or
+        when the budget is full already: then it is not read at all)."""
         stats = self.admission.stats
         if stats.buffered_bytes >= stats.buffered_bytes_limit:  # a message of any size would go over
             self.admission.refuse(PROTOCOL, Refusal.OVER_BUDGET.value)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server holds {stats.buffered_bytes} bytes "
+            await context.abort(REFUSAL_CODES[Refusal.OVER_BUDGET], f"the server holds {stats.buffered_bytes} bytes "
                                 "of requests, its budget: retry shortly")
         async for request in requests:
             refusal = self.admission.reserve(PROTOCOL, held, charge(api is Api.INFERENCE, len(request)))
