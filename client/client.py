@@ -13,7 +13,7 @@ import asyncio
 import json
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -303,7 +303,8 @@ class _Pending:
 
 
 class AsyncArmoRMClient:
-    """The asyncio variant: `await score(...)`, `await score_batch(...)`, `await score_responses(...)`."""
+    """The asyncio variant of ArmoRMClient, with the same calls awaited: is_ready, score, score_texts,
+    score_responses, score_batch, and `async for` over score_stream."""
 
     def __init__(self, url: str = "localhost:8001", model: str = contract.ENSEMBLE.name,
                  timeout_s: float | None = 120.0, retry: RetryPolicy = DEFAULT_RETRY, api_key: str | None = None,
@@ -325,21 +326,60 @@ class AsyncArmoRMClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _infer_once(self, conversations: Sequence[Conversation]) -> list[ArmoRMScore]:
+    async def is_ready(self) -> bool:
+        """Server live and the ensemble ready (health APIs stay open when the others are restricted)."""
         try:
-            result = await self._client.infer(self._options.model, build_inputs(conversations, self._module),
+            return bool(await self._client.is_server_ready(headers=self._options.headers)
+                        and await self._client.is_model_ready(self._options.model, headers=self._options.headers))
+        except InferenceServerException:
+            return False
+
+    async def _infer_once(self, conversations: Sequence[Conversation],
+                          form: contract.TensorSpec = contract.MESSAGES) -> list[ArmoRMScore]:
+        try:
+            result = await self._client.infer(self._options.model, build_inputs(conversations, self._module, form),
                                               outputs=build_outputs(self._module),
                                               client_timeout=self._options.timeout_s, headers=self._options.headers)
         except InferenceServerException as err:
             raise to_error(err) from None
         return decode_results(result)
 
-    async def _infer(self, conversations: Sequence[Conversation]) -> list[ArmoRMScore]:
-        return await call_with_retries_async(lambda: self._infer_once(conversations), self._options.retry,
+    async def _infer(self, conversations: Sequence[Conversation],
+                     form: contract.TensorSpec = contract.MESSAGES) -> list[ArmoRMScore]:
+        return await call_with_retries_async(lambda: self._infer_once(conversations, form), self._options.retry,
                                              ServerUnavailableError, exhausted)
 
     async def score(self, messages: Conversation) -> ArmoRMScore:
         return (await self._infer([messages]))[0]
+
+    async def score_texts(self, texts: Sequence[str]) -> list[ArmoRMScore]:
+        """As ArmoRMClient.score_texts: conversations already rendered by the chat template, in one request."""
+        return await self._infer(list(texts), contract.TEXT)
+
+    async def score_stream(self, requests: Iterable[Sequence[Conversation] | Exception],
+                           window: int = 64) -> AsyncIterator[list[ArmoRMScore] | Exception]:
+        """As ArmoRMClient.score_stream: one request per item, answered in input order, at most `window` in
+        flight; a failed request (after retries) or an item that is already an exception is yielded in place."""
+
+        async def one(conversations: Sequence[Conversation] | Exception) -> list[ArmoRMScore] | Exception:
+            if isinstance(conversations, Exception):
+                return conversations
+            try:
+                return await self._infer(list(conversations))
+            except ArmoRMError as err:
+                return err
+
+        pending: deque[asyncio.Task] = deque()
+        try:
+            for conversations in requests:
+                if len(pending) >= max(1, window):
+                    yield await pending.popleft()
+                pending.append(asyncio.ensure_future(one(conversations)))
+            while pending:
+                yield await pending.popleft()
+        finally:
+            for task in pending:  # the caller stopped early: drop what is still in flight
+                task.cancel()
 
     async def score_responses(self, prompt: Messages, responses: Sequence[str],
                               max_rows: int = 64) -> list[ArmoRMScore]:

@@ -122,6 +122,34 @@ def test_async_client(server, singles):
         assert_same(result, singles[index], f"async {index}")
 
 
+def test_the_async_client_offers_what_the_blocking_one_offers(server, singles, tokenizer):
+    """is_ready, score_texts and score_stream (in order, a bad request yielded in its place, an exception item
+    passed through unsent), awaited."""
+    blocking = {name for name in dir(ArmoRMClient) if not name.startswith("_")} - {"close"}
+    assert blocking <= {name for name in dir(AsyncArmoRMClient) if not name.startswith("_")}
+    conversations = varied_conversations()[:4]
+    unusable = ValueError("line 3 is not JSON")
+
+    async def run():
+        async with AsyncArmoRMClient(server.grpc_url) as client:
+            ready = await client.is_ready()
+            texts = await client.score_texts([tokenizer.apply_chat_template(c, tokenize=False)
+                                              for c in conversations[:2]])
+            items = [[conversations[0]], [[{"role": "user", "content": "x"}]], unusable, conversations[1:4]]
+            streamed = [answer async for answer in client.score_stream(items, window=2)]
+            return ready, texts, streamed
+
+    ready, texts, streamed = asyncio.run(run())
+    assert ready
+    for index, result in enumerate(texts):
+        assert_same(result, singles[index], f"text {index}")
+    assert len(streamed) == 4
+    assert_same(streamed[0][0], singles[0], "stream 0")
+    assert isinstance(streamed[1], InvalidConversationError) and streamed[2] is unusable
+    for offset, result in enumerate(streamed[3]):
+        assert_same(result, singles[1 + offset], f"stream 3.{offset}")
+
+
 def test_cli_scores_a_jsonl_file(server, tmp_path, singles):
     path = tmp_path / "conversations.jsonl"
     lines = [json.dumps({"messages": m}) for m in varied_conversations()[:3]] + ['[{"role": "user", "content": "x"}]']
