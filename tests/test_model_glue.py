@@ -81,14 +81,14 @@ def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monk
 def test_a_request_that_breaks_the_batched_tokenizer_fails_alone(exported_repository, monkeypatch):
     """Whatever a library raises on one request's content, answer_each isolates it: neighbours are answered."""
     model = fake_pb.load_model(exported_repository, "armorm_tokenizer", monkeypatch)
-    render = model.tokenizer.render
+    render = model.step.tokenizer.render
 
     def fragile(messages):
         if "boom" in messages[-1]["content"]:
             raise RuntimeError("a library bug")
         return render(messages)
 
-    monkeypatch.setattr(model.tokenizer, "render", fragile)
+    monkeypatch.setattr(model.step.tokenizer, "render", fragile)
     conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     bad = [conversation[0], {"role": "assistant", "content": "boom"}]
     requests = [fake_pb.request(messages=np.array([[json.dumps(m).encode()]], dtype=object))
