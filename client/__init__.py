@@ -10,6 +10,7 @@ from armorm_client.client import (
     RetriesExhaustedError,
     ServerError,
     ServerUnavailableError,
+    TemplatedText,
 )
 from armorm_client.result import ArmoRMScore
 from armorm_client.retry import NO_RETRIES, RetryPolicy
@@ -21,6 +22,7 @@ __all__ = [
     "PermissionDeniedError",
     "RetriesExhaustedError",
     "RetryPolicy",
+    "TemplatedText",
     "ArmoRMError",
     "ArmoRMScore",
     "AsyncArmoRMClient",

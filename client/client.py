@@ -90,9 +90,20 @@ def encode_messages(messages: Conversation) -> bytes:
     return json.dumps(list(messages), ensure_ascii=False).encode("utf-8")
 
 
+class TemplatedText(str):
+    """A conversation already rendered by the chat template (special tokens kept): a request of these goes to the
+    `text` input, one of plain messages to `messages`."""
+
+
 def build_inputs(conversations: Sequence[Conversation], module: Any = grpcclient,
                  form: contract.TensorSpec = contract.MESSAGES) -> list[Any]:
-    """Conversations as one request: a [n, 1] BYTES tensor of `messages`, or of chat-templated `text` strings."""
+    """Conversations as one request: a [n, 1] BYTES tensor of `messages`, or of chat-templated `text` strings
+    (`form`, or TemplatedText rows)."""
+    templated = [isinstance(c, TemplatedText) for c in conversations]
+    if any(templated):
+        if not all(templated):
+            raise ValueError("one request holds both templated text and messages: send them apart")
+        form = contract.TEXT
     tensor = module.InferInput(form.name, [len(conversations), 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[encode_messages(m)] for m in conversations], dtype=object))
     return [tensor]

@@ -8,13 +8,16 @@ times with backoff and then raised, and nothing here invents a default reward.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from armorm_client.client import ArmoRMClient, AsyncArmoRMClient
+from armorm_client.client import ArmoRMClient, AsyncArmoRMClient, TemplatedText
 from armorm_client.retry import RetryPolicy
 
 URL_ENV = "ARMORM_URL"
@@ -115,7 +118,65 @@ def messages_of(value: Any, role: str) -> list[dict[str, str]]:
     return messages
 
 
-def conversation(prompt: Any, response: Any) -> list[dict[str, str]]:
+# Turn markers of chat templates: a prompt string holding one is already templated, not a user turn's text.
+TEMPLATE_MARKERS = ("<|begin_of_text|>", "<|start_header_id|>", "<|im_start|>", "[INST]", "<start_of_turn>")
+ASSISTANT_HEADER = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+END_OF_TURN = "<|eot_id|>"
+
+
+def is_templated(prompt: Any) -> bool:
+    return isinstance(prompt, str) and any(marker in prompt for marker in TEMPLATE_MARKERS)
+
+
+def templated_conversation(prompt: str, response: Any) -> TemplatedText:
+    """A prompt already rendered by the chat template (as verl's and TRL's plain-text datasets may hold it) + the
+    response, as templated text: the server reads its turns back (and refuses another model's template, saying
+    which), where wrapping it in a user turn would template it twice."""
+    text = prompt
+    if not text.endswith(ASSISTANT_HEADER) and "<|start_header_id|>" in text:
+        if not text.rstrip().endswith(END_OF_TURN):
+            raise ValueError("a templated prompt must end with its last turn's <|eot_id|> or with the assistant "
+                             "header (apply_chat_template(..., add_generation_prompt=True))")
+        text = text.rstrip() + ASSISTANT_HEADER
+    return TemplatedText(text + text_of_response(response) + END_OF_TURN)
+
+
+def text_of_response(response: Any) -> str:
+    messages = messages_of(response, "assistant")
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise ValueError("after a templated prompt, the response must be one assistant turn")
+    return messages[0]["content"]
+
+
+def conversation(prompt: Any, response: Any) -> list[dict[str, str]] | TemplatedText:
     """prompt + response as one conversation: a text prompt is a single user turn, a text response a single
-    assistant turn. The server checks the rest (roles, the assistant turn last, the token limit)."""
+    assistant turn; a prompt already rendered by a chat template is kept as templated text. The server checks the
+    rest (roles, the assistant turn last, the token limit)."""
+    if is_templated(prompt):
+        return templated_conversation(prompt, response)
     return messages_of(prompt, "user") + messages_of(response, "assistant")
+
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, Settings], ArmoRMClient] = {}
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Settings, AsyncArmoRMClient]] = (
+    weakref.WeakKeyDictionary())
+
+
+def shared_client(settings: Settings) -> ArmoRMClient:
+    """One client per process and settings (verl's workers are forked Ray processes; a channel must not cross).
+    Kept here, in an importable module, so a reward function loaded from a file path pickles (verl's remote
+    manager pickles it by value, and a lock cannot be pickled)."""
+    key = (os.getpid(), settings)
+    with _lock:
+        if key not in _clients:
+            _clients[key] = settings.client()
+        return _clients[key]
+
+
+def shared_async_client(settings: Settings) -> AsyncArmoRMClient:
+    """One asyncio client per running event loop and settings (a gRPC aio channel serves the loop that made it)."""
+    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    if settings not in per_loop:
+        per_loop[settings] = settings.async_client()
+    return per_loop[settings]

@@ -16,6 +16,7 @@ ARMORM_TIMEOUT_S, ARMORM_MAX_ATTEMPTS, ARMORM_MAX_IN_FLIGHT, ARMORM_SSL, ARMORM_
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import threading
@@ -52,7 +53,7 @@ class _RewardBase:
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (TRL and multiprocessing may copy reward functions): the connection is rebuilt on first use."""
-        return {"settings": self.settings, "__name__": self.__name__}
+        return {"settings": self.settings, "__name__": self.__name__}  # not the coroutine mark: set again on load
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -117,11 +118,17 @@ class ArmoRMReward(_RewardBase):
 
 
 class AsyncArmoRMReward(_RewardBase):
-    """The asyncio form: TRL awaits it on its own event loop, concurrently with its other async reward functions."""
+    """The asyncio form: TRL awaits it on its own event loop, concurrently with its other async reward functions.
+
+    TRL tells async reward functions apart with inspect.iscoroutinefunction (some versions) or by the awaitable a
+    call returns (others). The first is false for a callable object, so on Python ≥ 3.12 the instance is marked
+    as a coroutine function; on 3.11 such TRL versions call it as a plain function (use ArmoRMReward there)."""
 
     def _disconnected(self) -> None:
         self._client: AsyncArmoRMClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        if hasattr(inspect, "markcoroutinefunction"):  # Python ≥ 3.12; kept across pickling (set again here)
+            inspect.markcoroutinefunction(self)
 
     def client(self) -> AsyncArmoRMClient:
         loop = asyncio.get_running_loop()

@@ -16,44 +16,19 @@ rows get (then the objectives are NaN and "refused" is 1.0 in every row's dict, 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import threading
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from armorm_client.client import ArmoRMClient, ArmoRMError, AsyncArmoRMClient, InvalidConversationError
+from armorm_client.client import ArmoRMError, InvalidConversationError, TemplatedText
 from armorm_client.contract import OBJECTIVES
 from armorm_client.result import ArmoRMScore
-from armorm_client.rlhf import MissingPromptError, Settings, conversation
+from armorm_client.rlhf import MissingPromptError, Settings, conversation, shared_async_client, shared_client
 
 PROMPT_KEY = "prompt"
 INVALID_SCORE_ENV = "ARMORM_INVALID_SCORE"
 REFUSED_KEY = "refused"
-
-_lock = threading.Lock()
-_clients: dict[tuple[int, Settings], ArmoRMClient] = {}
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Settings, AsyncArmoRMClient]] = (
-    weakref.WeakKeyDictionary())
-
-
-def _client(settings: Settings) -> ArmoRMClient:
-    """One client per process and settings (verl's workers are forked Ray processes; a channel must not cross)."""
-    key = (os.getpid(), settings)
-    with _lock:
-        if key not in _clients:
-            _clients[key] = settings.client()
-        return _clients[key]
-
-
-def _async_client(settings: Settings) -> AsyncArmoRMClient:
-    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
-    if settings not in per_loop:
-        per_loop[settings] = settings.async_client()
-    return per_loop[settings]
-
 
 def _invalid_score() -> float | None:
     raw = os.environ.get(INVALID_SCORE_ENV, "").strip()
@@ -77,7 +52,8 @@ def _prompt_of(extra_info: Any, index: int | None = None) -> Any:
     return prompt
 
 
-def _conversation(solution_str: str, extra_info: Any, index: int | None = None) -> list[dict[str, str]]:
+def _conversation(solution_str: str, extra_info: Any,
+                  index: int | None = None) -> list[dict[str, str]] | TemplatedText:
     try:
         return conversation(_prompt_of(extra_info, index), solution_str)
     except MissingPromptError:
@@ -104,7 +80,7 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
     messages = _conversation(solution_str, extra_info)
     invalid_score = _invalid_score()
     try:
-        value: ArmoRMScore | ArmoRMError = _client(Settings.from_env()).score(messages)
+        value: ArmoRMScore | ArmoRMError = shared_client(Settings.from_env()).score(messages)
     except InvalidConversationError as err:
         value = err
     return _row(value, invalid_score)
@@ -119,7 +95,7 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
     conversations = [_conversation(s, e, i) for i, (s, e) in enumerate(zip(solution_strs, extra_infos))]
     invalid_score = _invalid_score()
     settings = Settings.from_env()
-    results = _client(settings).score_batch(conversations, max_in_flight=settings.max_in_flight,
+    results = shared_client(settings).score_batch(conversations, max_in_flight=settings.max_in_flight,
                                             return_exceptions=True)
     return [_row(value, invalid_score) for value in results]
 
@@ -130,7 +106,7 @@ async def compute_score_async(data_source: Any, solution_str: str, ground_truth:
     messages = _conversation(solution_str, extra_info)
     invalid_score = _invalid_score()
     try:
-        value: ArmoRMScore | ArmoRMError = await _async_client(Settings.from_env()).score(messages)
+        value: ArmoRMScore | ArmoRMError = await shared_async_client(Settings.from_env()).score(messages)
     except InvalidConversationError as err:
         value = err
     return _row(value, invalid_score)

@@ -360,3 +360,54 @@ def test_trl_grpo_trainer_calls_the_reward_functions_and_gets_the_reference_scor
         assert answer["metrics"][f"{prefix}/refused"] == [1.0]
         for name, mean in zip(OBJECTIVES, means):
             assert abs(answer["metrics"][f"{prefix}/{name}"][0] - mean) <= VECTOR_ATOL, (prefix, name)
+
+
+# Prompts already templated (a plain-text dataset rendered with the policy's chat template)
+
+
+def test_a_templated_prompt_is_scored_as_text_not_templated_twice(env, reference, tokenizer):
+    """Before: wrapped in a user turn and templated again (nested headers), a score and no error."""
+    for index, messages in enumerate(varied_conversations()[:4]):
+        prompt, response = split(messages)
+        for templated in (tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                          tokenizer.apply_chat_template(prompt, tokenize=False)):  # without the generation header
+            expected = reference.score(messages)
+            row = verl_reward.compute_score("hh", response, None, extra_info={"prompt": templated})
+            assert_like_reference(row, expected, f"verl, conversation {index}")
+            (reward,) = ArmoRMReward()([templated], [response])
+            assert abs(reward - expected.score) <= SCORE_ATOL, f"TRL, conversation {index}"
+    chatml = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(InvalidConversationError, match="ChatML"):
+        verl_reward.compute_score("hh", "Hello", None, extra_info={"prompt": chatml})
+
+
+def test_the_verl_module_loaded_from_its_path_pickles_as_verls_remote_manager_does(env, reference):
+    """verl loads `custom_reward_function.path` by file path and Ray pickles the function by value (cloudpickle):
+    a module-level lock made that fail ("cannot pickle '_thread.lock'")."""
+    import importlib.util
+
+    import cloudpickle
+
+    path = Path(verl_reward.__file__)
+    spec = importlib.util.spec_from_file_location("custom_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("compute_score", "compute_score_batch", "compute_score_async"):
+        restored = pickle.loads(cloudpickle.dumps(getattr(module, name)))
+        assert callable(restored)
+    messages = varied_conversations()[0]
+    prompt, response = split(messages)
+    restored = pickle.loads(cloudpickle.dumps(module.compute_score))
+    assert_like_reference(restored("hh", response, None, extra_info={"prompt": prompt}), reference.score(messages),
+                          "the unpickled function")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="inspect.markcoroutinefunction needs Python 3.12")
+def test_the_async_trl_reward_is_a_coroutine_function_to_inspect(env):
+    """TRL versions that pick async reward functions with inspect.iscoroutinefunction (1.9) awaited nothing."""
+    import inspect
+
+    reward = AsyncArmoRMReward()
+    assert inspect.iscoroutinefunction(reward)
+    assert inspect.iscoroutinefunction(pickle.loads(pickle.dumps(reward))), "kept across pickling"
+    assert not inspect.iscoroutinefunction(ArmoRMReward())
