@@ -18,7 +18,7 @@ CLIENT = Path(__file__).resolve().parent.parent / "client"
 SCRIPT = """
 import json, sys
 from armorm_client import ArmoRMClient
-import armorm_client.trl, armorm_client.verl  # the trainer integrations import light too
+import armorm_client.slime, armorm_client.trl, armorm_client.verl  # the trainer integrations import light too
 conversations = json.loads(sys.stdin.read())
 with ArmoRMClient(sys.argv[1]) as client:
     results = client.score_batch(conversations)

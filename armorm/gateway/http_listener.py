@@ -23,11 +23,15 @@ from armorm.gateway.http_connections import ConnectionGuard, GuardedProtocol
 from armorm.gateway.reward_api import (
     INFER_PATH,
     REWARD_PATH,
+    REWARD_PATHS,
+    SAMPLE_REWARD_PATH,
     infer_body,
     parse_queries,
+    parse_sample,
     read_answer,
     refused_reward_of,
     reward_response,
+    sample_response,
     upstream_error,
 )
 from armorm.gateway.routes import PUBLIC_MODEL, Api, api_of_http, model_of_http_infer, transient_failure
@@ -84,7 +88,7 @@ class HttpProxy:
             return error(404, f"{request.method} {request.path[:200]} is not an API of this server")
         refusal = admission.authorize(PROTOCOL, api, request.headers.get)
         inference = api is Api.INFERENCE
-        if refusal is None and inference and request.path != REWARD_PATH:
+        if refusal is None and inference and request.path not in REWARD_PATHS:
             refusal = admission.authorize_model(PROTOCOL, model_of_http_infer(request.path), request.headers.get)
         if refusal is not None:
             return error(REFUSAL_STATUS[refusal[0]], refusal[1])
@@ -116,6 +120,8 @@ class HttpProxy:
             return error(err.status, str(err))
         if request.path == REWARD_PATH:
             return await self.rewards(body, request.query_string)
+        if request.path == SAMPLE_REWARD_PATH:
+            return await self.sample_reward(body, request.query_string)
         headers = {"Content-Type": "application/octet-stream" if request.headers.get(HEADER_LENGTH)
                    else "application/json"}
         if HEADER_LENGTH in request.headers:
@@ -152,29 +158,50 @@ class HttpProxy:
         """OpenRLHF's POST /get_reward: every query sent to the ensemble at once, one answer for the call. A
         refused query fails the call with its reason (a trainer must never train on a made-up reward), unless the
         server or the call (`?refused_reward=R`) states the reward refused queries get."""
-        admission = self.admission
         try:
             queries = await off_loop_if_large(parse_queries, body)
             refused_reward = refused_reward_of(query_string, self.config.refused_reward)
         except BodyError as err:
-            admission.refuse(PROTOCOL, "malformed")
+            self.admission.refuse(PROTOCOL, "malformed")
             return error(err.status, str(err))
         if not queries:  # a trainer splitting a small batch over several URLs sends some of them nothing
             return web.json_response(reward_response([], refused_reward))
-        if len(queries) > admission.max_in_flight:
+        answers = await self.score_all(queries, refused_reward)
+        if isinstance(answers, web.Response):
+            return answers
+        return web.json_response(reward_response(answers, refused_reward))
+
+    async def sample_reward(self, body: bytes, query_string: str = "") -> web.Response:
+        """slime's remote_rm: POST /reward with one sample → {"score": ..., <objective>: ...}."""
+        try:
+            sample = await off_loop_if_large(parse_sample, body)
+            refused_reward = refused_reward_of(query_string, self.config.refused_reward)
+        except BodyError as err:
+            self.admission.refuse(PROTOCOL, "malformed")
+            return error(err.status, str(err))
+        answers = await self.score_all([sample], refused_reward)
+        if isinstance(answers, web.Response):
+            return answers
+        return web.json_response(sample_response(answers[0], refused_reward))
+
+    async def score_all(self, conversations: list, refused_reward: float | None) -> list | web.Response:
+        """Every conversation sent to the ensemble at once, each holding an in-flight slot → the answers in order
+        (None for a refused one where refused_reward is set), or the error response that ends the call."""
+        admission = self.admission
+        if len(conversations) > admission.max_in_flight:
             admission.refuse(PROTOCOL, "malformed")
-            return error(400, f'"query" holds {len(queries)} texts; this server takes at most '
+            return error(400, f'"query" holds {len(conversations)} texts; this server takes at most '
                               f"{admission.max_in_flight} in flight: split the call")
         # One in-flight slot per query, as if each were its own call: the limit and the drain count them all.
-        for taken in range(len(queries)):
+        for taken in range(len(conversations)):
             refusal = admission.admit_inference(PROTOCOL)
             if refusal is not None:
                 for _ in range(taken):
                     admission.release()
                 return error(REFUSAL_STATUS[refusal[0]], refusal[1])
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        calls = [admission.track(self.pool.request("POST", INFER_PATH, headers, infer_body(query)))
-                 for query in queries]  # tracked at once (no await since the slots were taken), each frees its own
+        calls = [admission.track(self.pool.request("POST", INFER_PATH, headers, infer_body(item)))
+                 for item in conversations]  # tracked at once (no await since the slots were taken), each frees its own
         for call in calls:
             call.add_done_callback(lambda _: admission.release())
         try:
@@ -190,9 +217,9 @@ class HttpProxy:
             if status != 200:
                 if status in (404, 500) and transient_failure(answer.decode("utf-8", "replace")):
                     status = 503
-                return error(status, upstream_error(index, len(queries), answer))
+                return error(status, upstream_error(index, len(conversations), answer))
             answers.append(read_answer(answer))
-        return web.json_response(reward_response(answers, refused_reward))
+        return answers
 
     async def read_body(self, request: web.Request, api: Api, held: Held) -> bytearray:
         """The body, decoded (gzip/deflate undone, the decoded bytes counted), within the API's limit: inference

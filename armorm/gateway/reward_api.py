@@ -16,9 +16,14 @@ from urllib.parse import parse_qs
 
 from armorm.gateway.http_body import BodyError
 from armorm.model.conversation import json_kind
-from armorm_client.contract import ENSEMBLE, GATING, OBJECTIVES, REWARDS, SCORE, TEXT
+from armorm_client.contract import ENSEMBLE, GATING, MESSAGES, OBJECTIVES, REWARDS, SCORE, TEXT
+from armorm_client.rlhf import conversation
 
 REWARD_PATH = "/get_reward"
+# slime's remote reward protocol (`--rm-type remote_rm --rm-url http://host:8000/reward`): one sample per call,
+# {"prompt": text or messages, "response": text, "label": ...} → {"score": ..., <objective>: ...}.
+SAMPLE_REWARD_PATH = "/reward"
+REWARD_PATHS = (REWARD_PATH, SAMPLE_REWARD_PATH)
 # OpenRLHF ≤ 0.9 split a whole rollout batch across reward URLs: hundreds of queries per call are normal.
 MAX_QUERIES = 4096
 INFER_PATH = f"/v2/models/{ENSEMBLE.name}/infer"
@@ -47,10 +52,40 @@ def parse_queries(body: bytes) -> list[str]:
     return queries
 
 
-def infer_body(query: str) -> bytes:
-    """One query as a KServe v2 JSON request to the ensemble's `text` input."""
-    return json.dumps({"inputs": [{"name": TEXT.name, "shape": [1, 1], "datatype": "BYTES", "data": [query]}],
+def parse_sample(body: bytes) -> list[dict[str, str]] | str:
+    """slime's sample → the conversation to score: messages (a prompt of messages, or of plain text as one user
+    turn) or templated text (a prompt already rendered by a chat template); see armorm_client.rlhf.conversation."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise BodyError('the body must be JSON like {"prompt": "...", "response": "..."}') from None
+    if not isinstance(document, dict):
+        raise BodyError(f'the body must be a JSON object with "prompt" and "response", got a JSON '
+                        f"{json_kind(document)}")
+    for key in ("prompt", "response"):
+        if key not in document:
+            raise BodyError(f'the body has no "{key}": send {{"prompt": ..., "response": ...}} (slime\'s remote_rm)')
+    try:
+        return conversation(document["prompt"], document["response"])
+    except ValueError as err:
+        raise BodyError(f"the sample is not a prompt and a response: {err}") from None
+
+
+def infer_body(item: list[dict[str, str]] | str) -> bytes:
+    """One conversation as a KServe v2 JSON request to the ensemble: templated text to its `text` input, messages
+    (as JSON) to its `messages` input."""
+    if isinstance(item, list):
+        tensor, data = MESSAGES.name, json.dumps(item, ensure_ascii=False)
+    else:
+        tensor, data = TEXT.name, item
+    return json.dumps({"inputs": [{"name": tensor, "shape": [1, 1], "datatype": "BYTES", "data": [data]}],
                        "outputs": [{"name": name} for name in _OUTPUTS]}).encode()
+
+
+def sample_response(answer: dict[str, list[float]] | None, refused_reward: float | None) -> dict[str, Any]:
+    """One sample's {"score", <objective>..., "gating/<objective>"...} (slime: --reward-key score)."""
+    full = reward_response([answer], refused_reward)
+    return {"score": full["rewards"][0], **{key: values[0] for key, values in full["extra_logs"].items()}}
 
 
 def read_answer(answer: bytes) -> dict[str, list[float]]:

@@ -75,6 +75,7 @@ _HTTP_ROUTES: tuple[tuple[str, re.Pattern[str], Api], ...] = tuple(
         ("GET", _MODEL + r"/config", Api.MODEL_CONFIG),
         ("POST", _MODEL + r"/infer", Api.INFERENCE),
         ("POST", r"/get_reward", Api.INFERENCE),  # OpenRLHF's remote reward protocol (reward_api.py)
+        ("POST", r"/reward", Api.INFERENCE),  # slime's remote_rm, one sample per call (reward_api.py)
         ("POST", r"/v2/repository/index", Api.MODEL_REPOSITORY),
         ("POST", r"/v2/repository/models/[^/]+/(?:load|unload)", Api.MODEL_REPOSITORY),
         ("GET", r"/v2/(?:system|cuda)sharedmemory(?:/region/[^/]+)?/status", Api.SHARED_MEMORY),
