@@ -95,15 +95,21 @@ class TemplatedText(str):
     `text` input, one of plain messages to `messages`."""
 
 
-def build_inputs(conversations: Sequence[Conversation], module: Any = grpcclient,
-                 form: contract.TensorSpec = contract.MESSAGES) -> list[Any]:
-    """Conversations as one request: a [n, 1] BYTES tensor of `messages`, or of chat-templated `text` strings
-    (`form`, or TemplatedText rows)."""
+def form_of(conversations: Sequence[Conversation], form: contract.TensorSpec) -> contract.TensorSpec:
+    """`form`, or TEXT where the rows are TemplatedText (all of them: one request holds one form)."""
     templated = [isinstance(c, TemplatedText) for c in conversations]
     if any(templated):
         if not all(templated):
             raise ValueError("one request holds both templated text and messages: send them apart")
-        form = contract.TEXT
+        return contract.TEXT
+    return form
+
+
+def build_inputs(conversations: Sequence[Conversation], module: Any = grpcclient,
+                 form: contract.TensorSpec = contract.MESSAGES) -> list[Any]:
+    """Conversations as one request: a [n, 1] BYTES tensor of `messages`, or of chat-templated `text` strings
+    (`form`, or TemplatedText rows)."""
+    form = form_of(conversations, form)
     tensor = module.InferInput(form.name, [len(conversations), 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[encode_messages(m)] for m in conversations], dtype=object))
     return [tensor]
@@ -159,12 +165,18 @@ class _Options:
     def __init__(self, url: str, model: str, timeout_s: float | None, retry: RetryPolicy, api_key: str | None,
                  api_key_header: str, ssl: bool, root_certificates: str | None, client_options: dict) -> None:
         self.url, self.model, self.timeout_s, self.retry = url, model, timeout_s, retry
+        # Templated text goes to the text ensemble; a model of another name is asked for both forms.
+        self.text_model = contract.TEXT_ENSEMBLE.name if model == contract.ENSEMBLE.name else model
         self.headers = {api_key_header: api_key} if api_key else None
         self.connect = dict(client_options)
         if balanced(url) and "channel_args" not in self.connect:
             self.connect["channel_args"] = round_robin_channel_args()
         if ssl:
             self.connect.update(ssl=True, root_certificates=root_certificates)
+
+    def model_for(self, conversations: Sequence[Conversation],
+                  form: contract.TensorSpec = contract.MESSAGES) -> str:
+        return self.text_model if form_of(conversations, form) is contract.TEXT else self.model
 
 
 class ArmoRMClient:
@@ -196,7 +208,8 @@ class ArmoRMClient:
     def _infer_once(self, conversations: Sequence[Conversation],
                     form: contract.TensorSpec = contract.MESSAGES) -> list[ArmoRMScore]:
         try:
-            result = self._client.infer(self._options.model, build_inputs(conversations, form=form),
+            result = self._client.infer(self._options.model_for(conversations, form),
+                                        build_inputs(conversations, form=form),
                                         outputs=build_outputs(),
                                         client_timeout=self._options.timeout_s, headers=self._options.headers)
         except InferenceServerException as err:
@@ -254,7 +267,7 @@ class ArmoRMClient:
         def submit(slot: _Pending, attempt: int) -> None:
             try:
                 self._client.async_infer(
-                    self._options.model, build_inputs(slot.conversations),
+                    self._options.model_for(slot.conversations), build_inputs(slot.conversations),
                     callback=lambda result, error: answered(slot, attempt, result, error),
                     outputs=build_outputs(), client_timeout=self._options.timeout_s, headers=self._options.headers)
             except InferenceServerException as err:
@@ -348,7 +361,8 @@ class AsyncArmoRMClient:
     async def _infer_once(self, conversations: Sequence[Conversation],
                           form: contract.TensorSpec = contract.MESSAGES) -> list[ArmoRMScore]:
         try:
-            result = await self._client.infer(self._options.model, build_inputs(conversations, self._module, form),
+            result = await self._client.infer(self._options.model_for(conversations, form),
+                                              build_inputs(conversations, self._module, form),
                                               outputs=build_outputs(self._module),
                                               client_timeout=self._options.timeout_s, headers=self._options.headers)
         except InferenceServerException as err:

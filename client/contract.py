@@ -61,9 +61,10 @@ class ModelSpec:
         return next(t for t in self.outputs if t.name == name)
 
 
-# A request sends exactly one of the two forms of its conversations, one per row.
-MESSAGES = TensorSpec("messages", "TYPE_STRING", (1,), optional=True)  # JSON [{"role", "content"}, ...]
-TEXT = TensorSpec("text", "TYPE_STRING", (1,), optional=True)  # chat-templated, special tokens kept
+# The conversations of a request, one per row, in one of two forms: each public ensemble takes one (required), the
+# tokenizer behind them both (each optional there: a request brings exactly one).
+MESSAGES = TensorSpec("messages", "TYPE_STRING", (1,))  # JSON [{"role", "content"}, ...]
+TEXT = TensorSpec("text", "TYPE_STRING", (1,))  # chat-templated, special tokens kept
 INPUT_IDS = TensorSpec("input_ids", "TYPE_INT64", (VARIABLE,))
 GATE_POSITION = TensorSpec("gate_position", "TYPE_INT64", (1,))
 REWARD_POSITION = TensorSpec("reward_position", "TYPE_INT64", (1,))
@@ -76,7 +77,9 @@ COEFFICIENTS = TensorSpec("coefficients", "TYPE_FP32", (NUM_OBJECTIVES,))
 SCORE = TensorSpec("score", "TYPE_FP32", (1,))
 
 TOKENIZER = ModelSpec(
-    "armorm_tokenizer", "python", (MESSAGES, TEXT), (INPUT_IDS, GATE_POSITION, REWARD_POSITION, NUM_TOKENS)
+    "armorm_tokenizer", "python",
+    tuple(TensorSpec(t.name, t.data_type, t.dims, optional=True) for t in (MESSAGES, TEXT)),
+    (INPUT_IDS, GATE_POSITION, REWARD_POSITION, NUM_TOKENS),
 )
 BACKBONE = ModelSpec(
     "armorm_backbone",
@@ -87,7 +90,11 @@ BACKBONE = ModelSpec(
 )
 REGRESSION = ModelSpec("armorm_regression", "python", (REWARD_HIDDEN,), (REWARDS,))
 GATING_MODEL = ModelSpec("armorm_gating", "python", (GATE_HIDDEN,), (GATING,))
-ENSEMBLE = ModelSpec("armorm", "", (MESSAGES, TEXT), (SCORE, REWARDS, GATING, COEFFICIENTS, NUM_TOKENS))
+ENSEMBLE = ModelSpec("armorm", "", (MESSAGES,), (SCORE, REWARDS, GATING, COEFFICIENTS, NUM_TOKENS))
+# The same pipeline for templated text: no public model has an optional input (perf_analyzer refuses those in its
+# shared-memory modes).
+TEXT_ENSEMBLE = ModelSpec("armorm_text", "", (TEXT,), ENSEMBLE.outputs)
+ENSEMBLES: tuple[ModelSpec, ...] = (ENSEMBLE, TEXT_ENSEMBLE)
 # The last step emits every ensemble output, passing rewards, gating and num_tokens through: Triton 2.51's
 # ensemble deadlocks ("at least one output is not set") when a client asks for a subset of outputs and
 # an unrequested one is also read by a later step.
@@ -95,7 +102,7 @@ TRANSFORM = ModelSpec("armorm_transform", "python", (REWARDS, GATING, NUM_TOKENS
 PASSED_THROUGH: tuple[TensorSpec, ...] = (REWARDS, GATING, NUM_TOKENS)
 
 STEPS: tuple[ModelSpec, ...] = (TOKENIZER, BACKBONE, REGRESSION, GATING_MODEL, TRANSFORM)
-ALL_MODELS: tuple[ModelSpec, ...] = (*STEPS, ENSEMBLE)
+ALL_MODELS: tuple[ModelSpec, ...] = (*STEPS, *ENSEMBLES)
 
 # Files that the export writes next to the models that read them (under <model>/1/).
 TOKENIZER_DIR = "tokenizer"

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from armorm_client import contract
 from armorm_client.samples import model_card_conversations
 
 
@@ -52,14 +53,26 @@ def mixed_conversations(count: int, seed: int = 0) -> list[list[dict[str, str]]]
 
 
 def write_input_data(path: Path, conversations: Sequence[Sequence[dict[str, str]]]) -> Path:
-    data = {"data": [{"messages": [json.dumps(list(messages), ensure_ascii=False)]} for messages in conversations]}
+    """--input-data for armorm: one `messages` row (JSON) per request."""
+    return write_rows(path, contract.MESSAGES.name,
+                      [json.dumps(list(messages), ensure_ascii=False) for messages in conversations])
+
+
+def write_text_input_data(path: Path, texts: Sequence[str]) -> Path:
+    """--input-data for armorm_text: one chat-templated `text` row per request."""
+    return write_rows(path, contract.TEXT.name, texts)
+
+
+def write_rows(path: Path, input_name: str, rows: Sequence[str]) -> Path:
+    data = {"data": [{input_name: [row]} for row in rows]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, ensure_ascii=False))
     return path
 
 
-def perf_command(url: str, input_data: Path, extra: Sequence[str] = (), model: str = "armorm") -> list[str]:
-    return [str(perf_analyzer_binary()), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
+def perf_command(url: str, input_data: Path, extra: Sequence[str] = (), model: str = contract.ENSEMBLE.name,
+                 protocol: str = "grpc") -> list[str]:
+    return [str(perf_analyzer_binary()), "-m", model, "-u", url, "-i", protocol, "--input-data", str(input_data),
             *extra]
 
 

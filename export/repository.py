@@ -111,7 +111,7 @@ def apply_contract(config: model_config_pb2.ModelConfig, spec: contract.ModelSpe
     for tensor in spec.outputs:
         config.output.add(name=tensor.name, data_type=model_config_pb2.DataType.Value(tensor.data_type),
                           dims=tensor.dims)
-    if spec is contract.ENSEMBLE:
+    if spec in contract.ENSEMBLES:
         last = config.ensemble_scheduling.step[-1]
         last.output_map.clear()
         last.output_map.update({tensor.name: tensor.name for tensor in contract.TRANSFORM.outputs})
@@ -152,7 +152,7 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
         head_weights.gating.save(output / contract.GATING_MODEL.name / "1" / contract.GATING_WEIGHTS)
         head_weights.transform.save(output / contract.TRANSFORM.name / "1" / contract.TRANSFORM_WEIGHTS)
         names = json.dumps(list(contract.OBJECTIVES), indent=2)
-        for spec in (contract.REGRESSION, contract.ENSEMBLE):
+        for spec in (contract.REGRESSION, *contract.ENSEMBLES):
             (output / spec.name / "1" / contract.OBJECTIVES_FILE).write_text(names)
 
     backbone_dir = output / contract.BACKBONE.name / "1"

@@ -194,8 +194,8 @@ def run_perf_analyzer(target: ServeProcess, protocol: str, key: str | None) -> t
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_perf_analyzer_runs_with_system_shared_memory_given_the_admin_key(target, protocol):
-    """perf_analyzer's shared-memory mode (its -H header carries the admin key on HTTP and gRPC alike). It
-    refuses models with optional inputs (the ensemble's messages/text), so it drives the backbone step."""
+    """perf_analyzer's shared-memory mode (its -H header carries the admin key on HTTP and gRPC alike), on the
+    backbone step; tests/test_perf_analyzer.py drives both public models in this mode."""
     code, output = run_perf_analyzer(target, protocol, ADMIN_KEY)
     assert code == 0 and "Throughput:" in output, output
     code, output = run_perf_analyzer(target, protocol, None)

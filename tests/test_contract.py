@@ -48,16 +48,19 @@ def check_repository(repository: Path) -> None:
             assert config.max_batch_size >= load(repository, contract.ENSEMBLE.name).max_batch_size
         else:
             assert config.platform == "ensemble"
-    check_ensemble_wiring(load(repository, contract.ENSEMBLE.name))
+    for ensemble in contract.ENSEMBLES:
+        check_ensemble_wiring(load(repository, ensemble.name), ensemble)
 
 
-def check_ensemble_wiring(config: mc.ModelConfig) -> None:
-    """Each step's maps name exactly its model's tensors; every input is produced before it is read."""
+def check_ensemble_wiring(config: mc.ModelConfig, ensemble: contract.ModelSpec = contract.ENSEMBLE) -> None:
+    """Each step's maps name its model's tensors (every required one, optional ones where the ensemble has them);
+    every input is produced before it is read."""
     specs = {spec.name: spec for spec in contract.STEPS}
-    available = {t.name for t in contract.ENSEMBLE.inputs}
+    available = {t.name for t in ensemble.inputs}
     for step in config.ensemble_scheduling.step:
         spec = specs[step.model_name]
-        assert set(step.input_map) == {t.name for t in spec.inputs}, f"{spec.name} input_map keys"
+        required = {t.name for t in spec.inputs if not t.optional}
+        assert required <= set(step.input_map) <= {t.name for t in spec.inputs}, f"{spec.name} input_map keys"
         assert set(step.output_map) == {t.name for t in spec.outputs}, f"{spec.name} output_map keys"
         missing = set(step.input_map.values()) - available
         assert not missing, f"{spec.name} reads {missing} before any step produces it"
@@ -70,6 +73,9 @@ def check_ensemble_wiring(config: mc.ModelConfig) -> None:
     read = {value for step in config.ensemble_scheduling.step for value in step.input_map.values()}
     assert not read & {t.name for t in contract.ENSEMBLE.outputs}, "an ensemble output is read by a step"
     assert {s.model_name for s in config.ensemble_scheduling.step} == set(specs)
+    first = config.ensemble_scheduling.step[0]
+    assert set(first.input_map.values()) == {t.name for t in ensemble.inputs}, "the tokenizer reads what comes in"
+    assert not any(t.optional for t in ensemble.inputs), "no public model has an optional input (perf_analyzer)"
 
 
 def test_templates_leave_inputs_and_outputs_to_the_contract():
@@ -98,7 +104,7 @@ def test_wiring_check_catches_a_miswired_step(exported_repository):
 def test_objective_names_ship_with_the_models(exported_repository):
     import json
 
-    for spec in (contract.REGRESSION, contract.ENSEMBLE):
+    for spec in (contract.REGRESSION, *contract.ENSEMBLES):
         names = json.loads((exported_repository / spec.name / "1" / contract.OBJECTIVES_FILE).read_text())
         assert tuple(names) == contract.OBJECTIVES and len(names) == 19
 

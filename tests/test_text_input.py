@@ -68,7 +68,8 @@ def infer_texts(server, texts: list[bytes], name: str = contract.TEXT.name):
     client = grpcclient.InferenceServerClient(server.grpc_url)
     tensor = grpcclient.InferInput(name, [len(texts), 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[t] for t in texts], dtype=object))
-    return client.infer(contract.ENSEMBLE.name, [tensor])
+    return client.infer(contract.TEXT_ENSEMBLE.name if name == contract.TEXT.name else contract.ENSEMBLE.name,
+                        [tensor])
 
 
 @pytest.mark.integration
@@ -121,19 +122,23 @@ def attempt(client, text):
 
 
 @pytest.mark.integration
-def test_a_request_must_send_exactly_one_form(server, tokenizer):
+def test_each_public_model_takes_its_one_form(server, tokenizer):
+    """armorm takes `messages`, armorm_text takes `text`, each required: the other form (or both) is refused."""
     good = templated(tokenizer, varied_conversations()[1]).encode()
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    both = []
+    tensors = {}
     for spec, value in ((contract.MESSAGES, json.dumps(varied_conversations()[1]).encode()), (contract.TEXT, good)):
-        tensor = grpcclient.InferInput(spec.name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value]], dtype=object))
-        both.append(tensor)
-    with pytest.raises(InferenceServerException) as raised:
-        client.infer(contract.ENSEMBLE.name, both)
-    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "exactly one of the inputs" in raised.value.message()
-    assert infer_texts(server, [good]).as_numpy(contract.SCORE.name).shape == (1, 1)
+        tensors[spec.name] = grpcclient.InferInput(spec.name, [1, 1], "BYTES")
+        tensors[spec.name].set_data_from_numpy(np.array([[value]], dtype=object))
+    for model, sent in ((contract.ENSEMBLE.name, [contract.MESSAGES.name, contract.TEXT.name]),
+                        (contract.ENSEMBLE.name, [contract.TEXT.name]),
+                        (contract.TEXT_ENSEMBLE.name, [contract.MESSAGES.name])):
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer(model, [tensors[name] for name in sent])
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT", (model, sent)
+    by_text = client.infer(contract.TEXT_ENSEMBLE.name, [tensors[contract.TEXT.name]]).as_numpy(contract.SCORE.name)
+    by_messages = client.infer(contract.ENSEMBLE.name, [tensors[contract.MESSAGES.name]]).as_numpy(contract.SCORE.name)
+    assert abs(float(by_text[0, 0]) - float(by_messages[0, 0])) <= SCORE_ATOL
 
 
 def padded_variants(tokenizer, messages, pad: str) -> dict[str, str]:

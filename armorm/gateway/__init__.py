@@ -10,7 +10,7 @@ from armorm.gateway.config import (
     Upstream,
 )
 from armorm.gateway.gateway import Gateway
-from armorm.gateway.routes import ADMIN_APIS, PUBLIC_MODEL, AccessPolicy, Api
+from armorm.gateway.routes import ADMIN_APIS, PUBLIC_MODELS, AccessPolicy, Api
 
-__all__ = ["ADMIN_APIS", "PUBLIC_MODEL", "AccessPolicy", "Api", "ConnectionLimits", "DRAINING_MESSAGE", "Gateway",
+__all__ = ["ADMIN_APIS", "PUBLIC_MODELS", "AccessPolicy", "Api", "ConnectionLimits", "DRAINING_MESSAGE", "Gateway",
            "GatewayConfig", "GatewayStartError", "PortTakenError", "TlsFiles", "Upstream"]

@@ -24,7 +24,7 @@ from armorm.gateway.routes import (
     GRPC_HEALTH_CHECK,
     GRPC_SERVICE,
     GRPC_STREAM_INFER,
-    PUBLIC_MODEL,
+    PUBLIC_MODELS,
     Api,
     api_of_grpc,
     forwarded_grpc_metadata,
@@ -92,7 +92,7 @@ class GrpcProxy(grpc.GenericRpcHandler):
         refusal: Refused | None = self.admission.authorize_model(PROTOCOL, view.model, header)
         if refusal is not None:
             return REFUSAL_CODES[refusal[0]], refusal[1]
-        if view.model == PUBLIC_MODEL and view.problem is not None:  # the steps take no checks: only admins reach them
+        if view.model in PUBLIC_MODELS and view.problem is not None:  # the steps take no checks: only admins reach them
             self.admission.refuse(PROTOCOL, "malformed")
             return grpc.StatusCode.INVALID_ARGUMENT, view.problem
         if view.shared_memory:

@@ -21,11 +21,10 @@ from armorm.gateway.config import ConnectionLimits, GatewayConfig, ListenError, 
 from armorm.gateway.http_body import BodyError, check_infer_body
 from armorm.gateway.http_connections import ConnectionGuard, GuardedProtocol
 from armorm.gateway.reward_api import (
-    INFER_PATH,
     REWARD_PATH,
     REWARD_PATHS,
     SAMPLE_REWARD_PATH,
-    infer_body,
+    infer_request,
     parse_queries,
     parse_sample,
     read_answer,
@@ -34,7 +33,7 @@ from armorm.gateway.reward_api import (
     sample_response,
     upstream_error,
 )
-from armorm.gateway.routes import PUBLIC_MODEL, Api, api_of_http, model_of_http_infer, transient_failure
+from armorm.gateway.routes import PUBLIC_MODELS, Api, api_of_http, model_of_http_infer, transient_failure
 from armorm.gateway.stats import GatewayStats
 from armorm.gateway.upstream_pool import UpstreamPool
 
@@ -130,7 +129,7 @@ class HttpProxy:
         # caller that never asked (curl without --compressed) would get a gzip body.
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         if inference:
-            if model_of_http_infer(request.path) == PUBLIC_MODEL:  # the steps take no checks: only admins reach them
+            if model_of_http_infer(request.path) in PUBLIC_MODELS:  # the steps take no checks: only admins reach them
                 check = await off_loop_if_large(check_infer_body, body, request.headers.get(HEADER_LENGTH),
                                                 self.config.max_conversation_bytes)
                 if check.problem is not None:
@@ -200,8 +199,9 @@ class HttpProxy:
                     admission.release()
                 return error(REFUSAL_STATUS[refusal[0]], refusal[1])
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        calls = [admission.track(self.pool.request("POST", INFER_PATH, headers, infer_body(item)))
-                 for item in conversations]  # tracked at once (no await since the slots were taken), each frees its own
+        # Tracked at once (no await since the slots were taken), each frees its own.
+        calls = [admission.track(self.pool.request("POST", path, headers, body))
+                 for path, body in map(infer_request, conversations)]
         for call in calls:
             call.add_done_callback(lambda _: admission.release())
         try:

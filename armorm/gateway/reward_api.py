@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from armorm.gateway.http_body import BodyError
 from armorm.model.conversation import json_kind
-from armorm_client.contract import ENSEMBLE, GATING, MESSAGES, OBJECTIVES, REWARDS, SCORE, TEXT
+from armorm_client.contract import ENSEMBLE, GATING, MESSAGES, OBJECTIVES, REWARDS, SCORE, TEXT, TEXT_ENSEMBLE
 from armorm_client.rlhf import conversation
 
 REWARD_PATH = "/get_reward"
@@ -26,7 +26,8 @@ SAMPLE_REWARD_PATH = "/reward"
 REWARD_PATHS = (REWARD_PATH, SAMPLE_REWARD_PATH)
 # OpenRLHF ≤ 0.9 split a whole rollout batch across reward URLs: hundreds of queries per call are normal.
 MAX_QUERIES = 4096
-INFER_PATH = f"/v2/models/{ENSEMBLE.name}/infer"
+INFER_PATHS = {MESSAGES.name: f"/v2/models/{ENSEMBLE.name}/infer",
+               TEXT.name: f"/v2/models/{TEXT_ENSEMBLE.name}/infer"}
 _OUTPUTS = (SCORE.name, REWARDS.name, GATING.name)
 
 
@@ -71,15 +72,16 @@ def parse_sample(body: bytes) -> list[dict[str, str]] | str:
         raise BodyError(f"the sample is not a prompt and a response: {err}") from None
 
 
-def infer_body(item: list[dict[str, str]] | str) -> bytes:
-    """One conversation as a KServe v2 JSON request to the ensemble: templated text to its `text` input, messages
-    (as JSON) to its `messages` input."""
+def infer_request(item: list[dict[str, str]] | str) -> tuple[str, bytes]:
+    """One conversation as a KServe v2 JSON request (path, body): templated text to armorm_text, messages (as JSON)
+    to armorm."""
     if isinstance(item, list):
         tensor, data = MESSAGES.name, json.dumps(item, ensure_ascii=False)
     else:
         tensor, data = TEXT.name, item
-    return json.dumps({"inputs": [{"name": tensor, "shape": [1, 1], "datatype": "BYTES", "data": [data]}],
-                       "outputs": [{"name": name} for name in _OUTPUTS]}).encode()
+    return INFER_PATHS[tensor], json.dumps({"inputs": [{"name": tensor, "shape": [1, 1], "datatype": "BYTES",
+                                                        "data": [data]}],
+                                            "outputs": [{"name": name} for name in _OUTPUTS]}).encode()
 
 
 def sample_response(answer: dict[str, list[float]] | None, refused_reward: float | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from armorm_client.contract import ADMIN_HEADER, API_KEY_HEADER, ENSEMBLE, GRPC_HEADER_PREFIX
+from armorm_client.contract import ADMIN_HEADER, API_KEY_HEADER, ENSEMBLES, GRPC_HEADER_PREFIX
 
 
 class Api(enum.Enum):
@@ -35,7 +35,7 @@ class Api(enum.Enum):
 ADMIN_APIS = frozenset({Api.MODEL_REPOSITORY, Api.SHARED_MEMORY, Api.TRACE, Api.LOGGING})
 # Public inference reaches the ensemble only. Its steps are not an API: they trust what the tokenizer checked,
 # so only holders of the admin key may call them directly (debugging), unchecked.
-PUBLIC_MODEL = ENSEMBLE.name
+PUBLIC_MODELS = frozenset(spec.name for spec in ENSEMBLES)  # armorm (messages), armorm_text
 
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_STREAM_INFER = GRPC_SERVICE + "ModelStreamInfer"
@@ -134,14 +134,14 @@ class AccessPolicy:
         return None
 
     def check_model(self, model: str, header: Callable[[str], str | None]) -> str | None:
-        """Why this caller may not run inference on `model` (None: it may): PUBLIC_MODEL is open to every caller
+        """Why this caller may not run inference on `model` (None: it may): PUBLIC_MODELS are open to every caller
         that passed `check(Api.INFERENCE, ...)`, any other model only to holders of the admin key."""
-        if model == PUBLIC_MODEL:
+        if model in PUBLIC_MODELS:
             return None
         if self.admin_key is not None and self._require(self.admin_key, ADMIN_HEADER, Api.INFERENCE, header) is None:
             return None
-        return (f"model {model[:64]!r} is not served for inference here; send requests to {PUBLIC_MODEL!r} (the "
-                "other models are its internal steps)")
+        return (f"model {model[:64]!r} is not served for inference here; send requests to 'armorm' (messages) or "
+                "'armorm_text' (templated text): the other models are their internal steps")
 
     @staticmethod
     def _require(key: str, name: str, api: Api, header: Callable[[str], str | None]) -> Denial | None:
