@@ -34,6 +34,24 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_IN_FLIGHT = 64
 
 
+INVALID_SCORE_ENV = "ARMORM_INVALID_SCORE"
+
+
+def invalid_score() -> float | None:
+    """The reward a refused row gets where the trainer cannot leave a row out (verl, slime): ARMORM_INVALID_SCORE,
+    or None (unset: a refused row raises)."""
+    raw = os.environ.get(INVALID_SCORE_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{INVALID_SCORE_ENV}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{INVALID_SCORE_ENV}={raw!r} must be a finite number (a trainer would train on it)")
+    return value
+
+
 class MissingPromptError(ValueError):
     """A row came without the prompt ArmoRM needs (it scores the prompt and the response together)."""
 

@@ -11,32 +11,21 @@ sets the reward such samples get; nothing else invents a reward.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from armorm_client.client import ArmoRMError, InvalidConversationError
 from armorm_client.result import ArmoRMScore
-from armorm_client.rlhf import Settings, conversation, shared_async_client
+from armorm_client.rlhf import INVALID_SCORE_ENV, Settings, conversation, invalid_score, shared_async_client
 
-INVALID_SCORE_ENV = "ARMORM_INVALID_SCORE"
-
-
-def _invalid_score() -> float | None:
-    raw = os.environ.get(INVALID_SCORE_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{INVALID_SCORE_ENV}={raw!r} is not a number") from None
+__all__ = ["INVALID_SCORE_ENV", "reward"]
 
 
-def _reward(value: ArmoRMScore | ArmoRMError, invalid_score: float | None) -> float:
+def _reward(value: ArmoRMScore | ArmoRMError, refused_score: float | None) -> float:
     if isinstance(value, ArmoRMScore):
         return float(value.score)
-    if isinstance(value, InvalidConversationError) and invalid_score is not None:
-        return invalid_score
+    if isinstance(value, InvalidConversationError) and refused_score is not None:
+        return refused_score
     raise value
 
 
@@ -47,6 +36,6 @@ async def reward(args: Any, sample: Any, **kwargs: Any) -> float | list[float]:
     settings = Settings.from_env()
     results = await shared_async_client(settings).score_batch(conversations, max_in_flight=settings.max_in_flight,
                                                               return_exceptions=True)
-    invalid_score = _invalid_score()
-    rewards = [_reward(value, invalid_score) for value in results]
+    refused_score = invalid_score()
+    rewards = [_reward(value, refused_score) for value in results]
     return rewards if isinstance(sample, (list, tuple)) else rewards[0]

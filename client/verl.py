@@ -17,28 +17,25 @@ rows get (then the objectives are NaN and "refused" is 1.0 in every row's dict, 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from armorm_client.client import ArmoRMError, InvalidConversationError, TemplatedText
 from armorm_client.contract import OBJECTIVES
 from armorm_client.result import ArmoRMScore
-from armorm_client.rlhf import MissingPromptError, Settings, conversation, shared_async_client, shared_client
+from armorm_client.rlhf import (
+    INVALID_SCORE_ENV,
+    MissingPromptError,
+    Settings,
+    conversation,
+    invalid_score,
+    shared_async_client,
+    shared_client,
+)
 
+__all__ = ["INVALID_SCORE_ENV", "compute_score", "compute_score_async", "compute_score_batch"]
 PROMPT_KEY = "prompt"
-INVALID_SCORE_ENV = "ARMORM_INVALID_SCORE"
 REFUSED_KEY = "refused"
-
-def _invalid_score() -> float | None:
-    raw = os.environ.get(INVALID_SCORE_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{INVALID_SCORE_ENV}={raw!r} is not a number") from None
-
 
 def _prompt_of(extra_info: Any, index: int | None = None) -> Any:
     where = "" if index is None else f" (row {index})"
@@ -78,12 +75,12 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
     the response against the prompt. Extra keyword arguments verl may pass (reward_router_address, ...) are
     ignored."""
     messages = _conversation(solution_str, extra_info)
-    invalid_score = _invalid_score()
+    refused_score = invalid_score()
     try:
         value: ArmoRMScore | ArmoRMError = shared_client(Settings.from_env()).score(messages)
     except InvalidConversationError as err:
         value = err
-    return _row(value, invalid_score)
+    return _row(value, refused_score)
 
 
 def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str], ground_truths: Sequence[Any],
@@ -93,20 +90,20 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
     if len(solution_strs) != len(extra_infos):
         raise ValueError(f"{len(solution_strs)} responses but {len(extra_infos)} extra_infos")
     conversations = [_conversation(s, e, i) for i, (s, e) in enumerate(zip(solution_strs, extra_infos))]
-    invalid_score = _invalid_score()
+    refused_score = invalid_score()
     settings = Settings.from_env()
     results = shared_client(settings).score_batch(conversations, max_in_flight=settings.max_in_flight,
                                             return_exceptions=True)
-    return [_row(value, invalid_score) for value in results]
+    return [_row(value, refused_score) for value in results]
 
 
 async def compute_score_async(data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None,
                               **kwargs: Any) -> dict[str, float]:
     """compute_score for verl's asynchronous reward loop (it awaits `async def` functions, many at once)."""
     messages = _conversation(solution_str, extra_info)
-    invalid_score = _invalid_score()
+    refused_score = invalid_score()
     try:
         value: ArmoRMScore | ArmoRMError = await shared_async_client(Settings.from_env()).score(messages)
     except InvalidConversationError as err:
         value = err
-    return _row(value, invalid_score)
+    return _row(value, refused_score)

@@ -26,6 +26,7 @@ from armorm_client import (
     InvalidConversationError,
     RetryPolicy,
     ServerUnavailableError,
+    contract,
 )
 from armorm_client.result import ArmoRMScore
 from tests.conversations import varied_conversations
@@ -57,8 +58,8 @@ def small_queue_server(exported_repository, tmp_path_factory):
             config.parameters["max_messages"].string_value = "4"
             config.parameters["max_bytes"].string_value = "4096"
             config.parameters["reject_special_tokens"].string_value = "true"
-        if name in ("armorm", "armorm_backbone"):
-            config.max_batch_size = 2
+        if name in (contract.BACKBONE.name, *(spec.name for spec in contract.ENSEMBLES)):
+            config.max_batch_size = 2  # an ensemble may not batch more than its steps
 
     directory = tmp_path_factory.mktemp("small-queue")
     repository = derive(exported_repository, directory / "repository", edit)
