@@ -27,7 +27,7 @@ def conversation(poisoned: bool) -> np.ndarray:
 @pytest.mark.parametrize(("batch", "culprits"), [(64, (37,)), (64, (0,)), (64, (63,)), (7, (3,)), (16, (2, 13))])
 def test_a_failed_backbone_batch_is_bisected(exported_repository, monkeypatch, batch, culprits):
     model = fake_pb.load_model(exported_repository, "armorm_backbone", monkeypatch)
-    run = model.runtime.run
+    run = model.step.runtime.run
     forwards: list[int] = []
 
     def fragile(input_ids, gate_positions, reward_positions):
@@ -36,7 +36,7 @@ def test_a_failed_backbone_batch_is_bisected(exported_repository, monkeypatch, b
             raise RuntimeError("a kernel failed on this conversation")
         return run(input_ids, gate_positions, reward_positions)
 
-    monkeypatch.setattr(model.runtime, "run", fragile)
+    monkeypatch.setattr(model.step.runtime, "run", fragile)
     alone = model.execute([fake_pb.request(input_ids=conversation(False), **POSITIONS)])[0].output("reward_hidden")
     forwards.clear()
 
@@ -91,7 +91,7 @@ def test_a_broken_device_context_answers_unavailable_and_restarts_the_process(ex
         def start(self):
             pass
 
-    monkeypatch.setattr(model.runtime, "run", broken)
+    monkeypatch.setattr(model.step.runtime, "run", broken)
     monkeypatch.setattr(threading, "Timer", RecordedTimer)
     responses = model.execute([fake_pb.request(input_ids=conversation(False), **POSITIONS) for _ in range(8)])
     assert calls == [8], "no bisection of a broken context"
@@ -108,7 +108,7 @@ def test_out_of_memory_frees_the_cache_and_bisects(exported_repository, monkeypa
     import torch
 
     model = fake_pb.load_model(exported_repository, "armorm_backbone", monkeypatch)
-    run = model.runtime.run
+    run = model.step.runtime.run
     freed: list[int] = []
 
     def tight(input_ids, gate_positions, reward_positions):
@@ -116,12 +116,12 @@ def test_out_of_memory_frees_the_cache_and_bisects(exported_repository, monkeypa
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return run(input_ids, gate_positions, reward_positions)
 
-    monkeypatch.setattr(model.runtime, "run", tight)
-    monkeypatch.setattr(model.runtime, "free_memory", lambda: freed.append(1))
+    monkeypatch.setattr(model.step.runtime, "run", tight)
+    monkeypatch.setattr(model.step.runtime, "free_memory", lambda: freed.append(1))
     responses = model.execute([fake_pb.request(input_ids=conversation(False), **POSITIONS) for _ in range(8)])
     assert not any(r.has_error() for r in responses), "halves small enough to fit are answered"
     assert len(freed) == 3, "the cache is freed after each out-of-memory batch (8, then 4 and 4)"
-    assert not model.broken
+    assert not model.step.broken
 
 
 def test_device_failures_are_told_apart():

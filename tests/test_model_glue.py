@@ -71,11 +71,11 @@ def test_backbone_model_rejects_out_of_range_ids_alone(exported_repository, monk
     assert not responses[0].has_error() and responses[0].output("reward_hidden").shape == (1, 64)
     assert "input_ids must lie in [0, 128257)" in responses[1].error().message()
     assert "must lie in [0, 13)" in responses[2].error().message()
-    long = np.full((1, model.max_tokens + 1), 13347)
+    long = np.full((1, model.step.max_tokens + 1), 13347)
     long[0, : good.shape[1]] = good[0]
     (refused,) = model.execute([fake_pb.request(input_ids=long, gate_position=np.array([[6]]),
-                                                reward_position=np.array([[model.max_tokens]]))])
-    assert f"takes at most {model.max_tokens} tokens" in refused.error().message()
+                                                reward_position=np.array([[model.step.max_tokens]]))])
+    assert f"takes at most {model.step.max_tokens} tokens" in refused.error().message()
 
 
 def test_a_request_that_breaks_the_batched_tokenizer_fails_alone(exported_repository, monkeypatch):
