@@ -86,6 +86,8 @@ def test_template_trims_content_and_keeps_special_text_as_the_original_does(toke
          r"messages\[0\].content holds a lone UTF-16 surrogate \(\\ud800 at character 3\)"),
         (b'[{"role": "user", "content": "x"}, {"role": "assistant\\udfff", "content": "y"}]',
          r"messages\[1\].role holds a lone UTF-16 surrogate"),
+        (b'[{"role": "user", "content": "x", "c\u006fntent": "z"}, {"role": "assistant", "content": "y"}]',
+         "gives the key 'content' twice"),
         (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
         (b'[{"role": "user", "content": "x", "deep": ' + b"[" * 5000 + b"]" * 5000 + b'}]', "nested too deeply"),
     ],

@@ -254,3 +254,54 @@ def test_a_conversation_over_the_tokenizers_byte_limit_is_refused_in_every_encod
             assert got is None if problem is None else problem in got, (text[:3], raw, got)
     assert infer_body_error(body([{**MESSAGES, "data": ["x" * (1 << 20)]}]), None) is None  # the default: 1 MiB
     assert "the limit is 1048576" in infer_body_error(body([{**MESSAGES, "data": ["x" * ((1 << 20) + 1)]}]), None)
+
+
+@pytest.mark.parametrize(("raw", "flaw", "fragment"), [
+    (b'{"a": 1, "a": 2}', "duplicate_key", "'a' appears twice"),
+    (b'{"a": [{"b": 1, "\\u0062": 2}]}', "duplicate_key", "'b' appears twice"),  # unescaped before compared
+    (b'\xef\xbb\xbf{}', "ambiguous", "byte order mark"),
+    ('{"a": 1}'.encode("utf-16-le"), "malformed", "not valid JSON"),  # no UTF-16 detection
+    (b'{"a": "\xff"}', "ambiguous", "not valid UTF-8"),
+    (b'{"a": "\xed\xa0\x80"}', "ambiguous", "not valid UTF-8"),  # an encoded surrogate
+    (b'{"a": "\\ud800"}', "ambiguous", "lone surrogate (\\ud800)"),
+    (b'{"\\udc00": 1}', "ambiguous", "lone surrogate (\\udc00)"),
+    (b'{"a": NaN}', "ambiguous", "NaN is not JSON"),
+    (b'{"a": -Infinity}', "ambiguous", "-Infinity is not JSON"),
+    (b'{"a": -0}', "ambiguous", "negative zero"),
+    (b'{"a": 18446744073709551616}', "ambiguous", "out of"),
+    (b'{"a": -9223372036854775809}', "ambiguous", "out of"),
+    (b'{"a": 1' + b"0" * 5000 + b"}", "ambiguous", "out of range"),
+    (b'{"a": 1e309}', "ambiguous", "overflows a double"),
+])
+def test_json_that_two_parsers_could_read_differently_is_refused(raw, flaw, fragment):
+    from armorm.gateway.strict_json import BodyError, read_json
+
+    with pytest.raises(BodyError) as refused:
+        read_json(raw)
+    assert refused.value.flaw.value == flaw and fragment in str(refused.value), str(refused.value)
+
+
+def test_json_that_every_parser_reads_alike_is_read():
+    from armorm.gateway.strict_json import read_json
+
+    assert read_json(b'{"a": "\\ud83e\\udd9a", "b": "\\\\ud800", "c": -0.0, "d": [18446744073709551615, '
+                     b'-9223372036854775808], "e": 1e308}') == {
+        "a": "🦚", "b": "\\ud800", "c": -0.0, "d": [18446744073709551615, -9223372036854775808], "e": 1e308}
+    assert read_json('{"k": "é", "\\u0073": 1}'.encode()) == {"k": "é", "s": 1}
+
+
+def test_every_refusal_names_its_cause():
+    from armorm.gateway.http_body import check_infer_body
+
+    over = check_infer_body(body([{**MESSAGES, "data": ["x" * 101]}]), None, 100)
+    assert over.flaw.value == "too_large" and "101 bytes" in over.problem
+    assert check_infer_body(body([{**MESSAGES, "data": [1]}]), None).flaw.value == "malformed"
+    shared = body([{**MESSAGES, "parameters": {"shared_memory_region": "r"}}]).replace(b"region", b"regio\\u006e")
+    assert check_infer_body(shared, None).shared_memory, "an escaped key is the same key"
+    request = service_pb2.ModelInferRequest(model_name="armorm")
+    request.inputs.add(name="messages", datatype="BYTES", shape=[1, 1]).contents.bytes_contents.append(b"x" * 101)
+    view = inspect_infer_request(request.SerializeToString(), 100)
+    assert view.problem.flaw.value == "too_large" and view.ambiguity is None
+    twice = request.SerializeToString() + service_pb2.ModelInferRequest(parameters={
+        "p": service_pb2.InferParameter(bool_param=True)}).SerializeToString() * 2
+    assert inspect_infer_request(twice).ambiguity.flaw.value == "duplicate_key"

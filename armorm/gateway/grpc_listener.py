@@ -30,6 +30,7 @@ from armorm.gateway.routes import (
     forwarded_grpc_metadata,
     transient_failure,
 )
+from armorm.gateway.strict_json import Flaw
 
 PROTOCOL = "grpc"
 REFUSAL_CODES = {
@@ -85,16 +86,17 @@ class GrpcProxy(grpc.GenericRpcHandler):
         """Why one inference message must not reach Triton: not a request, a model other than the ensemble
         without the admin key, or a request the ensemble must not batch with others."""
         view = await off_loop_if_large(inspect_infer_request, message, self.max_conversation_bytes)
-        if view.model is None:
-            self.admission.refuse(PROTOCOL, "malformed")
-            return grpc.StatusCode.INVALID_ARGUMENT, view.problem or ""
+        if view.model is None or view.ambiguity is not None:  # the model it names is then no answer to trust
+            finding = view.problem if view.model is None else view.ambiguity
+            self.admission.refuse(PROTOCOL, finding.flaw.value if finding else Flaw.MALFORMED.value)
+            return grpc.StatusCode.INVALID_ARGUMENT, str(finding or "")
         header = dict(context.invocation_metadata() or ()).get
         refusal: Refused | None = self.admission.authorize_model(PROTOCOL, view.model, header)
         if refusal is not None:
             return REFUSAL_CODES[refusal[0]], refusal[1]
         if view.model in PUBLIC_MODELS and view.problem is not None:  # the steps take no checks: only admins reach them
-            self.admission.refuse(PROTOCOL, "malformed")
-            return grpc.StatusCode.INVALID_ARGUMENT, view.problem
+            self.admission.refuse(PROTOCOL, view.problem.flaw.value)
+            return grpc.StatusCode.INVALID_ARGUMENT, str(view.problem)
         if view.shared_memory:
             refusal = self.admission.authorize_shared_memory(PROTOCOL, header)
             if refusal is not None:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from armorm.gateway.admission import RETRY_AFTER_S, Admission, Held, Refusal, charge, off_loop_if_large
 from armorm.gateway.config import ConnectionLimits, GatewayConfig, ListenError, LoadedTls
-from armorm.gateway.http_body import BodyError, check_infer_body
+from armorm.gateway.http_body import BodyError, Flaw, check_infer_body, header_length_of
 from armorm.gateway.http_connections import ConnectionGuard, GuardedProtocol
 from armorm.gateway.reward_api import (
     REWARD_PATH,
@@ -31,6 +31,7 @@ from armorm.gateway.reward_api import (
     refused_reward_of,
     reward_response,
     sample_response,
+    size_error,
     upstream_error,
 )
 from armorm.gateway.routes import PUBLIC_MODELS, Api, api_of_http, model_of_http_infer, transient_failure
@@ -115,25 +116,29 @@ class HttpProxy:
             request.protocol.force_close()
             return answer
         except BodyError as err:
-            admission.refuse(PROTOCOL, "too_large" if err.status == 413 else "malformed")
+            admission.refuse(PROTOCOL, Flaw.TOO_LARGE.value if err.status == 413 else err.flaw.value)
             return error(err.status, str(err))
         if request.path == REWARD_PATH:
             return await self.rewards(body, request.query_string)
         if request.path == SAMPLE_REWARD_PATH:
             return await self.sample_reward(body, request.query_string)
-        headers = {"Content-Type": "application/octet-stream" if request.headers.get(HEADER_LENGTH)
-                   else "application/json"}
-        if HEADER_LENGTH in request.headers:
-            headers[HEADER_LENGTH] = request.headers[HEADER_LENGTH]
+        header_length = request.headers.get(HEADER_LENGTH)
+        if len(request.headers.getall(HEADER_LENGTH, ())) > 1:
+            admission.refuse(PROTOCOL, Flaw.DUPLICATE_KEY.value)
+            return error(400, f"{HEADER_LENGTH} is given more than once; give it once")
+        headers = {"Content-Type": "application/octet-stream" if header_length else "application/json"}
+        if header_length is not None:  # as the check read it: Triton must split the body where the check did
+            length = header_length_of(header_length)
+            headers[HEADER_LENGTH] = header_length if length is None else str(length)
         # The caller's own choice, or none: the HTTP client here would otherwise offer gzip on its behalf, and a
         # caller that never asked (curl without --compressed) would get a gzip body.
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         if inference:
             if model_of_http_infer(request.path) in PUBLIC_MODELS:  # the steps take no checks: only admins reach them
-                check = await off_loop_if_large(check_infer_body, body, request.headers.get(HEADER_LENGTH),
+                check = await off_loop_if_large(check_infer_body, body, header_length,
                                                 self.config.max_conversation_bytes)
                 if check.problem is not None:
-                    admission.refuse(PROTOCOL, "malformed")
+                    admission.refuse(PROTOCOL, check.flaw.value)
                     return error(400, check.problem)
                 refusal = admission.authorize_shared_memory(PROTOCOL, request.headers.get) if check.shared_memory \
                     else None
@@ -161,7 +166,7 @@ class HttpProxy:
             queries = await off_loop_if_large(parse_queries, body)
             refused_reward = refused_reward_of(query_string, self.config.refused_reward)
         except BodyError as err:
-            self.admission.refuse(PROTOCOL, "malformed")
+            self.admission.refuse(PROTOCOL, err.flaw.value)
             return error(err.status, str(err))
         if not queries:  # a trainer splitting a small batch over several URLs sends some of them nothing
             return web.json_response(reward_response([], refused_reward))
@@ -176,7 +181,7 @@ class HttpProxy:
             sample = await off_loop_if_large(parse_sample, body)
             refused_reward = refused_reward_of(query_string, self.config.refused_reward)
         except BodyError as err:
-            self.admission.refuse(PROTOCOL, "malformed")
+            self.admission.refuse(PROTOCOL, err.flaw.value)
             return error(err.status, str(err))
         answers = await self.score_all([sample], refused_reward)
         if isinstance(answers, web.Response):
@@ -188,11 +193,20 @@ class HttpProxy:
         (None for a refused one where refused_reward is set), or the error response that ends the call."""
         admission = self.admission
         if len(conversations) > admission.max_in_flight:
-            admission.refuse(PROTOCOL, "malformed")
+            admission.refuse(PROTOCOL, Flaw.TOO_LARGE.value)
             return error(400, f'"query" holds {len(conversations)} texts; this server takes at most '
                               f"{admission.max_in_flight} in flight: split the call")
+        # The KServe routes' size check, before Triton: an oversized conversation fails the call (or, opted in,
+        # gets the refused reward) without being sent.
+        oversized = [size_error(item, self.config.max_conversation_bytes) for item in conversations]
+        for index, problem in enumerate(oversized):
+            if problem is not None and refused_reward is None:
+                admission.refuse(PROTOCOL, problem.flaw.value)
+                where = f"query[{index}] of {len(conversations)}" if len(conversations) > 1 else "the conversation"
+                return error(400, f"{where} {problem}")
+        sent = [index for index, problem in enumerate(oversized) if problem is None]
         # One in-flight slot per query, as if each were its own call: the limit and the drain count them all.
-        for taken in range(len(conversations)):
+        for taken in range(len(sent)):
             refusal = admission.admit_inference(PROTOCOL)
             if refusal is not None:
                 for _ in range(taken):
@@ -200,8 +214,8 @@ class HttpProxy:
                 return error(REFUSAL_STATUS[refusal[0]], refusal[1])
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         # Tracked at once (no await since the slots were taken), each frees its own.
-        calls = [admission.track(self.pool.request("POST", path, headers, body))
-                 for path, body in map(infer_request, conversations)]
+        requests = [infer_request(conversations[index]) for index in sent]
+        calls = [admission.track(self.pool.request("POST", path, headers, body)) for path, body in requests]
         for call in calls:
             call.add_done_callback(lambda _: admission.release())
         try:
@@ -209,16 +223,15 @@ class HttpProxy:
         except aiohttp.ClientError:
             admission.stats.upstream_unavailable += 1
             return error(503, "the model server is not reachable (starting or restarting); retry with backoff")
-        answers = []
-        for index, (status, _, answer) in enumerate(results):
+        answers: list = [None] * len(conversations)
+        for index, (status, _, answer) in zip(sent, results):
             if status == 400 and refused_reward is not None:
-                answers.append(None)
                 continue
             if status != 200:
                 if status in (404, 500) and transient_failure(answer.decode("utf-8", "replace")):
                     status = 503
                 return error(status, upstream_error(index, len(conversations), answer))
-            answers.append(read_answer(answer))
+            answers[index] = read_answer(answer)
         return answers
 
     async def read_body(self, request: web.Request, api: Api, held: Held) -> bytearray:

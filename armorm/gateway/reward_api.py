@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
-from armorm.gateway.http_body import BodyError
+from armorm.gateway.http_body import DEFAULT_MAX_CONVERSATION_BYTES, Finding, utf8_size
+from armorm.gateway.strict_json import BodyError, Flaw, read_json
 from armorm.model.conversation import json_kind
 from armorm_client.contract import ENSEMBLE, GATING, MESSAGES, OBJECTIVES, REWARDS, SCORE, TEXT, TEXT_ENSEMBLE
 from armorm_client.rlhf import conversation
@@ -29,15 +30,13 @@ MAX_QUERIES = 4096
 INFER_PATHS = {MESSAGES.name: f"/v2/models/{ENSEMBLE.name}/infer",
                TEXT.name: f"/v2/models/{TEXT_ENSEMBLE.name}/infer"}
 _OUTPUTS = (SCORE.name, REWARDS.name, GATING.name)
+Conversation = list[dict[str, str]] | str  # messages, or templated text
 
 
 def parse_queries(body: bytes) -> list[str]:
     """The `query` list of an OpenRLHF reward request (`prompts` and `labels` are accepted and unused: the
     query already holds the prompt)."""
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise BodyError('the body must be JSON like {"query": ["<|begin_of_text|>...", ...]}') from None
+    document = read_json(body, "the body", '{"query": ["<|begin_of_text|>...", ...]}')
     if not isinstance(document, dict):
         raise BodyError(f'the body must be a JSON object with a "query" list, got a JSON {json_kind(document)}')
     queries = document.get("query")
@@ -53,13 +52,10 @@ def parse_queries(body: bytes) -> list[str]:
     return queries
 
 
-def parse_sample(body: bytes) -> list[dict[str, str]] | str:
+def parse_sample(body: bytes) -> Conversation:
     """slime's sample → the conversation to score: messages (a prompt of messages, or of plain text as one user
     turn) or templated text (a prompt already rendered by a chat template); see armorm_client.rlhf.conversation."""
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise BodyError('the body must be JSON like {"prompt": "...", "response": "..."}') from None
+    document = read_json(body, "the body", '{"prompt": "...", "response": "..."}')
     if not isinstance(document, dict):
         raise BodyError(f'the body must be a JSON object with "prompt" and "response", got a JSON '
                         f"{json_kind(document)}")
@@ -72,13 +68,27 @@ def parse_sample(body: bytes) -> list[dict[str, str]] | str:
         raise BodyError(f"the sample is not a prompt and a response: {err}") from None
 
 
-def infer_request(item: list[dict[str, str]] | str) -> tuple[str, bytes]:
+def tensor_data(item: Conversation) -> tuple[str, str]:
+    """The input tensor a conversation goes to and its one string: messages (as JSON) or templated text."""
+    if isinstance(item, list):
+        return MESSAGES.name, json.dumps(item, ensure_ascii=False)
+    return TEXT.name, item
+
+
+def size_error(item: Conversation, limit: int = DEFAULT_MAX_CONVERSATION_BYTES) -> Finding | None:
+    """The KServe routes' size check, applied to the one string this conversation becomes."""
+    _, data = tensor_data(item)
+    size = utf8_size(data, limit)
+    if size <= limit:
+        return None
+    return Finding(f"is {size} bytes as sent to the model; the limit is {limit} bytes for one conversation "
+                   "(the tokenizer's max_bytes)", Flaw.TOO_LARGE)
+
+
+def infer_request(item: Conversation) -> tuple[str, bytes]:
     """One conversation as a KServe v2 JSON request (path, body): templated text to armorm_text, messages (as JSON)
     to armorm."""
-    if isinstance(item, list):
-        tensor, data = MESSAGES.name, json.dumps(item, ensure_ascii=False)
-    else:
-        tensor, data = TEXT.name, item
+    tensor, data = tensor_data(item)
     return INFER_PATHS[tensor], json.dumps({"inputs": [{"name": tensor, "shape": [1, 1], "datatype": "BYTES",
                                                         "data": [data]}],
                                             "outputs": [{"name": name} for name in _OUTPUTS]}).encode()

@@ -80,7 +80,7 @@ def parse_messages(raw: bytes | str, limits: InputLimits = InputLimits()) -> lis
     except UnicodeDecodeError as err:
         raise ConversationError(f"messages is not valid UTF-8 (bad byte at offset {err.start})", "encoding") from None
     try:
-        messages = json.loads(text)
+        messages = json.loads(text, object_pairs_hook=_distinct_keys)
     except RecursionError:
         raise ConversationError(
             "messages is nested too deeply to be a conversation; send a flat JSON list of {\"role\", \"content\"} "
@@ -92,6 +92,16 @@ def parse_messages(raw: bytes | str, limits: InputLimits = InputLimits()) -> lis
             "json",
         ) from None
     return validate_messages(messages, limits)
+
+
+def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One reading: a key given twice is the last to Python, the first to other parsers (rapidjson)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        repeated = next(key for index, (key, _) in enumerate(pairs) if key in dict(pairs[:index]))
+        raise ConversationError(f"messages gives the key {repeated[:40]!r} twice in one object; give each key once",
+                                "json")
+    return document
 
 
 def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> list[dict[str, str]]:
