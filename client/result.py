@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from armorm_client.contract import ENSEMBLE, OBJECTIVES
+from armorm_client.steering import ObjectiveWeights
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class ArmoRMScore:
 
     def coefficients_by_objective(self) -> dict[str, float]:
         return dict(zip(OBJECTIVES, map(float, self.coefficients)))
+
+    def steered(self, weights: ObjectiveWeights) -> float:
+        """The caller's own mix of the objectives, Σ wᵢ·rewardᵢ (armorm_client.steering), beside `score`."""
+        return weights.score(self.rewards)
 
     def top_objectives(self, k: int = 3) -> list[tuple[str, float]]:
         """The k objectives with the largest |coefficient| (what the model card prints)."""

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from armorm_client.client import ArmoRMClient, AsyncArmoRMClient, TemplatedText
+from armorm_client.result import ArmoRMScore
 from armorm_client.retry import RetryPolicy
+from armorm_client.steering import OBJECTIVE_WEIGHTS_ENV, ObjectiveWeights
 
 URL_ENV = "ARMORM_URL"
 API_KEY_ENV = "ARMORM_API_KEY"  # the name armorm-score reads too
@@ -52,6 +54,21 @@ def invalid_score() -> float | None:
     return value
 
 
+def objective_weights_from(env: Mapping[str, str]) -> ObjectiveWeights | None:
+    raw = env.get(OBJECTIVE_WEIGHTS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return ObjectiveWeights.parse(raw)
+    except ValueError as err:
+        raise ValueError(f"{OBJECTIVE_WEIGHTS_ENV}: {err}") from None
+
+
+def reward_of(score: ArmoRMScore, settings: Settings) -> float:
+    """What a trainer trains on: the gated score, or the caller's steered one where objective weights are set."""
+    return score.steered(settings.objective_weights) if settings.objective_weights else float(score.score)
+
+
 class MissingPromptError(ValueError):
     """A row came without the prompt ArmoRM needs (it scores the prompt and the response together)."""
 
@@ -67,6 +84,8 @@ class Settings:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # requests of one batch in flight at once
     ssl: bool = False
     root_certificates: str | None = None  # a PEM file; None: the system's roots
+    # The caller's weights over the objectives: the reward is then Σ wᵢ·rewardᵢ, the gated score logged beside it.
+    objective_weights: ObjectiveWeights | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,7 +112,8 @@ class Settings:
                    max_attempts=number(MAX_ATTEMPTS_ENV, int, DEFAULT_MAX_ATTEMPTS, 1),
                    max_in_flight=number(MAX_IN_FLIGHT_ENV, int, DEFAULT_MAX_IN_FLIGHT, 1),
                    ssl=ssl in ("1", "true"),
-                   root_certificates=env.get(ROOT_CERTIFICATES_ENV) or None)
+                   root_certificates=env.get(ROOT_CERTIFICATES_ENV) or None,
+                   objective_weights=objective_weights_from(env))
 
     def retry(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts)

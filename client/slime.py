@@ -4,7 +4,8 @@ per sample, or `reward(args, samples)` for a batch), or, without this package on
 
 A sample's `prompt` is what slime holds: text already rendered by the chat template (its default with
 apply_chat_template), plain text (one user turn) or a list of messages; `response` is the generated text. The
-reward is ArmoRM's score. Settings come from the environment (armorm_client.rlhf: ARMORM_URL, ARMORM_API_KEY,
+reward is ArmoRM's score (or, with ARMORM_OBJECTIVE_WEIGHTS, the steered Σ wᵢ·rewardᵢ). Settings come from
+the environment (armorm_client.rlhf: ARMORM_URL, ARMORM_API_KEY,
 ARMORM_TIMEOUT_S, ...). A sample the server refuses raises InvalidConversationError, unless ARMORM_INVALID_SCORE
 sets the reward such samples get; nothing else invents a reward.
 """
@@ -16,14 +17,21 @@ from typing import Any
 
 from armorm_client.client import ArmoRMError, InvalidConversationError
 from armorm_client.result import ArmoRMScore
-from armorm_client.rlhf import INVALID_SCORE_ENV, Settings, conversation, invalid_score, shared_async_client
+from armorm_client.rlhf import (
+    INVALID_SCORE_ENV,
+    Settings,
+    conversation,
+    invalid_score,
+    reward_of,
+    shared_async_client,
+)
 
 __all__ = ["INVALID_SCORE_ENV", "reward"]
 
 
-def _reward(value: ArmoRMScore | ArmoRMError, refused_score: float | None) -> float:
+def _reward(value: ArmoRMScore | ArmoRMError, refused_score: float | None, settings: Settings) -> float:
     if isinstance(value, ArmoRMScore):
-        return float(value.score)
+        return reward_of(value, settings)
     if isinstance(value, InvalidConversationError) and refused_score is not None:
         return refused_score
     raise value
@@ -37,5 +45,5 @@ async def reward(args: Any, sample: Any, **kwargs: Any) -> float | list[float]:
     results = await shared_async_client(settings).score_batch(conversations, max_in_flight=settings.max_in_flight,
                                                               return_exceptions=True)
     refused_score = invalid_score()
-    rewards = [_reward(value, refused_score) for value in results]
+    rewards = [_reward(value, refused_score, settings) for value in results]
     return rewards if isinstance(sample, (list, tuple)) else rewards[0]

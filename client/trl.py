@@ -20,7 +20,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +29,8 @@ import numpy as np
 from armorm_client.client import ArmoRMClient, ArmoRMError, AsyncArmoRMClient, InvalidConversationError
 from armorm_client.contract import OBJECTIVES
 from armorm_client.result import ArmoRMScore
-from armorm_client.rlhf import Settings, conversation
+from armorm_client.rlhf import Settings, conversation, reward_of
+from armorm_client.steering import ObjectiveWeights
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,12 @@ class _RewardBase:
     """The settings, the name TRL logs the reward under, and turning a batch's answers into rewards."""
 
     def __init__(self, url: str | None = None, *, api_key: str | None = None, timeout_s: float | None = None,
-                 max_attempts: int | None = None, max_in_flight: int | None = None, name: str = "armorm") -> None:
+                 max_attempts: int | None = None, max_in_flight: int | None = None, name: str = "armorm",
+                 objective_weights: Mapping[str, float] | ObjectiveWeights | None = None) -> None:
+        if objective_weights is not None and not isinstance(objective_weights, ObjectiveWeights):
+            objective_weights = ObjectiveWeights.of(objective_weights)
         given = {"url": url, "api_key": api_key, "timeout_s": timeout_s, "max_attempts": max_attempts,
-                 "max_in_flight": max_in_flight}
+                 "max_in_flight": max_in_flight, "objective_weights": objective_weights}
         self.settings = replace(Settings.from_env(), **{k: v for k, v in given.items() if v is not None})
         self.__name__ = name  # TRL names the reward's metrics and columns by it
         self._disconnected()
@@ -84,8 +88,10 @@ class _RewardBase:
                 means = np.mean([r.rewards for r in scored], axis=0)
                 for objective, mean in zip(OBJECTIVES, means):
                     log_metric(f"{self.__name__}/{objective}", float(mean))
+                if self.settings.objective_weights is not None:  # the reward is steered: the gated score beside it
+                    log_metric(f"{self.__name__}/armorm_score", float(np.mean([r.score for r in scored])))
             log_metric(f"{self.__name__}/refused", float(len(refused)))
-        return [float(r.score) if isinstance(r, ArmoRMScore) else None for r in results]
+        return [reward_of(r, self.settings) if isinstance(r, ArmoRMScore) else None for r in results]
 
 
 class ArmoRMReward(_RewardBase):

@@ -9,7 +9,9 @@ MissingPromptError saying what to add; no reward is made up.
 
 Returns {"score": ArmoRM's score, <objective>: its reward, ...} (verl logs the extra keys). Configured by the
 environment (armorm_client.rlhf): ARMORM_URL, ARMORM_API_KEY, ARMORM_TIMEOUT_S, ARMORM_MAX_ATTEMPTS,
-ARMORM_MAX_IN_FLIGHT, ARMORM_SSL, ARMORM_ROOT_CERTIFICATES. A row the server refuses (INVALID_ARGUMENT: over
+ARMORM_MAX_IN_FLIGHT, ARMORM_SSL, ARMORM_ROOT_CERTIFICATES; with ARMORM_OBJECTIVE_WEIGHTS
+(`helpsteer-helpfulness=0.97,helpsteer-verbosity=-0.26`) "score" is the steered Σ wᵢ·rewardᵢ and
+"armorm_score" the gated score. A row the server refuses (INVALID_ARGUMENT: over
 the token limit, a bad role) raises InvalidConversationError, unless ARMORM_INVALID_SCORE sets the score such
 rows get (then the objectives are NaN and "refused" is 1.0 in every row's dict, 0.0 for scored rows).
 """
@@ -29,6 +31,7 @@ from armorm_client.rlhf import (
     Settings,
     conversation,
     invalid_score,
+    reward_of,
     shared_async_client,
     shared_client,
 )
@@ -36,6 +39,7 @@ from armorm_client.rlhf import (
 __all__ = ["INVALID_SCORE_ENV", "compute_score", "compute_score_async", "compute_score_batch"]
 PROMPT_KEY = "prompt"
 REFUSED_KEY = "refused"
+GATED_KEY = "armorm_score"  # ArmoRM's own (gated) score, beside a steered "score" (ARMORM_OBJECTIVE_WEIGHTS)
 
 def _prompt_of(extra_info: Any, index: int | None = None) -> Any:
     where = "" if index is None else f" (row {index})"
@@ -60,12 +64,15 @@ def _conversation(solution_str: str, extra_info: Any,
         raise MissingPromptError(f"extra_info['{PROMPT_KEY}']{where} is not a prompt: {err}") from None
 
 
-def _row(value: ArmoRMScore | ArmoRMError, invalid_score: float | None) -> dict[str, float]:
+def _row(value: ArmoRMScore | ArmoRMError, invalid_score: float | None, settings: Settings) -> dict[str, float]:
+    steered = settings.objective_weights is not None  # then "score" is the steered one, the gated one beside it
     if isinstance(value, ArmoRMScore):
-        row = {"score": float(value.score), **value.rewards_by_objective()}
+        row = {"score": reward_of(value, settings), **value.rewards_by_objective()}
+        row |= {GATED_KEY: float(value.score)} if steered else {}
         return row if invalid_score is None else {**row, REFUSED_KEY: 0.0}
     if isinstance(value, InvalidConversationError) and invalid_score is not None:
-        return {"score": invalid_score, **dict.fromkeys(OBJECTIVES, math.nan), REFUSED_KEY: 1.0}
+        row = {"score": invalid_score, **dict.fromkeys(OBJECTIVES, math.nan), REFUSED_KEY: 1.0}
+        return row | ({GATED_KEY: math.nan} if steered else {})
     raise value
 
 
@@ -76,11 +83,12 @@ def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_
     ignored."""
     messages = _conversation(solution_str, extra_info)
     refused_score = invalid_score()
+    settings = Settings.from_env()
     try:
-        value: ArmoRMScore | ArmoRMError = shared_client(Settings.from_env()).score(messages)
+        value: ArmoRMScore | ArmoRMError = shared_client(settings).score(messages)
     except InvalidConversationError as err:
         value = err
-    return _row(value, refused_score)
+    return _row(value, refused_score, settings)
 
 
 def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str], ground_truths: Sequence[Any],
@@ -94,7 +102,7 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
     settings = Settings.from_env()
     results = shared_client(settings).score_batch(conversations, max_in_flight=settings.max_in_flight,
                                             return_exceptions=True)
-    return [_row(value, refused_score) for value in results]
+    return [_row(value, refused_score, settings) for value in results]
 
 
 async def compute_score_async(data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None,
@@ -102,8 +110,9 @@ async def compute_score_async(data_source: Any, solution_str: str, ground_truth:
     """compute_score for verl's asynchronous reward loop (it awaits `async def` functions, many at once)."""
     messages = _conversation(solution_str, extra_info)
     refused_score = invalid_score()
+    settings = Settings.from_env()
     try:
-        value: ArmoRMScore | ArmoRMError = await shared_async_client(Settings.from_env()).score(messages)
+        value: ArmoRMScore | ArmoRMError = await shared_async_client(settings).score(messages)
     except InvalidConversationError as err:
         value = err
-    return _row(value, refused_score)
+    return _row(value, refused_score, settings)

@@ -148,3 +148,24 @@ def test_refused_queries_get_the_stated_reward_only_when_asked(server, client, t
     np.testing.assert_allclose([answer["rewards"][0], answer["rewards"][2]], expected, atol=ATOL)
     assert answer["rewards"][1] == -7.5 and answer["extra_logs"]["refused"] == [0.0, 1.0, 0.0]
     assert post(server, document, "/get_reward?refused_reward=nan")[0] == 400
+
+
+def test_objective_weights_steer_the_rewards_and_keep_the_gated_score_beside_them(server, client, tokenizer):
+    conversations = varied_conversations()[:3]
+    weights = "helpsteer-helpfulness:0.97,helpsteer-verbosity:-0.26"
+    document = openrlhf_request(tokenizer, conversations)
+    status, answer = post(server, document, f"/get_reward?objective_weights={weights}")
+    assert status == 200, answer
+    expected = [client.score(c) for c in conversations]
+    steered = [0.97 * e.rewards[0] - 0.26 * e.rewards[4] for e in expected]  # helpfulness, verbosity
+    np.testing.assert_allclose(answer["rewards"], steered, atol=ATOL)
+    np.testing.assert_allclose(answer["extra_logs"]["armorm_score"], [e.score for e in expected], atol=ATOL)
+    status, answer = post(server, {"prompt": conversations[0][:-1], "response": conversations[0][-1]["content"]},
+                          f"/reward?objective_weights={weights}")
+    assert status == 200 and abs(answer["score"] - steered[0]) <= ATOL, answer
+    assert abs(answer["armorm_score"] - expected[0].score) <= ATOL
+    for bad, fragment in (("helpfulness:1", "not one of ArmoRM's objectives"),
+                          ("helpsteer-helpfulness:1&objective_weights=code-style:1", "give it once")):
+        status, answer = post(server, openrlhf_request(tokenizer, conversations[:1]),
+                              f"/get_reward?objective_weights={bad}")
+        assert status == 400 and fragment in answer["error"], answer

@@ -40,7 +40,7 @@ OVER_LIMIT = [turn("user", "word " * (TEST_MAX_TOKENS + 200)), turn("assistant",
 def env(monkeypatch, server):
     """The environment a trainer's workers would see: ARMORM_URL at the test server, nothing else set."""
     for name in ("ARMORM_URL", "ARMORM_API_KEY", "ARMORM_TIMEOUT_S", "ARMORM_MAX_ATTEMPTS", "ARMORM_MAX_IN_FLIGHT",
-                 "ARMORM_SSL", "ARMORM_ROOT_CERTIFICATES", verl_reward.INVALID_SCORE_ENV):
+                 "ARMORM_SSL", "ARMORM_ROOT_CERTIFICATES", "ARMORM_OBJECTIVE_WEIGHTS", verl_reward.INVALID_SCORE_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ARMORM_URL", server.grpc_url)
     monkeypatch.setenv("ARMORM_TIMEOUT_S", "30")
@@ -168,6 +168,26 @@ def test_trl_gives_none_for_a_refused_row_and_logs_the_objective_means(env, refe
         assert set(logged) == {f"armorm_rm/{name}" for name in OBJECTIVES}
         for name, mean in zip(OBJECTIVES, means):
             assert abs(logged[f"armorm_rm/{name}"] - mean) <= VECTOR_ATOL, name
+
+
+def test_objective_weights_steer_the_verl_and_trl_rewards(env, reference):
+    """ARMORM_OBJECTIVE_WEIGHTS (verl, slime) or objective_weights= (TRL): the reward is Σ wᵢ·rewardᵢ, the gated
+    score beside it."""
+    messages = varied_conversations()[0]
+    expected = reference.score(messages)
+    steered = 0.97 * expected.rewards[OBJECTIVES.index("helpsteer-helpfulness")] - 0.26 * expected.rewards[
+        OBJECTIVES.index("helpsteer-verbosity")]
+    env.setenv("ARMORM_OBJECTIVE_WEIGHTS", "helpsteer-helpfulness=0.97,helpsteer-verbosity=-0.26")
+    prompt, response = split(messages)
+    row = verl_reward.compute_score("hh", response, None, extra_info={"prompt": prompt})
+    assert abs(row["score"] - steered) <= VECTOR_ATOL and abs(row["armorm_score"] - expected.score) <= SCORE_ATOL
+    env.delenv("ARMORM_OBJECTIVE_WEIGHTS")
+    logged: dict[str, float] = {}
+    reward = ArmoRMReward(objective_weights={"helpsteer-helpfulness": 0.97, "helpsteer-verbosity": -0.26})
+    [score] = reward([prompt], [response], log_metric=lambda name, value: logged.__setitem__(name, value))
+    assert abs(score - steered) <= VECTOR_ATOL and abs(logged["armorm/armorm_score"] - expected.score) <= SCORE_ATOL
+    assert pickle.loads(pickle.dumps(reward)).settings.objective_weights == reward.settings.objective_weights
+    reward.close()
 
 
 def test_trl_async_reward_runs_on_the_callers_loop_and_survives_a_new_loop(env, reference):

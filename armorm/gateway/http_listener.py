@@ -25,6 +25,7 @@ from armorm.gateway.reward_api import (
     REWARD_PATHS,
     SAMPLE_REWARD_PATH,
     infer_request,
+    objective_weights_of,
     parse_queries,
     parse_sample,
     read_answer,
@@ -165,28 +166,30 @@ class HttpProxy:
         try:
             queries = await off_loop_if_large(parse_queries, body)
             refused_reward = refused_reward_of(query_string, self.config.refused_reward)
+            weights = objective_weights_of(query_string)
         except BodyError as err:
             self.admission.refuse(PROTOCOL, err.flaw.value)
             return error(err.status, str(err))
         if not queries:  # a trainer splitting a small batch over several URLs sends some of them nothing
-            return web.json_response(reward_response([], refused_reward))
+            return web.json_response(reward_response([], refused_reward, weights))
         answers = await self.score_all(queries, refused_reward)
         if isinstance(answers, web.Response):
             return answers
-        return web.json_response(reward_response(answers, refused_reward))
+        return web.json_response(reward_response(answers, refused_reward, weights))
 
     async def sample_reward(self, body: bytes, query_string: str = "") -> web.Response:
         """slime's remote_rm: POST /reward with one sample → {"score": ..., <objective>: ...}."""
         try:
             sample = await off_loop_if_large(parse_sample, body)
             refused_reward = refused_reward_of(query_string, self.config.refused_reward)
+            weights = objective_weights_of(query_string)
         except BodyError as err:
             self.admission.refuse(PROTOCOL, err.flaw.value)
             return error(err.status, str(err))
         answers = await self.score_all([sample], refused_reward)
         if isinstance(answers, web.Response):
             return answers
-        return web.json_response(sample_response(answers[0], refused_reward))
+        return web.json_response(sample_response(answers[0], refused_reward, weights))
 
     async def score_all(self, conversations: list, refused_reward: float | None) -> list | web.Response:
         """Every conversation sent to the ensemble at once, each holding an in-flight slot → the answers in order

@@ -19,6 +19,7 @@ from armorm.gateway.strict_json import BodyError, Flaw, read_json
 from armorm.model.conversation import json_kind
 from armorm_client.contract import ENSEMBLE, GATING, MESSAGES, OBJECTIVES, REWARDS, SCORE, TEXT, TEXT_ENSEMBLE
 from armorm_client.rlhf import conversation
+from armorm_client.steering import ObjectiveWeights
 
 REWARD_PATH = "/get_reward"
 # slime's remote reward protocol (`--rm-type remote_rm --rm-url http://host:8000/reward`): one sample per call,
@@ -94,9 +95,10 @@ def infer_request(item: Conversation) -> tuple[str, bytes]:
                                             "outputs": [{"name": name} for name in _OUTPUTS]}).encode()
 
 
-def sample_response(answer: dict[str, list[float]] | None, refused_reward: float | None) -> dict[str, Any]:
+def sample_response(answer: dict[str, list[float]] | None, refused_reward: float | None,
+                    weights: ObjectiveWeights | None = None) -> dict[str, Any]:
     """One sample's {"score", <objective>..., "gating/<objective>"...} (slime: --reward-key score)."""
-    full = reward_response([answer], refused_reward)
+    full = reward_response([answer], refused_reward, weights)
     return {"score": full["rewards"][0], **{key: values[0] for key, values in full["extra_logs"].items()}}
 
 
@@ -109,24 +111,47 @@ def read_answer(answer: bytes) -> dict[str, list[float]]:
 REFUSED = "refused"  # extra_logs key: 1 where a refused query got the stated reward (opt-in), else 0
 
 
+GATED = "armorm_score"  # extra_logs key: ArmoRM's gated score, where the rewards are steered (objective_weights)
+
+
+def query_parameter(query_string: str, name: str) -> str | None:
+    """One URL parameter, given at most once (one reading: no first-or-last guess)."""
+    values = parse_qs(query_string).get(name)
+    if values and len(values) > 1:
+        raise BodyError(f"the URL gives {name} {len(values)} times; give it once", flaw=Flaw.DUPLICATE_KEY)
+    return values[0] if values else None
+
+
+def objective_weights_of(query_string: str) -> ObjectiveWeights | None:
+    """The call's `objective_weights` URL parameter (`name=weight,...` or `name:weight,...`), or None."""
+    raw = query_parameter(query_string, "objective_weights")
+    if raw is None:
+        return None
+    try:
+        return ObjectiveWeights.parse(raw)
+    except ValueError as err:
+        raise BodyError(f"objective_weights: {err}") from None
+
+
 def refused_reward_of(query_string: str, default: float | None) -> float | None:
     """The call's `refused_reward` URL parameter (a number) over the server's default; None: refusals fail."""
-    values = parse_qs(query_string).get("refused_reward")
-    if not values:
+    raw = query_parameter(query_string, "refused_reward")
+    if raw is None:
         return default
     try:
-        value = float(values[-1])
+        value = float(raw)
     except ValueError:
-        raise BodyError(f"refused_reward must be a number, got {values[-1][:40]!r}") from None
+        raise BodyError(f"refused_reward must be a number, got {raw[:40]!r}") from None
     if not math.isfinite(value):
         raise BodyError("refused_reward must be a finite number")
     return value
 
 
-def reward_response(answers: Sequence[dict[str, list[float]] | None], refused_reward: float | None = None
-                    ) -> dict[str, Any]:
+def reward_response(answers: Sequence[dict[str, list[float]] | None], refused_reward: float | None = None,
+                    weights: ObjectiveWeights | None = None) -> dict[str, Any]:
     """Per query its score, objectives and gating; a None answer (a refused query, opt-in) gets `refused_reward`,
-    objectives and gating 0 (a trainer averages its logs: NaN would spoil them) and extra_logs["refused"] = 1."""
+    objectives and gating 0 (a trainer averages its logs: NaN would spoil them) and extra_logs["refused"] = 1.
+    With `weights` the rewards are the steered Σ wᵢ·rewardᵢ and extra_logs["armorm_score"] the gated score."""
     missing = [0.0] * len(OBJECTIVES)
     filled = [answer or {SCORE.name: [refused_reward], REWARDS.name: missing, GATING.name: missing}
               for answer in answers]
@@ -138,6 +163,9 @@ def reward_response(answers: Sequence[dict[str, list[float]] | None], refused_re
         extra[f"gating/{objective}"] = [answer[GATING.name][index] for answer in filled]
     if refused_reward is not None:
         extra[REFUSED] = [0.0 if answer else 1.0 for answer in answers]
+    if weights is not None:
+        extra[GATED] = scores
+        scores = [weights.score(answer[REWARDS.name]) if answer else refused_reward for answer in answers]
     return {"rewards": scores, "scores": scores, "extra_logs": extra}
 
 
