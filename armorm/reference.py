@@ -50,7 +50,9 @@ def hf_llama(config: Mapping[str, Any], state: Mapping[str, torch.Tensor], dtype
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "rms_norm_eps", "rope_theta", "max_position_embeddings", "bos_token_id",
             "eos_token_id", "pad_token_id")
-    llama_config = LlamaConfig(**{key: config[key] for key in keys}, attn_implementation=attn_implementation)
+    scaling = {"rope_scaling": config["rope_scaling"]} if config.get("rope_scaling") else {}
+    llama_config = LlamaConfig(**{key: config[key] for key in keys}, **scaling,
+                               attn_implementation=attn_implementation)
     with torch.device("meta"):
         model = LlamaModel(llama_config)
     weights = {name.removeprefix("model."): t.to(dtype) for name, t in state.items() if name.startswith("model.")}

@@ -104,10 +104,20 @@ PASSED_THROUGH: tuple[TensorSpec, ...] = (REWARDS, GATING, NUM_TOKENS)
 STEPS: tuple[ModelSpec, ...] = (TOKENIZER, BACKBONE, REGRESSION, GATING_MODEL, TRANSFORM)
 ALL_MODELS: tuple[ModelSpec, ...] = (*STEPS, *ENSEMBLES)
 
+# A Bradley–Terry reward model (LlamaForSequenceClassification, one logit: FsfairX, Skywork-Reward), exported under
+# a name of its own: ensemble NAME (messages → the raw logit as `score`) over NAME_tokenizer and NAME_backbone
+# (the templates above) and NAME_score. The names here are the templates'; the export puts NAME in front.
+SCORE_HEAD = ModelSpec("bradley_terry_score", "python", (REWARD_HIDDEN,), (SCORE,))
+BRADLEY_TERRY = ModelSpec("bradley_terry", "", (MESSAGES,), (SCORE,))
+BRADLEY_TERRY_MODELS: tuple[ModelSpec, ...] = (SCORE_HEAD, BRADLEY_TERRY)
+
 # Files that the export writes next to the models that read them (under <model>/1/).
 TOKENIZER_DIR = "tokenizer"
 BACKBONE_ONNX = "model.onnx"
 BACKBONE_WEIGHTS = "backbone.safetensors"  # model.* tensors, as stored, for the torch_packed runtime
+SCORE_WEIGHTS = "score.safetensors"  # a Bradley–Terry model's score.weight [1, hidden]
+# At the repository's root: each public ensemble and its kind (the gateway opens these to inference).
+MANIFEST = "reward_models.json"
 BACKBONE_CONFIG = "config.json"
 REGRESSION_WEIGHTS = "regression.safetensors"
 GATING_WEIGHTS = "gating.safetensors"

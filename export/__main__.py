@@ -1,4 +1,7 @@
-"""armorm-export: an ArmoRM checkpoint (directory or hub id) → a deployable Triton model repository."""
+"""armorm-export: a reward model checkpoint (directory or hub id) → a deployable Triton model repository.
+
+ArmoRM is written as `armorm` (and `armorm_text`); a Bradley–Terry model (LlamaForSequenceClassification, one
+label: FsfairX, Skywork-Reward) as the ensemble --name NAME, beside the models already in the repository."""
 
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ RETIRED_FLAGS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="armorm-export", description=__doc__)
     parser.add_argument("checkpoint", help="checkpoint directory or hub id, e.g. RLHFlow/ArmoRM-Llama3-8B-v0.1")
-    parser.add_argument("output", type=Path, help="model repository directory to write")
+    parser.add_argument("output", type=Path, help="model repository directory to write (other models in it stay)")
+    parser.add_argument("--name", default=None,
+                        help="the ensemble's name for a Bradley–Terry model (e.g. fsfairx); ArmoRM is always armorm")
     parser.add_argument("--instance-kind", choices=("auto", "cpu", "gpu"), default="auto",
                         help="where the backbone runs; auto: GPU if torch sees one here")
     parser.add_argument("--max-tokens", type=int, default=None,
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         export_repository(args.checkpoint, args.output,
                           ExportOptions(instance_kind=kind, max_tokens=args.max_tokens, atol=args.atol,
                                         backbone=args.backbone, onnx=not args.no_onnx,
-                                        truncate=args.truncate))
+                                        truncate=args.truncate), name=args.name)
     except (ExportParityError, ValueError) as err:
         print(f"[export] FAILED: {err}", file=sys.stderr)
         return 1

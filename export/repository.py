@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2
 
 from armorm.model.backbone import ArmoRMBackbone
 from armorm.model.checkpoint import Checkpoint
+from armorm.model.conversation import TEMPLATE_BOS
 from armorm.model.heads import HeadWeights
 from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
 from armorm.model.packed import PackedBackbone
@@ -121,30 +122,72 @@ def set_parameter(config: model_config_pb2.ModelConfig, key: str, value: str) ->
     config.parameters[key].string_value = value
 
 
-def export_repository(checkpoint_name: str | Path, output: Path, options: ExportOptions = ExportOptions()) -> Path:
+def export_repository(checkpoint_name: str | Path, output: Path, options: ExportOptions = ExportOptions(),
+                      name: str | None = None) -> Path:
+    """Write the models of one checkpoint into `output` (under `name`: ArmoRM is always `armorm`), keeping the other
+    reward models already there, and list them in the repository's manifest."""
     output = Path(output)
     templates_dir()
     if output.resolve() == TEMPLATES.resolve():
         raise ValueError(f"{output} holds the templates; export into another folder (e.g. build/repository)")
-    with step(f"loading checkpoint {checkpoint_name}"):
-        checkpoint = Checkpoint.load(checkpoint_name, progress=True)
-    config = checkpoint.config
-    say(f"hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab {config.vocab_size}")
-    output.mkdir(parents=True, exist_ok=True)
-    copy_templates(output)
+    from armorm_export.kinds import kind_of  # the kinds' writers use this module's helpers
 
+    with step(f"loading checkpoint {checkpoint_name}"):
+        loaded = [Checkpoint.load(checkpoint_name, progress=True)]
+    config = loaded[0].config
+    kind = kind_of(config)
+    served_name = kind.check_name(name)
+    say(f"{kind.name}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab {config.vocab_size}")
+    output.mkdir(parents=True, exist_ok=True)
+    # The writer holds the only reference to the weights, so it can free them before its last (plan) step.
+    served = kind.write(loaded.pop(), output, served_name, options)
+    update_manifest(output, {model: kind.name for model in served})
+    say(f"model repository ready: {output} ({', '.join(served)})")
+    return output
+
+
+def update_manifest(output: Path, served: dict[str, str]) -> None:
+    """contract.MANIFEST: every public ensemble of the repository and its kind; models no longer there drop out."""
+    path = output / contract.MANIFEST
+    models = json.loads(path.read_text())["models"] if path.exists() else {}
+    models.update({name: {"kind": kind} for name, kind in served.items()})
+    models = {name: entry for name, entry in models.items() if (output / name / "config.pbtxt").is_file()}
+    path.write_text(json.dumps({"models": dict(sorted(models.items()))}, indent=2) + "\n")
+
+
+def write_tokenizer_model(checkpoint: Checkpoint, folder: Path, options: ExportOptions, bos_rule: str) -> None:
+    """The tokenizer files and the tokenizer step's limits, into an already copied tokenizer template."""
+    config = checkpoint.config
+    tokenizer_dir = folder / "1" / contract.TOKENIZER_DIR
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    for file_name in TOKENIZER_FILES:
+        if (checkpoint.directory / file_name).exists():
+            shutil.copy2(checkpoint.directory / file_name, tokenizer_dir / file_name)
+    max_tokens = min(options.max_tokens or config.max_position_embeddings, config.max_position_embeddings)
+    config_path = folder / "config.pbtxt"
+    tokenizer_config = read_config(config_path)
+    set_parameter(tokenizer_config, "max_tokens", str(max_tokens))
+    set_parameter(tokenizer_config, "truncate", "true" if options.truncate else "false")
+    set_parameter(tokenizer_config, "bos_rule", bos_rule)
+    write_config(config_path, tokenizer_config, f"max_tokens={max_tokens}, truncate={options.truncate}, "
+                                                f"bos_rule={bos_rule}")
+
+
+def write_backbone_weights(checkpoint: Checkpoint, folder: Path) -> None:
+    """config.json and the model.* tensors, as stored, for the torch_packed runtime."""
+    backbone_dir = folder / "1"
+    (backbone_dir / contract.BACKBONE_CONFIG).write_text(json.dumps(checkpoint.config.to_dict(), indent=2))
+    with step("backbone weights (safetensors, as stored) for the torch_packed runtime"):
+        backbone_state = {n: t.contiguous() for n, t in checkpoint.state.items() if n.startswith("model.")}
+        save_file(backbone_state, str(backbone_dir / contract.BACKBONE_WEIGHTS), metadata={"format": "pt"})
+
+
+def write_armorm(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> list[str]:
+    config = checkpoint.config
+    copy_templates(output)
     with step("tokenizer"):
-        tokenizer_dir = output / contract.TOKENIZER.name / "1" / contract.TOKENIZER_DIR
-        tokenizer_dir.mkdir(parents=True, exist_ok=True)
-        for name in TOKENIZER_FILES:
-            if (checkpoint.directory / name).exists():
-                shutil.copy2(checkpoint.directory / name, tokenizer_dir / name)
+        write_tokenizer_model(checkpoint, output / contract.TOKENIZER.name, options, TEMPLATE_BOS)
         max_tokens = min(options.max_tokens or config.max_position_embeddings, config.max_position_embeddings)
-        config_path = output / contract.TOKENIZER.name / "config.pbtxt"
-        tokenizer_config = read_config(config_path)
-        set_parameter(tokenizer_config, "max_tokens", str(max_tokens))
-        set_parameter(tokenizer_config, "truncate", "true" if options.truncate else "false")
-        write_config(config_path, tokenizer_config, f"max_tokens={max_tokens}, truncate={options.truncate}")
 
     with step("head weights and objective names"):
         head_weights = HeadWeights.from_state_dict(checkpoint.state, config)
@@ -156,11 +199,7 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
             (output / spec.name / "1" / contract.OBJECTIVES_FILE).write_text(names)
 
     backbone_dir = output / contract.BACKBONE.name / "1"
-    (backbone_dir / contract.BACKBONE_CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
-    with step("backbone weights (safetensors, as stored) for the torch_packed runtime"):
-        backbone_state = {n: t.contiguous() for n, t in checkpoint.state.items() if n.startswith("model.")}
-        save_file(backbone_state, str(backbone_dir / contract.BACKBONE_WEIGHTS), metadata={"format": "pt"})
-        del backbone_state
+    write_backbone_weights(checkpoint, output / contract.BACKBONE.name)
     onnx_path = backbone_dir / contract.BACKBONE_ONNX
     if options.onnx:
         with step("backbone → ONNX"):
@@ -203,8 +242,7 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
                 f"--saveEngine=model.plan --minShapes=input_ids:1x1,gate_position:1,reward_position:1 "
                 f"--optShapes=input_ids:8x512,gate_position:8,reward_position:8 "
                 f"--maxShapes=input_ids:64x{max_tokens},gate_position:64,reward_position:64")
-    say(f"model repository ready: {output}")
-    return output
+    return [spec.name for spec in contract.ENSEMBLES]
 
 
 
@@ -221,3 +259,4 @@ def verify_backbone(checkpoint: Checkpoint, onnx_path: Path | None, atol: float)
         onnx = OnnxBackbone(onnx_session(onnx_path), checkpoint.config.pad_token_id, max_batch_tokens=1 << 30)
         errors["ONNX Runtime"] = check_runtime("ONNX Runtime", onnx.run, rows, atol)
     return errors
+

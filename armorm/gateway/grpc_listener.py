@@ -24,7 +24,6 @@ from armorm.gateway.routes import (
     GRPC_HEALTH_CHECK,
     GRPC_SERVICE,
     GRPC_STREAM_INFER,
-    PUBLIC_MODELS,
     Api,
     api_of_grpc,
     forwarded_grpc_metadata,
@@ -94,7 +93,8 @@ class GrpcProxy(grpc.GenericRpcHandler):
         refusal: Refused | None = self.admission.authorize_model(PROTOCOL, view.model, header)
         if refusal is not None:
             return REFUSAL_CODES[refusal[0]], refusal[1]
-        if view.model in PUBLIC_MODELS and view.problem is not None:  # the steps take no checks: only admins reach them
+        # The steps take no checks: only admins reach them.
+        if view.model in self.admission.policy.public_models and view.problem is not None:
             self.admission.refuse(PROTOCOL, view.problem.flaw.value)
             return grpc.StatusCode.INVALID_ARGUMENT, str(view.problem)
         if view.shared_memory:

@@ -35,7 +35,7 @@ from armorm.gateway.reward_api import (
     size_error,
     upstream_error,
 )
-from armorm.gateway.routes import PUBLIC_MODELS, Api, api_of_http, model_of_http_infer, transient_failure
+from armorm.gateway.routes import Api, api_of_http, model_of_http_infer, transient_failure
 from armorm.gateway.stats import GatewayStats
 from armorm.gateway.upstream_pool import UpstreamPool
 
@@ -135,7 +135,8 @@ class HttpProxy:
         # caller that never asked (curl without --compressed) would get a gzip body.
         headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
         if inference:
-            if model_of_http_infer(request.path) in PUBLIC_MODELS:  # the steps take no checks: only admins reach them
+            # The steps take no checks: only admins reach them.
+            if model_of_http_infer(request.path) in admission.policy.public_models:
                 check = await off_loop_if_large(check_infer_body, body, header_length,
                                                 self.config.max_conversation_bytes)
                 if check.problem is not None:

@@ -11,11 +11,13 @@ import base64
 import binascii
 import enum
 import hmac
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from armorm_client.contract import ADMIN_HEADER, API_KEY_HEADER, ENSEMBLES, GRPC_HEADER_PREFIX
+from armorm_client.contract import ADMIN_HEADER, API_KEY_HEADER, ENSEMBLES, GRPC_HEADER_PREFIX, MANIFEST
 
 
 class Api(enum.Enum):
@@ -36,6 +38,15 @@ ADMIN_APIS = frozenset({Api.MODEL_REPOSITORY, Api.SHARED_MEMORY, Api.TRACE, Api.
 # Public inference reaches the ensemble only. Its steps are not an API: they trust what the tokenizer checked,
 # so only holders of the admin key may call them directly (debugging), unchecked.
 PUBLIC_MODELS = frozenset(spec.name for spec in ENSEMBLES)  # armorm (messages), armorm_text
+
+
+def public_models_of(repository: Path) -> frozenset[str]:
+    """The public ensembles an exported repository lists (contract.MANIFEST); ArmoRM's two for a repository
+    exported before the manifest."""
+    manifest = repository / MANIFEST
+    if not manifest.is_file():
+        return PUBLIC_MODELS
+    return frozenset(json.loads(manifest.read_text())["models"])
 
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_STREAM_INFER = GRPC_SERVICE + "ModelStreamInfer"
@@ -122,6 +133,8 @@ class AccessPolicy:
 
     admin_key: str | None = None
     api_key: str | None = None
+    # The repository's public ensembles (its contract.MANIFEST; ArmoRM's two without one).
+    public_models: frozenset[str] = PUBLIC_MODELS
 
     def check(self, api: Api, header: Callable[[str], str | None]) -> Denial | None:
         if api in ADMIN_APIS:
@@ -134,14 +147,14 @@ class AccessPolicy:
         return None
 
     def check_model(self, model: str, header: Callable[[str], str | None]) -> str | None:
-        """Why this caller may not run inference on `model` (None: it may): PUBLIC_MODELS are open to every caller
+        """Why this caller may not run inference on `model` (None: it may): public_models are open to every caller
         that passed `check(Api.INFERENCE, ...)`, any other model only to holders of the admin key."""
-        if model in PUBLIC_MODELS:
+        if model in self.public_models:
             return None
         if self.admin_key is not None and self._require(self.admin_key, ADMIN_HEADER, Api.INFERENCE, header) is None:
             return None
-        return (f"model {model[:64]!r} is not served for inference here; send requests to 'armorm' (messages) or "
-                "'armorm_text' (templated text): the other models are their internal steps")
+        return (f"model {model[:64]!r} is not served for inference here; send requests to "
+                f"{', '.join(map(repr, sorted(self.public_models)))}: the other models are their internal steps")
 
     @staticmethod
     def _require(key: str, name: str, api: Api, header: Callable[[str], str | None]) -> Denial | None:

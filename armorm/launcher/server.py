@@ -16,6 +16,7 @@ supervisor that restarts tritonserver when it or a model process dies.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import random
@@ -38,11 +39,13 @@ from armorm.gateway import (
     Upstream,
 )
 from armorm.gateway.admission import INFERENCE_CHARGE, LARGE_SHARE
+from armorm.gateway.routes import public_models_of
 from armorm.launcher.model_config import conversation_bytes_limit
 from armorm.launcher.orphans import private_socket_dir, remove_orphaned_segments, remove_orphaned_socket_dirs
 from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, serving_repository, visible_gpus
 from armorm.launcher.triton_process import ServerStartError, TritonServer
 from armorm.launcher.upstream import UpstreamSockets
+from armorm_client.contract import MANIFEST
 
 ADMIN_KEY_ENV = "ARMORM_ADMIN_KEY"
 API_KEY_ENV = "ARMORM_API_KEY"
@@ -271,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     except UnusableKeyError as err:
         say(f"cannot start: {err}")
         return EXIT_CANNOT_START
-    if not (args.repository / "armorm" / "config.pbtxt").exists():
+    if not ((args.repository / "armorm" / "config.pbtxt").exists() or (args.repository / MANIFEST).exists()):
         say(f"cannot start: {args.repository} is not an exported repository: run `make export` first")
         return EXIT_CANNOT_START
+    policy = dataclasses.replace(policy, public_models=public_models_of(args.repository))
     if args.log_file != "-":
         Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -7,6 +7,8 @@ with causal attention a real token never sees the padding after it, so no attent
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,14 +33,29 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+def inverse_frequencies(config: ArmoRMConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """RoPE's inverse frequencies [head_dim / 2], fp32; with Llama-3.1's `rope_scaling` (rope_type "llama3") the low
+    frequencies are divided by `factor` and the middle band smoothed between, as transformers computes them."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+    scaling = config.rope_scaling
+    if not scaling:
+        return inv_freq
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelength > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelength < old_context / high) & ~(wavelength > old_context / low)
+    return torch.where(medium, smoothed, scaled)
+
+
 def rotary_tables(
     config: ArmoRMConfig, positions: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin [..., head_dim] for the given positions (rotate-half convention, as Hugging Face stores q/k)."""
-    dim = config.head_dim
-    exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim
-    inv_freq = 1.0 / (config.rope_theta**exponents)
-    angles = positions.float().unsqueeze(-1) * inv_freq
+    angles = positions.float().unsqueeze(-1) * inverse_frequencies(config, positions.device)
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 

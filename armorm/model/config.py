@@ -9,6 +9,8 @@ from typing import Any
 
 from armorm_client.contract import NUM_OBJECTIVES
 
+LLAMA3_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
 
 @dataclass(frozen=True)
 class ArmoRMConfig:
@@ -28,6 +30,9 @@ class ArmoRMConfig:
     gating_temperature: float = 10.0
     gating_hidden_dim: int = 1024
     gating_n_hidden: int = 3
+    # Llama-3.1's RoPE scaling ({"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}); None for Llama-3.0 models such as ArmoRM.
+    rope_scaling: dict[str, Any] | None = field(default=None, compare=False)
     # Everything else in config.json (architectures, auto_map, torch_dtype, ...), kept for round trips.
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -38,9 +43,15 @@ class ArmoRMConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ArmoRMConfig:
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        if raw.get("rope_scaling"):
-            raise ValueError(f"rope_scaling={raw['rope_scaling']!r} is not supported (ArmoRM has none)")
-        values = {k: raw[k] for k in known if k in raw}
+        scaling = raw.get("rope_scaling")
+        if scaling:
+            kind = scaling.get("rope_type", scaling.get("type"))
+            missing = [k for k in LLAMA3_SCALING_KEYS if k not in scaling]
+            if kind != "llama3" or missing:
+                raise ValueError(f"rope_scaling={scaling!r} is not supported: only Llama-3.1's (rope_type llama3, "
+                                 f"with {', '.join(LLAMA3_SCALING_KEYS)})")
+        values = {k: raw[k] for k in known if k in raw and k != "rope_scaling"}
+        values["rope_scaling"] = dict(scaling) if scaling else None
         if values.get("num_objectives", NUM_OBJECTIVES) != NUM_OBJECTIVES:
             raise ValueError(f"num_objectives={values['num_objectives']}, ArmoRM has {NUM_OBJECTIVES}")
         return cls(**values, extra={k: v for k, v in raw.items() if k not in known})

