@@ -111,6 +111,13 @@ SCORE_HEAD = ModelSpec("bradley_terry_score", "python", (REWARD_HIDDEN,), (SCORE
 BRADLEY_TERRY = ModelSpec("bradley_terry", "", (MESSAGES,), (SCORE,))
 BRADLEY_TERRY_MODELS: tuple[ModelSpec, ...] = (SCORE_HEAD, BRADLEY_TERRY)
 
+# A mixture of the repository's reward models (armorm.model.mixture), named at export: NAME takes messages,
+# NAME_text templated text; each answers the weighted sum as `score` and every member's score, in the mixture's
+# member order (its mixture.json), as `member_scores`.
+MEMBER_SCORES = TensorSpec("member_scores", "TYPE_FP32", (VARIABLE,))
+MIXTURE = ModelSpec("mixture", "python", (MESSAGES,), (SCORE, MEMBER_SCORES))
+MIXTURE_TEXT = ModelSpec("mixture_text", "python", (TEXT,), MIXTURE.outputs)
+
 # Files that the export writes next to the models that read them (under <model>/1/).
 TOKENIZER_DIR = "tokenizer"
 BACKBONE_ONNX = "model.onnx"

@@ -146,11 +146,12 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
     return output
 
 
-def update_manifest(output: Path, served: dict[str, str]) -> None:
-    """contract.MANIFEST: every public ensemble of the repository and its kind; models no longer there drop out."""
+def update_manifest(output: Path, served: dict[str, str | dict]) -> None:
+    """contract.MANIFEST: every public model of the repository and its kind (an entry: {"kind": ...} and, for a
+    mixture, its "members"); models no longer there drop out."""
     path = output / contract.MANIFEST
     models = json.loads(path.read_text())["models"] if path.exists() else {}
-    models.update({name: {"kind": kind} for name, kind in served.items()})
+    models.update({name: entry if isinstance(entry, dict) else {"kind": entry} for name, entry in served.items()})
     models = {name: entry for name, entry in models.items() if (output / name / "config.pbtxt").is_file()}
     path.write_text(json.dumps({"models": dict(sorted(models.items()))}, indent=2) + "\n")
 

@@ -5,7 +5,8 @@ tritonserver listens. The bottom of the gateway's modules: it imports none of th
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -117,3 +118,5 @@ class GatewayConfig:
     # /get_reward: the reward a refused query (INVALID_ARGUMENT) gets instead of failing the call, with
     # extra_logs["refused"] = 1. None (the default): a refused query fails the call with its reason.
     refused_reward: float | None = None
+    # The repository's mixtures (contract.MANIFEST) and their members in order: /get_reward?model=NAME serves them.
+    mixtures: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

@@ -21,10 +21,13 @@ from armorm.gateway.config import ConnectionLimits, GatewayConfig, ListenError, 
 from armorm.gateway.http_body import BodyError, Flaw, check_infer_body, header_length_of
 from armorm.gateway.http_connections import ConnectionGuard, GuardedProtocol
 from armorm.gateway.reward_api import (
+    ARMORM,
     REWARD_PATH,
     REWARD_PATHS,
     SAMPLE_REWARD_PATH,
+    RewardTarget,
     infer_request,
+    mixture_response,
     objective_weights_of,
     parse_queries,
     parse_sample,
@@ -33,11 +36,13 @@ from armorm.gateway.reward_api import (
     reward_response,
     sample_response,
     size_error,
+    target_of,
     upstream_error,
 )
 from armorm.gateway.routes import Api, api_of_http, model_of_http_infer, transient_failure
 from armorm.gateway.stats import GatewayStats
 from armorm.gateway.upstream_pool import UpstreamPool
+from armorm_client.steering import ObjectiveWeights
 
 PROTOCOL = "http"
 REFUSAL_STATUS = {Refusal.UNAUTHENTICATED: 401, Refusal.PERMISSION_DENIED: 403, Refusal.NOT_PUBLIC: 404,
@@ -166,33 +171,42 @@ class HttpProxy:
         server or the call (`?refused_reward=R`) states the reward refused queries get."""
         try:
             queries = await off_loop_if_large(parse_queries, body)
-            refused_reward = refused_reward_of(query_string, self.config.refused_reward)
-            weights = objective_weights_of(query_string)
+            refused_reward, weights, target = self.reward_options(query_string)
         except BodyError as err:
             self.admission.refuse(PROTOCOL, err.flaw.value)
             return error(err.status, str(err))
-        if not queries:  # a trainer splitting a small batch over several URLs sends some of them nothing
-            return web.json_response(reward_response([], refused_reward, weights))
-        answers = await self.score_all(queries, refused_reward)
+        answers = await self.score_all(queries, refused_reward, target) if queries else []
         if isinstance(answers, web.Response):
             return answers
+        # A trainer splitting a small batch over several URLs sends some of them nothing: empty lists answer it.
+        if target.mixture is not None:
+            return web.json_response(mixture_response(answers, target, refused_reward))
         return web.json_response(reward_response(answers, refused_reward, weights))
+
+    def reward_options(self, query_string: str) -> tuple[float | None, ObjectiveWeights | None, RewardTarget]:
+        """The reward routes' URL parameters: refused_reward, ArmoRM's objective_weights, a mixture's model and
+        weights (each given at most once)."""
+        target = target_of(query_string, self.config.mixtures)
+        weights = objective_weights_of(query_string)
+        if weights is not None and target.mixture is not None:
+            raise BodyError("objective_weights steer ArmoRM's objectives; a mixture takes weights=member:weight,...")
+        return refused_reward_of(query_string, self.config.refused_reward), weights, target
 
     async def sample_reward(self, body: bytes, query_string: str = "") -> web.Response:
         """slime's remote_rm: POST /reward with one sample → {"score": ..., <objective>: ...}."""
         try:
             sample = await off_loop_if_large(parse_sample, body)
-            refused_reward = refused_reward_of(query_string, self.config.refused_reward)
-            weights = objective_weights_of(query_string)
+            refused_reward, weights, target = self.reward_options(query_string)
         except BodyError as err:
             self.admission.refuse(PROTOCOL, err.flaw.value)
             return error(err.status, str(err))
-        answers = await self.score_all([sample], refused_reward)
+        answers = await self.score_all([sample], refused_reward, target)
         if isinstance(answers, web.Response):
             return answers
-        return web.json_response(sample_response(answers[0], refused_reward, weights))
+        return web.json_response(sample_response(answers[0], refused_reward, weights, target))
 
-    async def score_all(self, conversations: list, refused_reward: float | None) -> list | web.Response:
+    async def score_all(self, conversations: list, refused_reward: float | None,
+                        target: RewardTarget = ARMORM) -> list | web.Response:
         """Every conversation sent to the ensemble at once, each holding an in-flight slot → the answers in order
         (None for a refused one where refused_reward is set), or the error response that ends the call."""
         admission = self.admission
@@ -218,7 +232,7 @@ class HttpProxy:
                 return error(REFUSAL_STATUS[refusal[0]], refusal[1])
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         # Tracked at once (no await since the slots were taken), each frees its own.
-        requests = [infer_request(conversations[index]) for index in sent]
+        requests = [infer_request(conversations[index], target) for index in sent]
         calls = [admission.track(self.pool.request("POST", path, headers, body)) for path, body in requests]
         for call in calls:
             call.add_done_callback(lambda _: admission.release())

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 from armorm.gateway.http_body import DEFAULT_MAX_CONVERSATION_BYTES, Finding, utf8_size
 from armorm.gateway.strict_json import BodyError, Flaw, read_json
 from armorm.model.conversation import json_kind
-from armorm_client.contract import ENSEMBLE, GATING, MESSAGES, OBJECTIVES, REWARDS, SCORE, TEXT, TEXT_ENSEMBLE
+from armorm_client.contract import (
+    ENSEMBLE,
+    GATING,
+    MEMBER_SCORES,
+    MESSAGES,
+    OBJECTIVES,
+    REWARDS,
+    SCORE,
+    TEXT,
+    TEXT_ENSEMBLE,
+)
 from armorm_client.rlhf import conversation
 from armorm_client.steering import ObjectiveWeights
 
@@ -86,19 +97,56 @@ def size_error(item: Conversation, limit: int = DEFAULT_MAX_CONVERSATION_BYTES) 
                    "(the tokenizer's max_bytes)", Flaw.TOO_LARGE)
 
 
-def infer_request(item: Conversation) -> tuple[str, bytes]:
-    """One conversation as a KServe v2 JSON request (path, body): templated text to armorm_text, messages (as JSON)
-    to armorm."""
+@dataclass(frozen=True)
+class RewardTarget:
+    """What the reward routes call: ArmoRM (the default), or a mixture of the repository's models (`?model=NAME`,
+    its members in order, and the call's own `?weights=`)."""
+
+    mixture: str | None = None
+    members: tuple[str, ...] = ()
+    weights: str | None = None
+
+
+ARMORM = RewardTarget()
+
+
+def target_of(query_string: str, mixtures: Mapping[str, Sequence[str]]) -> RewardTarget:
+    """The call's `model` (ArmoRM's name or a mixture's) and a mixture's `weights` URL parameters."""
+    model = query_parameter(query_string, "model")
+    weights = query_parameter(query_string, "weights")
+    if model in (None, ENSEMBLE.name):
+        if weights is not None:
+            raise BodyError("weights weigh a mixture's members (?model=MIXTURE&weights=...); for ArmoRM's own "
+                            "objectives use objective_weights")
+        return ARMORM
+    if model not in mixtures:
+        raise BodyError(f"model {model[:64]!r}: the reward routes serve {ENSEMBLE.name!r} and this repository's "
+                        f"mixtures ({', '.join(sorted(mixtures)) or 'none'})")
+    return RewardTarget(model, tuple(mixtures[model]), weights)
+
+
+def infer_request(item: Conversation, target: RewardTarget = ARMORM) -> tuple[str, bytes]:
+    """One conversation as a KServe v2 JSON request (path, body): templated text to armorm_text (or MIXTURE_text),
+    messages (as JSON) to armorm (or MIXTURE)."""
     tensor, data = tensor_data(item)
-    return INFER_PATHS[tensor], json.dumps({"inputs": [{"name": tensor, "shape": [1, 1], "datatype": "BYTES",
-                                                        "data": [data]}],
-                                            "outputs": [{"name": name} for name in _OUTPUTS]}).encode()
+    body: dict[str, Any] = {"inputs": [{"name": tensor, "shape": [1, 1], "datatype": "BYTES", "data": [data]}]}
+    if target.mixture is None:
+        path, outputs = INFER_PATHS[tensor], _OUTPUTS
+    else:
+        suffix = "_text" if tensor == TEXT.name else ""
+        path, outputs = f"/v2/models/{target.mixture}{suffix}/infer", (SCORE.name, MEMBER_SCORES.name)
+        if target.weights is not None:
+            body["parameters"] = {"weights": target.weights}
+    body["outputs"] = [{"name": name} for name in outputs]
+    return path, json.dumps(body).encode()
 
 
 def sample_response(answer: dict[str, list[float]] | None, refused_reward: float | None,
-                    weights: ObjectiveWeights | None = None) -> dict[str, Any]:
-    """One sample's {"score", <objective>..., "gating/<objective>"...} (slime: --reward-key score)."""
-    full = reward_response([answer], refused_reward, weights)
+                    weights: ObjectiveWeights | None = None, target: RewardTarget = ARMORM) -> dict[str, Any]:
+    """One sample's {"score", <objective>..., "gating/<objective>"...} (slime: --reward-key score); a mixture's
+    {"score", <member>...}."""
+    full = (reward_response([answer], refused_reward, weights) if target.mixture is None
+            else mixture_response([answer], target, refused_reward))
     return {"score": full["rewards"][0], **{key: values[0] for key, values in full["extra_logs"].items()}}
 
 
@@ -145,6 +193,17 @@ def refused_reward_of(query_string: str, default: float | None) -> float | None:
     if not math.isfinite(value):
         raise BodyError("refused_reward must be a finite number")
     return value
+
+
+def mixture_response(answers: Sequence[dict[str, list[float]] | None], target: RewardTarget,
+                     refused_reward: float | None = None) -> dict[str, Any]:
+    """Per query the mixture's score, each member's score in extra_logs (NaN-free: 0 for a refused query)."""
+    scores = [answer[SCORE.name][0] if answer else refused_reward for answer in answers]
+    extra = {member: [answer[MEMBER_SCORES.name][index] if answer else 0.0 for answer in answers]
+             for index, member in enumerate(target.members)}
+    if refused_reward is not None:
+        extra[REFUSED] = [0.0 if answer else 1.0 for answer in answers]
+    return {"rewards": scores, "scores": scores, "extra_logs": extra}
 
 
 def reward_response(answers: Sequence[dict[str, list[float]] | None], refused_reward: float | None = None,

@@ -48,6 +48,14 @@ def public_models_of(repository: Path) -> frozenset[str]:
         return PUBLIC_MODELS
     return frozenset(json.loads(manifest.read_text())["models"])
 
+
+def mixtures_of(repository: Path) -> dict[str, tuple[str, ...]]:
+    """The repository's mixtures (contract.MANIFEST) that take messages, and their members in order."""
+    manifest = repository / MANIFEST
+    models = json.loads(manifest.read_text())["models"] if manifest.is_file() else {}
+    return {name: tuple(entry["members"]) for name, entry in models.items()
+            if entry.get("kind") == "mixture" and not name.endswith("_text")}
+
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_STREAM_INFER = GRPC_SERVICE + "ModelStreamInfer"
 GRPC_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
