@@ -99,10 +99,17 @@ HTTP_CASES = (
     HttpCase("binary tensor", _binary_body, "same", _binary_headers),
     HttpCase("binary tensor, JSON with trailing whitespace", _padded_body, "same", _padded_headers),
     HttpCase("binary tensor, header length with leading zeros", _zeros_body, "same", _zeros_headers),
-    HttpCase("percent-encoded model name", plain(messages([FIRST])), "same", path="/v2/models/armor%6d/infer"),
-    # The model a path names is read once, decoded: an internal step stays closed however it is spelled.
-    HttpCase("percent-encoded step name", plain(messages([FIRST])), "refused:not_public",
+    # Triton never decodes a path, the gateway reads it decoded: any percent-encoding in the path is refused.
+    HttpCase("percent-encoded model name", plain(messages([FIRST])), "refused:malformed",
+             path="/v2/models/armor%6d/infer"),
+    HttpCase("percent-encoded step name", plain(messages([FIRST])), "refused:malformed",
              path=f"/v2/models/{contract.TOKENIZER.name[:-1]}%{ord(contract.TOKENIZER.name[-1]):02X}/infer"),
+    HttpCase("percent-encoded slash", plain(messages([FIRST])), "refused:malformed", path="/v2/models/armorm%2Finfer"),
+    HttpCase("a path past 1 KiB", plain(messages([FIRST])), "refused:too_large",
+             path="/v2/models/armorm/versions/" + "1" * 1100 + "/infer"),
+    HttpCase("a NUL in an input name", plain(messages([FIRST], name="messages\u0000x")), "refused:ambiguous"),
+    HttpCase("Content-Encoding br", b"not brotli", "refused:malformed", (("Content-Encoding", "br"),)),
+    HttpCase("invalid gzip", b"not gzip at all", "refused:malformed", (("Content-Encoding", "gzip"),)),
     HttpCase("binary tensor, header length with a sign", _binary_body, "refused:malformed",
              ((HEADER_LENGTH, "+" + _binary_headers[0][1]),)),
     # Shared memory, however spelled, needs the admin key (none is sent).
@@ -202,7 +209,10 @@ def http_send(server, path: str, body: bytes, headers: tuple[tuple[str, str], ..
 def plain_http(case: HttpCase) -> tuple[bytes, tuple[tuple[str, str], ...]] | None:
     """The gateway's reading of the case (Python's json), written plainly; None where Python cannot read it."""
     headers = dict(case.headers)
-    body = gzip.decompress(case.body) if headers.get("Content-Encoding") == "gzip" else case.body
+    try:
+        body = gzip.decompress(case.body) if headers.get("Content-Encoding") == "gzip" else case.body
+    except OSError:
+        return None
     split = int(headers[HEADER_LENGTH]) if HEADER_LENGTH in headers else len(body)
     try:
         header = json.dumps(json.loads(body[:split])).encode()
@@ -290,6 +300,11 @@ GRPC_CASES = (
     ("raw and typed contents", _raw_and_typed.SerializeToString(), "refused:ambiguous"),
     ("int64 contents in a BYTES input", _int64.SerializeToString(), "refused:malformed"),
     ("model name not UTF-8", GOOD + field(1, b"armor\xff"), "refused:malformed"),
+    ("a NUL in the model name", request(tensor(FIRST), model=contract.TOKENIZER.name + "\0armorm"),
+     "refused:ambiguous"),
+    # A tag past 32 bits: C++ protobuf keeps its low bits (field 1, model_name), Python refuses it.
+    ("a tag past 32 bits", GOOD + b"\x8a\x80\x80\x80\x10" + bytes([len(contract.TOKENIZER.name)])
+     + contract.TOKENIZER.name.encode(), "refused:malformed"),
     ("shared memory on an output", GOOD + _shm_output.SerializeToString(), "refused:unauthenticated"),
 )
 

@@ -97,6 +97,10 @@ def _ambiguity(request: Any) -> Finding | None:
     unknown = _unknown_field(request, "the request")
     if unknown:
         return unknown
+    names = [request.model_name, *(t.name for t in (*request.inputs, *request.outputs)),
+             *(t.datatype for t in request.inputs)]
+    if any("\0" in name for name in names):  # Triton reads a C string: the name ends there, for it only
+        return Finding("a model name, tensor name or datatype holds a NUL character", Flaw.AMBIGUOUS)
     for where, entries in (("the request", request.parameters),
                            *((f"input {t.name[:64]!r}", t.parameters) for t in request.inputs),
                            *((f"output {t.name[:64]!r}", t.parameters) for t in request.outputs)):

@@ -174,6 +174,8 @@ def _checked_document(body: bytes | bytearray, header_length: str | None, max_co
     _distinct_names(outputs, "outputs")
     for output in outputs:
         _parameters(output, f"output {output['name'][:64]!r}")
+        if "\0" in output["name"]:
+            raise _Refuse(Finding(f"output {output['name'][:64]!r}: its name holds a NUL character", Flaw.AMBIGUOUS))
     if not isinstance(document.get("parameters", {}), dict):
         raise _Refuse(Finding('"parameters" must be an object'))
     return document
@@ -203,6 +205,8 @@ def _input_binary_size(tensor: Any, index: int, max_conversation_bytes: int) -> 
     if not isinstance(name, str):
         raise _Refuse(Finding(f'{where} needs a string "name"'))
     where = f"input {name[:64]!r}"
+    if "\0" in name or (isinstance(datatype, str) and "\0" in datatype):  # Triton's C strings end there
+        raise _Refuse(Finding(f"{where}: its name or datatype holds a NUL character", Flaw.AMBIGUOUS))
     if datatype != ENSEMBLE_DATATYPE:
         raise _Refuse(Finding(f"{where} has datatype {str(datatype)[:32]!r}; the model's input is "
                               f"{ENSEMBLE_DATATYPE} (one JSON string per conversation)"))

@@ -15,10 +15,11 @@ import ssl
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from armorm.gateway.admission import RETRY_AFTER_S, Admission, Held, Refusal, charge, off_loop_if_large
 from armorm.gateway.config import ConnectionLimits, GatewayConfig, ListenError, LoadedTls
-from armorm.gateway.http_body import BodyError, Flaw, check_infer_body, header_length_of
+from armorm.gateway.http_body import BodyError, Finding, Flaw, check_infer_body, header_length_of
 from armorm.gateway.http_connections import ConnectionGuard, GuardedProtocol
 from armorm.gateway.reward_api import (
     ARMORM,
@@ -56,6 +57,21 @@ METRICS_UPSTREAM_CONNECTIONS = 2
 LINGERING_S = 5.0
 
 
+# Triton's HTTP library misreads request lines that cross its 4096-byte read; real targets are far shorter.
+MAX_TARGET_BYTES = 1024
+
+
+def target_problem(raw_target: str) -> Finding | None:
+    """Why a request target (path and query, as sent) is not forwarded: too long, or a path with
+    percent-encoding, which the gateway would read decoded and Triton (which never decodes) as sent."""
+    if len(raw_target) > MAX_TARGET_BYTES:
+        return Finding(f"the request target is {len(raw_target)} bytes; this server takes at most {MAX_TARGET_BYTES}",
+                       Flaw.TOO_LARGE)
+    if "%" in raw_target.partition("?")[0]:
+        return Finding("the path holds percent-encoding; send model names and paths as they are (no %XX)")
+    return None
+
+
 def plain_path(path: str) -> bool:
     """No empty, "." or ".." segments: the path Triton receives (normalised by the HTTP client) is then the very
     path the route check saw."""
@@ -88,6 +104,10 @@ class HttpProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         admission = self.admission
+        target = target_problem(request.raw_path)
+        if target is not None:
+            admission.refuse(PROTOCOL, target.flaw.value)
+            return error(414 if target.flaw is Flaw.TOO_LARGE else 400, target)
         api = api_of_http(request.method, request.path) if plain_path(request.path) else None
         if api is None:
             admission.refuse(PROTOCOL, "not_found")
@@ -276,6 +296,11 @@ class HttpProxy:
                     chunk = await request.content.readany()
             except TimeoutError:
                 raise Shed(f"no body bytes came for {limits.body_idle_timeout_s:g} s", 408, "slow_body") from None
+            except RequestPayloadError:  # a Content-Encoding it does not match (bad gzip, unknown coding)
+                coding = request.headers.get("Content-Encoding", "")[:40]
+                # Answered and closed: what is left of the body cannot be read either.
+                raise Shed(f"the body is not what its Content-Encoding {coding!r} says; send it plain, gzip or "
+                           "deflate", 400, Flaw.MALFORMED.value) from None
             if not chunk:
                 return body
             size = len(body) + len(chunk)
