@@ -118,11 +118,19 @@ MEMBER_SCORES = TensorSpec("member_scores", "TYPE_FP32", (VARIABLE,))
 MIXTURE = ModelSpec("mixture", "python", (MESSAGES,), (SCORE, MEMBER_SCORES))
 MIXTURE_TEXT = ModelSpec("mixture_text", "python", (TEXT,), MIXTURE.outputs)
 
+# A pairwise preference model (RLHFlow/pair-preference-model-LLaMA3-8B) exported under NAME: one JSON pair per row,
+# {"prompt": messages or text, "response_a": ..., "response_b": ...} → P(A ≻ B), both orders averaged. Its backbone
+# is NAME_backbone (the BACKBONE template).
+PAIR = TensorSpec("pair", "TYPE_STRING", (1,))
+PREFERENCE = TensorSpec("preference", "TYPE_FP32", (1,))
+PAIRWISE = ModelSpec("pairwise", "python", (PAIR,), (PREFERENCE,))
+
 # Files that the export writes next to the models that read them (under <model>/1/).
 TOKENIZER_DIR = "tokenizer"
 BACKBONE_ONNX = "model.onnx"
 BACKBONE_WEIGHTS = "backbone.safetensors"  # model.* tensors, as stored, for the torch_packed runtime
 SCORE_WEIGHTS = "score.safetensors"  # a Bradley–Terry model's score.weight [1, hidden]
+CHOICE_WEIGHTS = "choices.safetensors"  # a pairwise model's LM-head rows of "A" and "B" [2, hidden]
 # At the repository's root: each public ensemble and its kind (the gateway opens these to inference).
 MANIFEST = "reward_models.json"
 BACKBONE_CONFIG = "config.json"

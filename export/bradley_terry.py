@@ -19,9 +19,7 @@ from armorm.model.packed import PackedBackbone
 from armorm.reference import ParityRows, hf_llama
 from armorm_client import contract
 from armorm_client.samples import parity_conversations
-from armorm_export.parity import check_runtime
-from armorm_export.progress import say, step
-from armorm_export.repository import (
+from armorm_export.model_files import (
     TEMPLATES,
     ExportOptions,
     apply_contract,
@@ -31,6 +29,8 @@ from armorm_export.repository import (
     write_config,
     write_tokenizer_model,
 )
+from armorm_export.parity import check_runtime
+from armorm_export.progress import say, step
 
 # Each step's template (its contract spec) and the suffix of the model it becomes (the ensemble template names its
 # steps bradley_terry_<suffix>).

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from armorm.model import bradley_terry
+from armorm.model import bradley_terry, pairwise
 from armorm.model.checkpoint import Checkpoint
 from armorm.model.config import ArmoRMConfig
 from armorm_client import contract
 from armorm_export import bradley_terry as bradley_terry_export
-from armorm_export.repository import ExportOptions, write_armorm
+from armorm_export import pairwise as pairwise_export
+from armorm_export.armorm import write_armorm
+from armorm_export.model_files import ExportOptions
 
 
 @dataclass(frozen=True)
@@ -62,4 +64,5 @@ def kind_of(config: ArmoRMConfig) -> Kind:
 KINDS: tuple[Kind, ...] = (
     Kind("armorm", ("LlamaForRewardModelWithGating",), write_armorm, fixed_name=contract.ENSEMBLE.name),
     Kind("bradley_terry", (bradley_terry.ARCHITECTURE,), bradley_terry_export.write_models),
+    Kind("pairwise", (pairwise.ARCHITECTURE,), pairwise_export.write_models),
 )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from armorm.model.mixture import MIXTURE_FILE, Member, Mixture, parse_weights
 from armorm_client import contract
-from armorm_export.repository import (
+from armorm_export.model_files import (
     TEMPLATES,
     apply_contract,
     read_config,

@@ -1,137 +1,36 @@
-"""Write a deployable model repository: the hand-written configs and model.py files from
-`model_repository/`, plus the artifacts each model loads (tokenizer files, ONNX backbone, head weights,
-objective names)."""
+"""Write a deployable model repository: one checkpoint's models (its kind picked by armorm_export.kinds) beside the
+others already there, built from the hand-written templates of `model_repository/` (armorm_export.model_files)."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from google.protobuf import text_format
-from safetensors.torch import save_file
-from tritonclient.grpc import model_config_pb2
-
-from armorm.model.backbone import ArmoRMBackbone
 from armorm.model.checkpoint import Checkpoint
-from armorm.model.conversation import TEMPLATE_BOS
-from armorm.model.heads import HeadWeights
-from armorm.model.onnx_backbone import OnnxBackbone, onnx_session
-from armorm.model.packed import PackedBackbone
-from armorm.reference import ArmoRMReference
-from armorm_client import contract
-from armorm_client.samples import parity_conversations
-from armorm_export import native_backbone, onnx_backbone, tensorrt_plan
-from armorm_export.parity import check_runtime
+from armorm_export.kinds import kind_of
+from armorm_export.model_files import (
+    BACKBONES,
+    TEMPLATES,
+    ExportOptions,
+    read_config,
+    set_parameter,
+    templates_dir,
+    update_manifest,
+    write_config,
+)
 from armorm_export.progress import say, step
 
-# The hand-written model folders: the source tree's, or those named by ARMORM_TEMPLATES (an installed package has
-# no source tree; the image sets it to its copy).
-TEMPLATES = Path(os.environ.get("ARMORM_TEMPLATES") or Path(__file__).resolve().parent.parent / "model_repository")
+# What callers of the export import from here.
+__all__ = ["BACKBONES", "ExportOptions", "export_repository", "read_config", "set_parameter", "write_config"]
 
 
-def templates_dir() -> Path:
-    """TEMPLATES, checked before any heavy work: a missing copy would otherwise fail after loading the checkpoint."""
-    if not (TEMPLATES / contract.ENSEMBLE.name / "config.pbtxt").is_file():
-        raise ValueError(f"the model templates are not at {TEMPLATES}: run from the source tree, or set "
-                         "ARMORM_TEMPLATES to its model_repository folder")
-    return TEMPLATES
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    instance_kind: str = "cpu"  # "cpu" or "gpu": where the backbone instance runs
-    max_tokens: int | None = None  # default: the checkpoint's max_position_embeddings
-    atol: float = 1e-4
-    backbone: str = "torch_packed"  # how the backbone runs: a key of BACKBONES
-    onnx: bool = True  # export and check the ONNX backbone (every backbone but torch_packed needs it)
-    truncate: bool = False  # score the first max_tokens tokens of longer conversations (the card's pipeline)
-    # Check the served runtimes against the fp32 reference forward on the CPU. Only the device check's 8B random
-    # benchmark turns it off (two fp32 copies of 8B weights on the host, minutes): its GPU parity steps check instead.
-    verify: bool = True
-
-    @property
-    def serving(self) -> BackboneServing:
-        return BACKBONES[self.backbone]
-
-
-@dataclass(frozen=True)
-class BackboneServing:
-    """One choice of how the backbone runs, and what the export writes for it."""
-
-    runtime: str  # the Python model's runtime parameter (a key of armorm.runtimes.RUNTIMES)
-    triton_backend: str  # "python", or Triton's native "onnxruntime" / "tensorrt" backend (NGC container)
-    help: str
-
-
-# The one export knob (--backbone): how the backbone runs. Python-model runtimes come from armorm.runtimes.
-BACKBONES = {
-    "torch_packed": BackboneServing("torch_packed", "python", "Python model, padding-free PyTorch (default)"),
-    "onnxruntime": BackboneServing("onnxruntime", "python", "Python model running the exported ONNX"),
-    "onnxruntime-native": BackboneServing("onnxruntime", "onnxruntime", "Triton's native ONNX Runtime backend"),
-    "tensorrt": BackboneServing("onnxruntime", "tensorrt", "Triton's native TensorRT backend; the plan is built "
-                                "where tensorrt is installed, else the trtexec command is printed"),
-}
-
-
-def read_config(path: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def write_config(path: Path, config: model_config_pb2.ModelConfig, note: str) -> None:
-    path.write_text(f"# Written by the export ({note}); the template is model_repository/.\n"
-                    + text_format.MessageToString(config))
-
-
-def copy_templates(output: Path) -> None:
-    """Fresh model folders (artifacts of an earlier export, an old plan or other weights, must not survive), each
-    config's inputs and outputs written from the contract."""
-    for spec in contract.ALL_MODELS:
-        shutil.rmtree(output / spec.name, ignore_errors=True)
-        shutil.copytree(TEMPLATES / spec.name, output / spec.name, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".gitkeep"))
-        (output / spec.name / "1").mkdir(exist_ok=True)
-        path = output / spec.name / "config.pbtxt"
-        config = read_config(path)
-        apply_contract(config, spec)
-        write_config(path, config, "inputs and outputs from client/contract.py")
-
-
-def apply_contract(config: model_config_pb2.ModelConfig, spec: contract.ModelSpec) -> None:
-    """The model's inputs and outputs as the contract declares them; for the ensemble also the last step's
-    output_map (its outputs are the ensemble's, by name: any subset of them can be requested)."""
-    del config.input[:]
-    del config.output[:]
-    for tensor in spec.inputs:
-        config.input.add(name=tensor.name, data_type=model_config_pb2.DataType.Value(tensor.data_type),
-                         dims=tensor.dims, allow_ragged_batch=tensor.ragged, optional=tensor.optional)
-    for tensor in spec.outputs:
-        config.output.add(name=tensor.name, data_type=model_config_pb2.DataType.Value(tensor.data_type),
-                          dims=tensor.dims)
-    if spec in contract.ENSEMBLES:
-        last = config.ensemble_scheduling.step[-1]
-        last.output_map.clear()
-        last.output_map.update({tensor.name: tensor.name for tensor in contract.TRANSFORM.outputs})
-
-
-def set_parameter(config: model_config_pb2.ModelConfig, key: str, value: str) -> None:
-    config.parameters[key].string_value = value
-
-
-def export_repository(checkpoint_name: str | Path, output: Path, options: ExportOptions = ExportOptions(),
+def export_repository(checkpoint_name: str | Path, output: Path, options: ExportOptions | None = None,
                       name: str | None = None) -> Path:
     """Write the models of one checkpoint into `output` (under `name`: ArmoRM is always `armorm`), keeping the other
     reward models already there, and list them in the repository's manifest."""
-    output = Path(output)
+    output, options = Path(output), options or ExportOptions()
     templates_dir()
     if output.resolve() == TEMPLATES.resolve():
         raise ValueError(f"{output} holds the templates; export into another folder (e.g. build/repository)")
-    from armorm_export.kinds import kind_of  # the kinds' writers use this module's helpers
-
     with step(f"loading checkpoint {checkpoint_name}"):
         loaded = [Checkpoint.load(checkpoint_name, progress=True)]
     config = loaded[0].config
@@ -144,120 +43,3 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
     update_manifest(output, {model: kind.name for model in served})
     say(f"model repository ready: {output} ({', '.join(served)})")
     return output
-
-
-def update_manifest(output: Path, served: dict[str, str | dict]) -> None:
-    """contract.MANIFEST: every public model of the repository and its kind (an entry: {"kind": ...} and, for a
-    mixture, its "members"); models no longer there drop out."""
-    path = output / contract.MANIFEST
-    models = json.loads(path.read_text())["models"] if path.exists() else {}
-    models.update({name: entry if isinstance(entry, dict) else {"kind": entry} for name, entry in served.items()})
-    models = {name: entry for name, entry in models.items() if (output / name / "config.pbtxt").is_file()}
-    path.write_text(json.dumps({"models": dict(sorted(models.items()))}, indent=2) + "\n")
-
-
-def write_tokenizer_model(checkpoint: Checkpoint, folder: Path, options: ExportOptions, bos_rule: str) -> None:
-    """The tokenizer files and the tokenizer step's limits, into an already copied tokenizer template."""
-    config = checkpoint.config
-    tokenizer_dir = folder / "1" / contract.TOKENIZER_DIR
-    tokenizer_dir.mkdir(parents=True, exist_ok=True)
-    for file_name in TOKENIZER_FILES:
-        if (checkpoint.directory / file_name).exists():
-            shutil.copy2(checkpoint.directory / file_name, tokenizer_dir / file_name)
-    max_tokens = min(options.max_tokens or config.max_position_embeddings, config.max_position_embeddings)
-    config_path = folder / "config.pbtxt"
-    tokenizer_config = read_config(config_path)
-    set_parameter(tokenizer_config, "max_tokens", str(max_tokens))
-    set_parameter(tokenizer_config, "truncate", "true" if options.truncate else "false")
-    set_parameter(tokenizer_config, "bos_rule", bos_rule)
-    write_config(config_path, tokenizer_config, f"max_tokens={max_tokens}, truncate={options.truncate}, "
-                                                f"bos_rule={bos_rule}")
-
-
-def write_backbone_weights(checkpoint: Checkpoint, folder: Path) -> None:
-    """config.json and the model.* tensors, as stored, for the torch_packed runtime."""
-    backbone_dir = folder / "1"
-    (backbone_dir / contract.BACKBONE_CONFIG).write_text(json.dumps(checkpoint.config.to_dict(), indent=2))
-    with step("backbone weights (safetensors, as stored) for the torch_packed runtime"):
-        backbone_state = {n: t.contiguous() for n, t in checkpoint.state.items() if n.startswith("model.")}
-        save_file(backbone_state, str(backbone_dir / contract.BACKBONE_WEIGHTS), metadata={"format": "pt"})
-
-
-def write_armorm(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> list[str]:
-    config = checkpoint.config
-    copy_templates(output)
-    with step("tokenizer"):
-        write_tokenizer_model(checkpoint, output / contract.TOKENIZER.name, options, TEMPLATE_BOS)
-        max_tokens = min(options.max_tokens or config.max_position_embeddings, config.max_position_embeddings)
-
-    with step("head weights and objective names"):
-        head_weights = HeadWeights.from_state_dict(checkpoint.state, config)
-        head_weights.regression.save(output / contract.REGRESSION.name / "1" / contract.REGRESSION_WEIGHTS)
-        head_weights.gating.save(output / contract.GATING_MODEL.name / "1" / contract.GATING_WEIGHTS)
-        head_weights.transform.save(output / contract.TRANSFORM.name / "1" / contract.TRANSFORM_WEIGHTS)
-        names = json.dumps(list(contract.OBJECTIVES), indent=2)
-        for spec in (contract.REGRESSION, *contract.ENSEMBLES):
-            (output / spec.name / "1" / contract.OBJECTIVES_FILE).write_text(names)
-
-    backbone_dir = output / contract.BACKBONE.name / "1"
-    write_backbone_weights(checkpoint, output / contract.BACKBONE.name)
-    onnx_path = backbone_dir / contract.BACKBONE_ONNX
-    if options.onnx:
-        with step("backbone → ONNX"):
-            onnx_backbone.export_backbone(config, checkpoint.state, onnx_path)
-            size = sum(p.stat().st_size for p in backbone_dir.glob("model.onnx*"))
-            say(f"wrote {onnx_path} ({size / 2**20:.1f} MiB)")
-    elif options.backbone != "torch_packed":
-        raise ValueError(f"--backbone {options.backbone} needs the ONNX export (drop --no-onnx)")
-    config_path = output / contract.BACKBONE.name / "config.pbtxt"
-    backbone_config = read_config(config_path)
-    serving = options.serving
-    set_parameter(backbone_config, "runtime", serving.runtime)
-    if options.instance_kind == "gpu":
-        for group in backbone_config.instance_group:
-            group.kind = model_config_pb2.ModelInstanceGroup.Kind.KIND_GPU
-    write_config(config_path, backbone_config, f"runtime {serving.runtime}, backbone on {options.instance_kind}")
-
-    if options.verify:
-        with step("checking the backbone runtimes against the reference forward"):
-            errors = verify_backbone(checkpoint, onnx_path if options.onnx else None, options.atol)
-            for name, error in errors.items():
-                say(f"max |{name} - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
-    else:
-        say("not checked against the reference forward here (verify=False)")
-    del checkpoint
-
-    if serving.triton_backend == "tensorrt":
-        with step("TensorRT plan"):
-            tensorrt_plan.build_if_available(onnx_path, backbone_dir / "model.plan", max_tokens)
-    if serving.triton_backend != "python":
-        path = backbone_dir.parent / "config.pbtxt"
-        config = native_backbone.native_backbone_config(read_config(path), serving.triton_backend,
-                                                        options.instance_kind == "gpu")
-        write_config(path, config, f"backbone on Triton's native {serving.triton_backend} backend")
-        (backbone_dir / "model.py").unlink(missing_ok=True)
-        say(f"wrote {path} for Triton's native {serving.triton_backend} backend (NGC container; the pip server "
-            "has only the Python backend)")
-        if serving.triton_backend == "tensorrt" and not (backbone_dir / "model.plan").exists():
-            say("no TensorRT here: build the plan on the serving GPU, e.g. trtexec --onnx=model.onnx "
-                f"--saveEngine=model.plan --minShapes=input_ids:1x1,gate_position:1,reward_position:1 "
-                f"--optShapes=input_ids:8x512,gate_position:8,reward_position:8 "
-                f"--maxShapes=input_ids:64x{max_tokens},gate_position:64,reward_position:64")
-    return [spec.name for spec in contract.ENSEMBLES]
-
-
-
-def verify_backbone(checkpoint: Checkpoint, onnx_path: Path | None, atol: float) -> dict[str, float]:
-    """Both runtimes against the Hugging Face reference on the sample conversations (fp32, CPU).
-
-    The conversations include two responses to one prompt, so the packed runtime's prompt sharing
-    is exercised too.
-    """
-    rows = ArmoRMReference(checkpoint).parity_rows(parity_conversations())
-    packed = PackedBackbone(ArmoRMBackbone.from_state_dict(checkpoint.config, checkpoint.state, torch.float32))
-    errors = {"torch_packed": check_runtime("the packed runtime", packed.run, rows, atol)}
-    if onnx_path is not None:
-        onnx = OnnxBackbone(onnx_session(onnx_path), checkpoint.config.pad_token_id, max_batch_tokens=1 << 30)
-        errors["ONNX Runtime"] = check_runtime("ONNX Runtime", onnx.run, rows, atol)
-    return errors
-

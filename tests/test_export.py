@@ -120,9 +120,9 @@ def test_export_says_where_the_templates_are_before_loading_anything(tmp_path, m
     downloading and loading a 16 GB checkpoint (a checkpoint that does not exist proves the order)."""
     import pytest
 
-    from armorm_export import repository
+    from armorm_export import model_files, repository
 
-    monkeypatch.setattr(repository, "TEMPLATES", tmp_path / "nowhere")
+    monkeypatch.setattr(model_files, "TEMPLATES", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="set ARMORM_TEMPLATES"):
         repository.export_repository("no-such/checkpoint", tmp_path / "out")
 

@@ -244,6 +244,36 @@ def write_random_bradley_terry(directory: Path, seed: int = 0, sizes: TinySizes 
     return Path(directory)
 
 
+# Meta-Llama-3-8B-Instruct's template as of April 2024 (the pair PM's base): it always ends with the assistant
+# header, whatever add_generation_prompt says, so the model answers "A" or "B" at the last position.
+LLAMA3_INSTRUCT_APRIL_2024 = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+)
+
+
+def write_random_pairwise(directory: Path, seed: int = 0, sizes: TinySizes = TinySizes()) -> Path:
+    """A random LlamaForCausalLM in RLHFlow/pair-preference-model-LLaMA3-8B's on-disk shape: Llama-3, an untied
+    lm_head, Meta's April-2024 Instruct template."""
+    armorm = tiny_config(sizes)
+    extra = {k: v for k, v in armorm.extra.items() if k not in ("auto_map", "num_labels", "id2label", "label2id")}
+    extra["architectures"] = ["LlamaForCausalLM"]
+    config = dataclasses.replace(armorm, extra=extra, max_position_embeddings=8192, rope_theta=500000.0)
+    parameters = {n: t for n, t in random_parameters(armorm, seed).items() if n.startswith("model.")}
+    generator = torch.Generator().manual_seed(seed + 2)
+    parameters["lm_head.weight"] = (torch.randn(config.vocab_size, config.hidden_size, generator=generator)
+                                    / config.hidden_size ** 0.5 * 64).to(torch.bfloat16)  # P(A ≻ B) far from 0.5
+    write_checkpoint(directory, config, parameters)
+    write_tokenizer(Path(directory), config, chat_template=LLAMA3_INSTRUCT_APRIL_2024)
+    config_json = json.loads((Path(directory) / "config.json").read_text())
+    for armorm_only in ("num_objectives", "gating_temperature", "gating_hidden_dim", "gating_n_hidden"):
+        config_json.pop(armorm_only)
+    (Path(directory) / "config.json").write_text(json.dumps(config_json, indent=2))
+    return Path(directory)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="directory to write the checkpoint into")

@@ -1,4 +1,5 @@
-"""Bradley–Terry reward models beside ArmoRM in one repository (armorm.model.bradley_terry, export/bradley_terry.py).
+"""Reward models beside ArmoRM in one repository: Bradley–Terry models (armorm.model.bradley_terry), a mixture of
+them (armorm.model.mixture) and a pairwise preference model (armorm.model.pairwise).
 
 Random checkpoints in each exact on-disk format: FsfairX-LLaMA3-RM's (Llama-3, RLHFlow's tokenizer that adds no
 BOS) and Skywork-Reward-V2-Llama-3.1-8B's (Llama-3.1 RoPE scaling, a BOS-adding tokenizer, Llama-3.1's template).
@@ -15,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from armorm.testing.random_checkpoint import write_random_bradley_terry
+from armorm.testing.random_checkpoint import write_random_bradley_terry, write_random_pairwise
 from armorm.testing.serve_process import ServeProcess
 from armorm_client import contract
 from armorm_export.mixture import main as mixture_main
@@ -36,7 +37,12 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def repository(checkpoints, tiny_checkpoint, tmp_path_factory):
+def pairwise_checkpoint(tmp_path_factory):
+    return write_random_pairwise(tmp_path_factory.mktemp("pairwise") / "pair-pm", seed=21)
+
+
+@pytest.fixture(scope="module")
+def repository(checkpoints, pairwise_checkpoint, tiny_checkpoint, tmp_path_factory):
     from armorm_export.repository import ExportOptions, export_repository
 
     output = tmp_path_factory.mktemp("mixed") / "repository"
@@ -44,6 +50,7 @@ def repository(checkpoints, tiny_checkpoint, tmp_path_factory):
     export_repository(tiny_checkpoint, output, options)
     for name, directory in checkpoints.items():
         export_repository(directory, output, options, name=name)
+    export_repository(pairwise_checkpoint, output, options, name="pair_pm")
     assert mixture_main([str(output), "helpful", "armorm=1", "fsfairx=0.5", "skywork=-0.25",
                          "--standardize", f"skywork={SKYWORK_STATS[0]},{SKYWORK_STATS[1]}"]) == 0
     return output
@@ -107,7 +114,7 @@ def test_the_manifest_lists_every_public_model_and_the_gateway_opens_only_those(
     members = ["armorm", "fsfairx", "skywork"]
     assert manifest == {"armorm": {"kind": "armorm"}, "armorm_text": {"kind": "armorm"},
                         "fsfairx": {"kind": "bradley_terry"}, "skywork": {"kind": "bradley_terry"},
-                        "helpful": {"kind": "mixture", "members": members},
+                        "helpful": {"kind": "mixture", "members": members}, "pair_pm": {"kind": "pairwise"},
                         "helpful_text": {"kind": "mixture", "members": members}}
     with pytest.raises(InferenceServerException, match="not served for inference here") as refused:
         served_scores(mixed_server, "skywork_score", varied_conversations()[:1])
@@ -160,3 +167,99 @@ def test_a_mixture_through_get_reward_takes_openrlhfs_templated_queries(mixed_se
         assert np.abs(np.array(answer["rewards"]) - want).max() <= ATOL, query
         for index, member in enumerate(("armorm", "fsfairx", "skywork")):
             assert np.abs(np.array(answer["extra_logs"][member]) - members[:, index]).max() <= ATOL
+
+
+# --- the pairwise preference model (RLHFlow/pair-preference-model-LLaMA3-8B's shape) ---------------------------
+PAIR_PLAIN_TEMPLATE = ("\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}\n\n<turn> user\n "
+                       "{{ message['content'] }}{% else %}\n\n<turn> assistant\n {{ message['content'] }}{% endif %}"
+                       "{% endfor %}\n\n\n")
+
+
+def rlhflow_preference(directory, instruction, responses) -> float:
+    """RLHFlow's pair-pm code (README / eval_reward_bench_pm.py), on transformers' LlamaForCausalLM: P(responses[0]
+    ≻ responses[1]), the chosen one shown first and then second."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer_plain = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer_plain.chat_template = PAIR_PLAIN_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    prompt_template = "[CONTEXT] {context} [RESPONSE A] {response_A} [RESPONSE B] {response_B} \n"
+    token_id_a = tokenizer.encode("A", add_special_tokens=False)[0]
+    token_id_b = tokenizer.encode("B", add_special_tokens=False)[0]
+    context = tokenizer_plain.apply_chat_template(instruction, tokenize=False)
+    probs_chosen = []
+    for chosen_position in [0, 1]:
+        prompt = prompt_template.format(context=context, response_A=responses[chosen_position],
+                                        response_B=responses[1 - chosen_position])
+        message = [{"role": "user", "content": prompt}]
+        input_ids = tokenizer.encode(tokenizer.apply_chat_template(message, tokenize=False).replace(
+            tokenizer.bos_token, ""), return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            output = model(input_ids)
+        logit_a = output.logits[0, -1, token_id_a].item()
+        logit_b = output.logits[0, -1, token_id_b].item()
+        z = math.exp(logit_a) + math.exp(logit_b)
+        logit_chosen = [logit_a, logit_b][chosen_position]
+        probs_chosen.append(math.exp(logit_chosen) / z)
+    return sum(probs_chosen) / len(probs_chosen)
+
+
+PAIRS = [
+    ([{"role": "user", "content": "Capital of France?"}], "Paris.", "Lyon, I think, or maybe Nice."),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+      {"role": "user", "content": "Name a prime."}], "7", "8"),
+    ([{"role": "user", "content": "Write a haiku about rain 🌧."}], "Soft rain on the roof,\\nquiet streets.", "No."),
+]
+
+
+def test_the_pairwise_model_gives_rlhflows_preference(mixed_server, pairwise_checkpoint):
+    from armorm_client.pairwise import PairwiseClient
+
+    expected = [rlhflow_preference(pairwise_checkpoint, prompt, [a, b]) for prompt, a, b in PAIRS]
+    with PairwiseClient(mixed_server.grpc_url, model="pair_pm") as judge:
+        alone = [judge.preference(*pair) for pair in PAIRS]
+        together = judge.preferences(PAIRS)
+        swapped = judge.preferences([(prompt, b, a) for prompt, a, b in PAIRS])
+    assert np.abs(np.array(alone) - expected).max() <= ATOL, (alone, expected)
+    assert np.abs(np.array(together) - alone).max() <= ATOL, "a pair's P must not depend on its batch"
+    assert np.abs(np.array(swapped) + alone - 1).max() <= ATOL, "P(B ≻ A) = 1 − P(A ≻ B): both orders averaged"
+
+
+def test_rankings_say_their_cost_in_forwards(mixed_server):
+    from armorm_client.pairwise import PairwiseClient
+
+    prompt, responses = "Name a colour.", ["Teal.", "Red.", "Blue, like the sky.", "no", "Green!"]
+    with PairwiseClient(mixed_server.grpc_url, model="pair_pm") as judge:
+        tournament = judge.rank(prompt, responses)
+        every = judge.rank(prompt, responses, "all_pairs")
+        p = {(a, b): judge.preference(prompt, responses[a], responses[b]) for a in range(5) for b in range(5) if a != b}
+    assert tournament.forwards == 2 * (len(responses) - 1) and len(tournament.matches) == len(responses) - 1
+    assert every.forwards == len(responses) * (len(responses) - 1) and len(every.matches) == 10
+    assert sorted(tournament.order) == sorted(every.order) == list(range(5))
+    winner = tournament.best
+    assert all(p[(winner, other)] >= 0.5 - ATOL for a, other, _ in tournament.matches if winner in (a, other)
+               and other != winner), "the winner won each of its matches"
+    mean = [np.mean([p[(i, j)] for j in range(5) if j != i]) for i in range(5)]
+    assert every.order == sorted(range(5), key=lambda i: -mean[i])
+
+
+def test_a_bad_pair_fails_alone_with_what_to_fix(mixed_server):
+    from tritonclient.utils import InferenceServerException
+
+    from armorm_client.pairwise import PairwiseClient
+
+    with PairwiseClient(mixed_server.grpc_url, model="pair_pm") as judge:
+        with pytest.raises(InferenceServerException, match="response_a"):
+            judge.client.infer("pair_pm", [_pair_tensor([b'{"prompt": "x"}'])])
+        assert 0.0 <= judge.preference("Hi", "Hello", "Go away") <= 1.0, "the server keeps serving"
+
+
+def _pair_tensor(rows):
+    tensor = grpcclient.InferInput(contract.PAIR.name, [len(rows), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[r] for r in rows], dtype=object))
+    return tensor
+
