@@ -30,7 +30,7 @@ TRL_SPEC := trl==1.16.0 accelerate datasets pyarrow==21.0.0 pandas==2.2.3 pytz t
 	multiprocess xxhash requests charset-normalizer urllib3 idna certifi
 IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: help install tools system-deps checkpoint export serve demo test test-slow trl perf bench bench-gateway bench-openrlhf gpu-check device-kit device-rehearsal lint docker image-lock clean
+.PHONY: help install tools system-deps checkpoint export serve demo test test-slow trl perf bench bench-gateway bench-openrlhf bench-mixture gpu-check device-kit device-rehearsal lint docker image-lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -106,6 +106,9 @@ bench-gateway: install ## the gateway's cost: same requests through it and strai
 
 bench-openrlhf: install ## OpenRLHF's single-sample /get_reward calls vs armorm_client on the same conversations, ratio printed
 	$(BIN)/python scripts/bench_openrlhf.py $(REPO)
+
+bench-mixture: install ## a mixture of two reward models vs its members called separately, same conversations, ratio printed
+	$(BIN)/python scripts/bench_mixture.py $(BENCH_ARGS)
 
 gpu-check: install ## packed runtime vs model card pipeline in process: fidelity + throughput (8B shape on a GPU)
 	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)

@@ -125,8 +125,10 @@ def best_of_n(prompt: Messages, responses: Sequence[str]) -> list[list[dict[str,
 
 
 def decode_results(result: Any) -> list[ArmoRMScore]:
-    """One ArmoRMScore per row of the response, its fields read by the ensemble's declared outputs."""
-    arrays = {tensor.name: result.as_numpy(tensor.name) for tensor in contract.ENSEMBLE.outputs}
+    """One ArmoRMScore per row of the response, its fields read by name from the outputs it holds (ArmoRM's all;
+    a Bradley–Terry model's `score`; a mixture's `score` and, in `extra`, `member_scores`)."""
+    names = [output.name for output in result.get_response().outputs]
+    arrays = {name: result.as_numpy(name) for name in names}
     rows = next(iter(arrays.values())).shape[0]
     return [ArmoRMScore.from_row({name: array[row] for name, array in arrays.items()}) for row in range(rows)]
 
@@ -165,8 +167,10 @@ class _Options:
     def __init__(self, url: str, model: str, timeout_s: float | None, retry: RetryPolicy, api_key: str | None,
                  api_key_header: str, ssl: bool, root_certificates: str | None, client_options: dict) -> None:
         self.url, self.model, self.timeout_s, self.retry = url, model, timeout_s, retry
-        # Templated text goes to the text ensemble; a model of another name is asked for both forms.
-        self.text_model = contract.TEXT_ENSEMBLE.name if model == contract.ENSEMBLE.name else model
+        # Templated text goes to the text ensemble (armorm_text, a mixture's NAME_text).
+        self.text_model = contract.TEXT_ENSEMBLE.name if model == contract.ENSEMBLE.name else f"{model}_text"
+        # ArmoRM's outputs by name; another reward model (Bradley–Terry, a mixture) answers all of its own.
+        self.armorm = model in (contract.ENSEMBLE.name, contract.TEXT_ENSEMBLE.name)
         self.headers = {api_key_header: api_key} if api_key else None
         self.connect = dict(client_options)
         if balanced(url) and "channel_args" not in self.connect:
@@ -210,7 +214,7 @@ class ArmoRMClient:
         try:
             result = self._client.infer(self._options.model_for(conversations, form),
                                         build_inputs(conversations, form=form),
-                                        outputs=build_outputs(),
+                                        outputs=build_outputs() if self._options.armorm else None,
                                         client_timeout=self._options.timeout_s, headers=self._options.headers)
         except InferenceServerException as err:
             raise to_error(err) from None
@@ -269,7 +273,8 @@ class ArmoRMClient:
                 self._client.async_infer(
                     self._options.model_for(slot.conversations), build_inputs(slot.conversations),
                     callback=lambda result, error: answered(slot, attempt, result, error),
-                    outputs=build_outputs(), client_timeout=self._options.timeout_s, headers=self._options.headers)
+                    outputs=build_outputs() if self._options.armorm else None,
+                    client_timeout=self._options.timeout_s, headers=self._options.headers)
             except InferenceServerException as err:
                 answered(slot, attempt, None, err)
             except Exception as err:  # noqa: BLE001 - e.g. a conversation json cannot encode: fail its slot only
@@ -363,7 +368,7 @@ class AsyncArmoRMClient:
         try:
             result = await self._client.infer(self._options.model_for(conversations, form),
                                               build_inputs(conversations, self._module, form),
-                                              outputs=build_outputs(self._module),
+                                              outputs=build_outputs(self._module) if self._options.armorm else None,
                                               client_timeout=self._options.timeout_s, headers=self._options.headers)
         except InferenceServerException as err:
             raise to_error(err) from None

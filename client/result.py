@@ -16,10 +16,11 @@ class ArmoRMScore:
     """One conversation's outputs; the fields are the ensemble's outputs (contract.ENSEMBLE), by name."""
 
     score: float
-    rewards: np.ndarray  # [19] fp32, in OBJECTIVES order
-    gating: np.ndarray  # [19]
-    coefficients: np.ndarray  # [19] = gating @ Tᵀ
-    num_tokens: int
+    # ArmoRM's own outputs; empty (and num_tokens 0) for a reward model without them (Bradley–Terry, a mixture).
+    rewards: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [19] fp32, in OBJECTIVES order
+    gating: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [19]
+    coefficients: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [19] = gating @ Tᵀ
+    num_tokens: int = 0
     # Outputs the server declares beyond these (a newer contract): by name, [1]-shaped ones as numbers.
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -41,20 +42,24 @@ class ArmoRMScore:
     @classmethod
     def from_row(cls, row: dict[str, np.ndarray]) -> ArmoRMScore:
         """One row of each output tensor: [1]-shaped outputs become numbers, the others fp32 vectors."""
-        values = {}
-        for tensor in ENSEMBLE.outputs:
-            value = row[tensor.name]
-            if tensor.dims == (1,):
-                values[tensor.name] = int(value[0]) if tensor.data_type.startswith("TYPE_INT") else float(value[0])
+        values: dict[str, Any] = {}
+        for name, value in row.items():
+            value = np.asarray(value)
+            if value.shape == (1,):
+                values[name] = int(value[0]) if value.dtype.kind in "iu" else float(value[0])
             else:
-                values[tensor.name] = np.asarray(value, dtype=np.float32)
+                values[name] = np.asarray(value, dtype=np.float32)
         known = {name: values.pop(name) for name in cls.__dataclass_fields__ if name in values}
         return cls(**known, extra=values)
 
     def to_dict(self) -> dict:
-        """Numbers as they are, per-objective vectors keyed by objective name (JSON-ready)."""
+        """Numbers as they are, per-objective vectors keyed by objective name (JSON-ready). A reward model without
+        ArmoRM's objectives gives its score and its own outputs (a mixture's member_scores)."""
         def value(name: str) -> Any:
             return getattr(self, name) if name in self.__dataclass_fields__ else self.extra[name]
 
+        if not len(self.rewards):
+            return {"score": self.score, **{name: v if np.isscalar(v) else [float(x) for x in v]
+                                            for name, v in self.extra.items()}}
         return {tensor.name: value(tensor.name) if tensor.dims == (1,)
                 else dict(zip(OBJECTIVES, map(float, value(tensor.name)))) for tensor in ENSEMBLE.outputs}

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from armorm_client.client import ArmoRMClient, AsyncArmoRMClient, TemplatedText
+from armorm_client.contract import ENSEMBLE
 from armorm_client.result import ArmoRMScore
 from armorm_client.retry import RetryPolicy
 from armorm_client.steering import OBJECTIVE_WEIGHTS_ENV, ObjectiveWeights
 
 URL_ENV = "ARMORM_URL"
+MODEL_ENV = "ARMORM_MODEL"  # another reward model of the repository: a Bradley–Terry model's or a mixture's name
 API_KEY_ENV = "ARMORM_API_KEY"  # the name armorm-score reads too
 TIMEOUT_ENV = "ARMORM_TIMEOUT_S"
 MAX_ATTEMPTS_ENV = "ARMORM_MAX_ATTEMPTS"
@@ -78,6 +80,7 @@ class Settings:
     """How to reach the server. Hashable: the integrations keep one client per distinct Settings."""
 
     url: str = DEFAULT_URL
+    model: str = ENSEMBLE.name
     api_key: str | None = field(default=None, repr=False)
     timeout_s: float = DEFAULT_TIMEOUT_S  # per attempt; DEADLINE_EXCEEDED is not retried
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # tries for UNAVAILABLE (overload, restart, unreachable)
@@ -107,6 +110,7 @@ class Settings:
         if ssl not in ("", "0", "1", "true", "false"):
             raise ValueError(f"{SSL_ENV}={ssl!r}: use 1 or 0")
         return cls(url=env.get(URL_ENV, "").strip() or DEFAULT_URL,
+                   model=env.get(MODEL_ENV, "").strip() or ENSEMBLE.name,
                    api_key=env.get(API_KEY_ENV) or None,
                    timeout_s=number(TIMEOUT_ENV, float, DEFAULT_TIMEOUT_S, 0.001),
                    max_attempts=number(MAX_ATTEMPTS_ENV, int, DEFAULT_MAX_ATTEMPTS, 1),
@@ -119,13 +123,13 @@ class Settings:
         return RetryPolicy(max_attempts=self.max_attempts)
 
     def client(self) -> ArmoRMClient:
-        return ArmoRMClient(self.url, timeout_s=self.timeout_s, retry=self.retry(), api_key=self.api_key,
-                            ssl=self.ssl, root_certificates=self.root_certificates)
+        return ArmoRMClient(self.url, model=self.model, timeout_s=self.timeout_s, retry=self.retry(),
+                            api_key=self.api_key, ssl=self.ssl, root_certificates=self.root_certificates)
 
     def async_client(self) -> AsyncArmoRMClient:
         """Must be called inside the event loop that will use it (a gRPC aio channel belongs to one loop)."""
-        return AsyncArmoRMClient(self.url, timeout_s=self.timeout_s, retry=self.retry(), api_key=self.api_key,
-                                 ssl=self.ssl, root_certificates=self.root_certificates)
+        return AsyncArmoRMClient(self.url, model=self.model, timeout_s=self.timeout_s, retry=self.retry(),
+                                 api_key=self.api_key, ssl=self.ssl, root_certificates=self.root_certificates)
 
 
 def text_of(content: Any) -> str:

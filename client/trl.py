@@ -40,11 +40,12 @@ class _RewardBase:
 
     def __init__(self, url: str | None = None, *, api_key: str | None = None, timeout_s: float | None = None,
                  max_attempts: int | None = None, max_in_flight: int | None = None, name: str = "armorm",
-                 objective_weights: Mapping[str, float] | ObjectiveWeights | None = None) -> None:
+                 objective_weights: Mapping[str, float] | ObjectiveWeights | None = None,
+                 model: str | None = None) -> None:
         if objective_weights is not None and not isinstance(objective_weights, ObjectiveWeights):
             objective_weights = ObjectiveWeights.of(objective_weights)
         given = {"url": url, "api_key": api_key, "timeout_s": timeout_s, "max_attempts": max_attempts,
-                 "max_in_flight": max_in_flight, "objective_weights": objective_weights}
+                 "max_in_flight": max_in_flight, "objective_weights": objective_weights, "model": model}
         self.settings = replace(Settings.from_env(), **{k: v for k, v in given.items() if v is not None})
         self.__name__ = name  # TRL names the reward's metrics and columns by it
         self._disconnected()

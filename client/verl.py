@@ -9,7 +9,8 @@ MissingPromptError saying what to add; no reward is made up.
 
 Returns {"score": ArmoRM's score, <objective>: its reward, ...} (verl logs the extra keys). Configured by the
 environment (armorm_client.rlhf): ARMORM_URL, ARMORM_API_KEY, ARMORM_TIMEOUT_S, ARMORM_MAX_ATTEMPTS,
-ARMORM_MAX_IN_FLIGHT, ARMORM_SSL, ARMORM_ROOT_CERTIFICATES; with ARMORM_OBJECTIVE_WEIGHTS
+ARMORM_MAX_IN_FLIGHT, ARMORM_SSL, ARMORM_ROOT_CERTIFICATES, ARMORM_MODEL (another reward model of the
+repository, e.g. a mixture: "score" is then its score); with ARMORM_OBJECTIVE_WEIGHTS
 (`helpsteer-helpfulness=0.97,helpsteer-verbosity=-0.26`) "score" is the steered Σ wᵢ·rewardᵢ and
 "armorm_score" the gated score. A row the server refuses (INVALID_ARGUMENT: over
 the token limit, a bad role) raises InvalidConversationError, unless ARMORM_INVALID_SCORE sets the score such

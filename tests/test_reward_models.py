@@ -263,3 +263,35 @@ def _pair_tensor(rows):
     tensor.set_data_from_numpy(np.array([[r] for r in rows], dtype=object))
     return tensor
 
+
+
+def test_the_client_and_the_trainer_functions_call_any_reward_model_of_the_repository(mixed_server, tokenizer,
+                                                                                     monkeypatch):
+    """ArmoRMClient(model=...), ARMORM_MODEL (verl) and ArmoRMReward(model=...) (TRL): a Bradley–Terry model's or a
+    mixture's score, the mixture's member scores in `extra`; templated text goes to the mixture's NAME_text."""
+    from armorm_client import ArmoRMClient, TemplatedText
+    from armorm_client import verl as verl_reward
+    from armorm_client.trl import ArmoRMReward
+
+    conversations = varied_conversations()[:3]
+    mixture = served_scores(mixed_server, "helpful", conversations)
+    members = served_scores(mixed_server, "helpful", conversations, contract.MEMBER_SCORES.name)
+    with ArmoRMClient(mixed_server.grpc_url, model="helpful") as client:
+        scored = [client.score(c) for c in conversations]
+        texts = client.score_texts([TemplatedText(tokenizer.apply_chat_template(c, tokenize=False))
+                                    for c in conversations])
+    for result, text, want, row in zip(scored, texts, mixture, members):
+        assert abs(result.score - want) <= ATOL and abs(text.score - want) <= ATOL
+        assert np.abs(result.extra["member_scores"] - row).max() <= ATOL and not len(result.rewards)
+        assert result.to_dict()["score"] == result.score
+    monkeypatch.setenv("ARMORM_URL", mixed_server.grpc_url)
+    monkeypatch.setenv("ARMORM_MODEL", "helpful")
+    prompt, response = conversations[0][:-1], conversations[0][-1]["content"]
+    row = verl_reward.compute_score("hh", response, None, extra_info={"prompt": prompt})
+    assert abs(row["score"] - mixture[0]) <= ATOL
+    monkeypatch.delenv("ARMORM_MODEL")
+    reward = ArmoRMReward(mixed_server.grpc_url, model="fsfairx")
+    bradley_terry = served_scores(mixed_server, "fsfairx", conversations)
+    got = reward([c[:-1] for c in conversations], [c[-1]["content"] for c in conversations])
+    assert np.abs(np.array(got) - bradley_terry).max() <= ATOL
+    reward.close()

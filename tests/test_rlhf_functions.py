@@ -40,7 +40,8 @@ OVER_LIMIT = [turn("user", "word " * (TEST_MAX_TOKENS + 200)), turn("assistant",
 def env(monkeypatch, server):
     """The environment a trainer's workers would see: ARMORM_URL at the test server, nothing else set."""
     for name in ("ARMORM_URL", "ARMORM_API_KEY", "ARMORM_TIMEOUT_S", "ARMORM_MAX_ATTEMPTS", "ARMORM_MAX_IN_FLIGHT",
-                 "ARMORM_SSL", "ARMORM_ROOT_CERTIFICATES", "ARMORM_OBJECTIVE_WEIGHTS", verl_reward.INVALID_SCORE_ENV):
+                 "ARMORM_SSL", "ARMORM_ROOT_CERTIFICATES", "ARMORM_OBJECTIVE_WEIGHTS", "ARMORM_MODEL",
+                 verl_reward.INVALID_SCORE_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ARMORM_URL", server.grpc_url)
     monkeypatch.setenv("ARMORM_TIMEOUT_S", "30")
