@@ -295,3 +295,27 @@ def test_the_client_and_the_trainer_functions_call_any_reward_model_of_the_repos
     got = reward([c[:-1] for c in conversations], [c[-1]["content"] for c in conversations])
     assert np.abs(np.array(got) - bradley_terry).max() <= ATOL
     reward.close()
+
+
+def test_a_bad_request_batched_into_a_mixture_fails_alone(mixed_server):
+    """The mixture sends its whole batch to each member in one call; a member refusing it is asked again request by
+    request, so the neighbours of a bad request are still scored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = varied_conversations()[:5]
+    expected = served_scores(mixed_server, "helpful", good)
+    bad = [{"role": "user", "content": "word " * (TEST_MAX_TOKENS + 10)}, {"role": "assistant", "content": "ok"}]
+    batch = [*good[:2], bad, *good[2:]]
+
+    def send(conversation):
+        try:
+            return float(served_scores(mixed_server, "helpful", [conversation])[0])
+        except InferenceServerException as err:
+            return err
+
+    for _ in range(3):  # concurrent sends: most rounds batch them together in the mixture
+        with ThreadPoolExecutor(len(batch)) as pool:
+            results = list(pool.map(send, batch))
+        assert isinstance(results[2], InferenceServerException) and "armorm: " in str(results[2])
+        scored = [r for r in results if not isinstance(r, Exception)]
+        assert np.abs(np.array(scored) - expected).max() <= ATOL

@@ -1,8 +1,8 @@
-"""A mixture's requests, apart from its Triton glue (model_repository/mixture/1/model.py): every member of every
-request of the batch is called at once through Triton (BLS `async_exec`), so the members run concurrently and
-each batches with its own traffic; the scores are combined by armorm.model.mixture. A request fails alone: with
-the first member's error, named (`fsfairx: ...`), or with what is wrong with its weights. `pb` is the stub module,
-passed in."""
+"""A mixture's requests, apart from its Triton glue (model_repository/mixture/1/model.py): the whole dynamic batch
+goes to every member at once through Triton (BLS `async_exec`, one call per member), so the members run
+concurrently and each batches with its own traffic; the scores are combined by armorm.model.mixture. A request
+fails alone: with the first member's error, named (`fsfairx: ...`), or with what is wrong with its weights. `pb`
+is the stub module, passed in."""
 
 from __future__ import annotations
 
@@ -46,34 +46,64 @@ class MixtureStep:
         self.pb, self.mixture, self.form, self.read_text = pb, mixture, form, read_text
 
     async def respond(self, requests: Sequence[Any]) -> list[Any]:
-        return list(await asyncio.gather(*(self.answer(request) for request in requests)))
+        """The whole batch in one call per member (each member batches it as one request): a mixture costs its
+        members' forwards and two round trips, not one per request. A member that refuses that call is asked
+        again request by request, so only the request at fault fails."""
+        responses: list[Any] = [None] * len(requests)
+        parsed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (request index, weights, messages [rows, 1])
+        for index, request in enumerate(requests):
+            try:
+                parsed.append((index, *self.read(request)))
+            except (ValueError, RequestError) as err:  # ConversationError is a ValueError
+                responses[index] = invalid_argument(self.pb, str(err))
+        if parsed:
+            rows = np.concatenate([messages for _, _, messages in parsed])
+            together = await asyncio.gather(*(self.call(name, rows) for name in self.mixture.names))
+            if all(not answer.has_error() for answer in together):
+                scores = np.stack([self.scores(answer) for answer in together], axis=1)
+                offsets = np.cumsum([0] + [len(messages) for _, _, messages in parsed])
+                for (index, weights, _), start, end in zip(parsed, offsets[:-1], offsets[1:]):
+                    responses[index] = self.response(scores[start:end], weights)
+            else:
+                alone = await asyncio.gather(*(self.answer(weights, messages) for _, weights, messages in parsed))
+                for (index, _, _), response in zip(parsed, alone):
+                    responses[index] = response
+        return responses
 
-    async def answer(self, request: Any) -> Any:
+    def read(self, request: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(weights [K], messages [rows, 1] object array) of one request, or RequestError / ValueError."""
+        weights = self.mixture.weights(self.request_weights(request))
+        rows = bytes_items(input_array(self.pb, request, self.form))
+        if self.read_text is not None:
+            rows = [self.read_text(row).encode() for row in rows]
+        return weights, np.array(rows, dtype=np.object_).reshape(-1, 1)
+
+    async def call(self, member: str, messages: np.ndarray) -> Any:
         pb = self.pb
-        try:
-            weights = self.mixture.weights(self.request_weights(request))
-            rows = bytes_items(input_array(pb, request, self.form))
-            if self.read_text is not None:
-                rows = [self.read_text(row).encode() for row in rows]
-        except (ValueError, RequestError) as err:  # ConversationError is a ValueError
-            return invalid_argument(pb, str(err))
-        messages = np.array(rows, dtype=np.object_).reshape(-1, 1)
-        calls = [pb.InferenceRequest(model_name=name, requested_output_names=[SCORE.name],
-                                     inputs=[pb.Tensor(MESSAGES.name, messages)]).async_exec()
-                 for name in self.mixture.names]
-        try:
-            answers = await asyncio.gather(*calls)
-        except Exception as err:  # noqa: BLE001 - the member could not be reached: this request fails alone
-            return unavailable(pb, f"a member of the mixture could not be called ({err}); retry")
-        scores = []
-        for name, answer in zip(self.mixture.names, answers):
-            if answer.has_error():
-                return self.member_error(name, answer.error())
-            scores.append(pb.get_output_tensor_by_name(answer, SCORE.name).as_numpy().reshape(-1))
-        member_scores = np.stack(scores, axis=1).astype(np.float32)  # [rows, K]
+        request = pb.InferenceRequest(model_name=member, requested_output_names=[SCORE.name],
+                                      inputs=[pb.Tensor(MESSAGES.name, messages)])
+        return await request.async_exec()
+
+    def scores(self, answer: Any) -> np.ndarray:
+        return self.pb.get_output_tensor_by_name(answer, SCORE.name).as_numpy().reshape(-1)
+
+    def response(self, member_scores: np.ndarray, weights: np.ndarray) -> Any:
+        pb = self.pb
+        member_scores = member_scores.astype(np.float32)  # [rows, K]
         score = self.mixture.combine(member_scores, weights).astype(np.float32).reshape(-1, 1)
         return pb.InferenceResponse(output_tensors=[pb.Tensor(SCORE.name, score),
                                                     pb.Tensor(MEMBER_SCORES.name, member_scores)])
+
+    async def answer(self, weights: np.ndarray, messages: np.ndarray) -> Any:
+        """One request alone: its own call to each member, the first member's error its answer."""
+        try:
+            answers = await asyncio.gather(*(self.call(name, messages) for name in self.mixture.names))
+        except Exception as err:  # noqa: BLE001 - the member could not be reached: this request fails alone
+            return unavailable(self.pb, f"a member of the mixture could not be called ({err}); retry")
+        for name, answer in zip(self.mixture.names, answers):
+            if answer.has_error():
+                return self.member_error(name, answer.error())
+        return self.response(np.stack([self.scores(answer) for answer in answers], axis=1), weights)
 
     def request_weights(self, request: Any) -> str | None:
         parameters = json.loads(request.parameters() or "{}")
