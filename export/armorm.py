@@ -22,9 +22,12 @@ from armorm_client.samples import parity_conversations
 from armorm_export import native_backbone, onnx_backbone, tensorrt_plan
 from armorm_export.model_files import (
     ExportOptions,
+    backbone_fingerprint,
+    backbones_by_fingerprint,
     copy_templates,
     read_config,
     set_parameter,
+    shared_backbone_users,
     write_backbone_weights,
     write_config,
     write_tokenizer_model,
@@ -33,8 +36,13 @@ from armorm_export.parity import check_runtime
 from armorm_export.progress import say, step
 
 
-def write_armorm(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> list[str]:
+def write_armorm(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> dict[str, dict]:
     config = checkpoint.config
+    fingerprint = backbone_fingerprint(checkpoint)
+    users = shared_backbone_users(output, contract.BACKBONE.name)
+    if users and backbones_by_fingerprint(output).get(fingerprint) != contract.BACKBONE.name:
+        raise ValueError(f"{', '.join(users)} run on {contract.BACKBONE.name}, whose weights this checkpoint would "
+                         "change: export into another repository, or re-export those models after this one")
     copy_templates(output)
     with step("tokenizer"):
         write_tokenizer_model(checkpoint, output / contract.TOKENIZER.name, options, TEMPLATE_BOS)
@@ -50,7 +58,7 @@ def write_armorm(checkpoint: Checkpoint, output: Path, name: str, options: Expor
             (output / spec.name / "1" / contract.OBJECTIVES_FILE).write_text(names)
 
     backbone_dir = output / contract.BACKBONE.name / "1"
-    write_backbone_weights(checkpoint, output / contract.BACKBONE.name)
+    write_backbone_weights(checkpoint, output / contract.BACKBONE.name, fingerprint)
     onnx_path = backbone_dir / contract.BACKBONE_ONNX
     if options.onnx:
         with step("backbone → ONNX"):
@@ -93,7 +101,7 @@ def write_armorm(checkpoint: Checkpoint, output: Path, name: str, options: Expor
                 f"--saveEngine=model.plan --minShapes=input_ids:1x1,gate_position:1,reward_position:1 "
                 f"--optShapes=input_ids:8x512,gate_position:8,reward_position:8 "
                 f"--maxShapes=input_ids:64x{max_tokens},gate_position:64,reward_position:64")
-    return [spec.name for spec in contract.ENSEMBLES]
+    return {spec.name: {} for spec in contract.ENSEMBLES}
 
 
 

@@ -23,6 +23,8 @@ from armorm_export.model_files import (
     TEMPLATES,
     ExportOptions,
     apply_contract,
+    backbone_fingerprint,
+    backbones_by_fingerprint,
     read_config,
     set_parameter,
     write_backbone_weights,
@@ -42,31 +44,40 @@ def served_names(name: str) -> dict[contract.ModelSpec, str]:
     return {**{spec: f"{name}_{suffix}" for spec, suffix in STEP_SUFFIXES.items()}, contract.BRADLEY_TERRY: name}
 
 
-def write_models(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> list[str]:
+def write_models(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> dict[str, dict]:
     if options.backbone != "torch_packed":
         raise ValueError(f"a Bradley–Terry model is served with --backbone torch_packed only (got {options.backbone})")
     names = served_names(name)
+    own_backbone = names[contract.BACKBONE]
+    fingerprint = backbone_fingerprint(checkpoint)
+    shared = {k: v for k, v in backbones_by_fingerprint(output).items() if v != own_backbone}.get(fingerprint)
+    if shared is not None:  # the same weights already serve another model: run on that backbone, no second copy
+        say(f"the backbone is {shared}'s, tensor for tensor: {name} runs on it")
+        names[contract.BACKBONE] = shared
+        shutil.rmtree(output / own_backbone, ignore_errors=True)
     for spec, served in names.items():
-        copy_template(spec, output / served, names)
+        if spec is not contract.BACKBONE or shared is None:
+            copy_template(spec, output / served, names)
     with step("tokenizer"):
         write_tokenizer_model(checkpoint, output / names[contract.TOKENIZER], options, RETOKENIZE_BOS)
     with step("score head"):
         weights = bradley_terry.ScoreWeights.from_state_dict(checkpoint.state, checkpoint.config.hidden_size)
         weights.save(output / names[contract.SCORE_HEAD] / "1" / contract.SCORE_WEIGHTS)
-    write_backbone_weights(checkpoint, output / names[contract.BACKBONE])
-    path = output / names[contract.BACKBONE] / "config.pbtxt"
-    config = read_config(path)
-    set_parameter(config, "runtime", "torch_packed")
-    if options.instance_kind == "gpu":
-        for group in config.instance_group:
-            group.kind = group.KIND_GPU
-    write_config(path, config, f"runtime torch_packed, backbone on {options.instance_kind}")
+    if shared is None:
+        write_backbone_weights(checkpoint, output / own_backbone, fingerprint)
+        path = output / own_backbone / "config.pbtxt"
+        config = read_config(path)
+        set_parameter(config, "runtime", "torch_packed")
+        if options.instance_kind == "gpu":
+            for group in config.instance_group:
+                group.kind = group.KIND_GPU
+        write_config(path, config, f"runtime torch_packed, backbone on {options.instance_kind}")
     if options.verify:
         with step("checking the packed backbone against Hugging Face's LlamaModel"):
             error = check_runtime("the packed runtime", packed_runtime(checkpoint).run, parity_rows(checkpoint),
                                   options.atol)
             say(f"max |torch_packed - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
-    return [name]
+    return {name: {"backbone": shared} if shared else {}}
 
 
 def copy_template(spec: contract.ModelSpec, folder: Path, names: dict[contract.ModelSpec, str]) -> None:

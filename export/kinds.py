@@ -25,7 +25,8 @@ class Kind:
 
     name: str
     architectures: tuple[str, ...]
-    write: Callable[[Checkpoint, Path, str, ExportOptions], list[str]]  # → the public ensembles written
+    # → the public models written, each with what its manifest entry adds to its kind (a shared backbone)
+    write: Callable[[Checkpoint, Path, str, ExportOptions], dict[str, dict]]
     fixed_name: str | None = None  # ArmoRM's contract names it
 
     def check_name(self, name: str | None) -> str:

@@ -3,12 +3,14 @@ the tokenizer and backbone folders the kinds share, and the repository's manifes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from google.protobuf import text_format
 from safetensors.torch import save_file
 from tritonclient.grpc import model_config_pb2
@@ -139,9 +141,43 @@ def write_tokenizer_model(checkpoint: Checkpoint, folder: Path, options: ExportO
                                                 f"bos_rule={bos_rule}")
 
 
-def write_backbone_weights(checkpoint: Checkpoint, folder: Path) -> None:
-    """config.json and the model.* tensors, as stored, for the torch_packed runtime."""
+# What a backbone computes with: two checkpoints equal in these and in every model.* tensor run the same backbone.
+BACKBONE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "num_key_value_heads", "rms_norm_eps", "rope_theta", "rope_scaling", "vocab_size")
+
+
+def backbone_fingerprint(checkpoint: Checkpoint) -> str:
+    """A hash of the backbone: its computing config and every model.* tensor's name, dtype, shape and bytes."""
+    with step("hashing the backbone's tensors"):
+        digest = hashlib.blake2b(digest_size=32)
+        digest.update(json.dumps({k: getattr(checkpoint.config, k) for k in BACKBONE_FIELDS}, sort_keys=True).encode())
+        for name in sorted(n for n in checkpoint.state if n.startswith("model.")):
+            tensor = checkpoint.state[name].contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+
+def backbones_by_fingerprint(output: Path) -> dict[str, str]:
+    """The repository's backbone models, by the fingerprint each was written with."""
+    return {path.read_text().strip(): path.parent.parent.name
+            for path in sorted(output.glob(f"*/1/{BACKBONE_FINGERPRINT}"))}
+
+
+def shared_backbone_users(output: Path, backbone: str) -> list[str]:
+    """The repository's public models whose ensemble runs on `backbone` without owning it (contract.MANIFEST)."""
+    path = output / contract.MANIFEST
+    models = json.loads(path.read_text())["models"] if path.is_file() else {}
+    return sorted(name for name, entry in models.items() if entry.get("backbone") == backbone)
+
+
+BACKBONE_FINGERPRINT = "backbone.fingerprint"
+
+
+def write_backbone_weights(checkpoint: Checkpoint, folder: Path, fingerprint: str | None = None) -> None:
+    """config.json, the model.* tensors as stored (for the torch_packed runtime) and the backbone's fingerprint."""
     backbone_dir = folder / "1"
+    (backbone_dir / BACKBONE_FINGERPRINT).write_text((fingerprint or backbone_fingerprint(checkpoint)) + "\n")
     (backbone_dir / contract.BACKBONE_CONFIG).write_text(json.dumps(checkpoint.config.to_dict(), indent=2))
     with step("backbone weights (safetensors, as stored) for the torch_packed runtime"):
         backbone_state = {n: t.contiguous() for n, t in checkpoint.state.items() if n.startswith("model.")}

@@ -25,7 +25,7 @@ from armorm_export.parity import check_runtime
 from armorm_export.progress import say, step
 
 
-def write_models(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> list[str]:
+def write_models(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> dict[str, dict]:
     if options.backbone != "torch_packed":
         raise ValueError(f"a pairwise model is served with --backbone torch_packed only (got {options.backbone})")
     config = checkpoint.config
@@ -66,4 +66,4 @@ def write_models(checkpoint: Checkpoint, output: Path, name: str, options: Expor
             error = check_runtime("the packed runtime", packed_runtime(checkpoint).run, parity_rows(checkpoint),
                                   options.atol)
             say(f"max |torch_packed - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
-    return [name]
+    return {name: {}}

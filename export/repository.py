@@ -40,6 +40,6 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
     output.mkdir(parents=True, exist_ok=True)
     # The writer holds the only reference to the weights, so it can free them before its last (plan) step.
     served = kind.write(loaded.pop(), output, served_name, options)
-    update_manifest(output, {model: kind.name for model in served})
+    update_manifest(output, {model: {"kind": kind.name, **entry} for model, entry in served.items()})
     say(f"model repository ready: {output} ({', '.join(served)})")
     return output

@@ -45,3 +45,13 @@ def test_distinct_rows_groups_rows_by_their_exact_bits():
     assert len(distinct_rows(signed)[0]) == 2
     empty_first, empty_inverse = distinct_rows(np.zeros((0, 8), np.float32))
     assert empty_first.size == 0 and empty_inverse.size == 0
+
+
+def test_identical_conversations_are_found_exactly():
+    from armorm.serving.codec import distinct_sequences
+
+    a, b = np.array([1, 2, 3]), np.array([1, 2, 4])
+    first, inverse = distinct_sequences([a, b, a.copy(), a], np.array([0, 0, 0, 1]), np.array([2, 2, 2, 2]))
+    assert first == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2], "ids, gate and reward positions all count"
+    first, inverse = distinct_sequences([np.array([5], np.int32), np.array([5], np.int64)], np.zeros(2), np.zeros(2))
+    assert first == [0] and inverse.tolist() == [0, 0], "compared as int64, whatever dtype came in"

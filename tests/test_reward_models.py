@@ -42,7 +42,13 @@ def pairwise_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def repository(checkpoints, pairwise_checkpoint, tiny_checkpoint, tmp_path_factory):
+def twin_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """A Bradley–Terry model on the session ArmoRM checkpoint's own backbone, tensor for tensor."""
+    return write_random_bradley_terry(tmp_path_factory.mktemp("twin") / "twin", seed=31, backbone_of=tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def repository(checkpoints, pairwise_checkpoint, twin_checkpoint, tiny_checkpoint, tmp_path_factory):
     from armorm_export.repository import ExportOptions, export_repository
 
     output = tmp_path_factory.mktemp("mixed") / "repository"
@@ -51,6 +57,7 @@ def repository(checkpoints, pairwise_checkpoint, tiny_checkpoint, tmp_path_facto
     for name, directory in checkpoints.items():
         export_repository(directory, output, options, name=name)
     export_repository(pairwise_checkpoint, output, options, name="pair_pm")
+    export_repository(twin_checkpoint, output, options, name="twin")
     assert mixture_main([str(output), "helpful", "armorm=1", "fsfairx=0.5", "skywork=-0.25",
                          "--standardize", f"skywork={SKYWORK_STATS[0]},{SKYWORK_STATS[1]}"]) == 0
     return output
@@ -115,6 +122,7 @@ def test_the_manifest_lists_every_public_model_and_the_gateway_opens_only_those(
     assert manifest == {"armorm": {"kind": "armorm"}, "armorm_text": {"kind": "armorm"},
                         "fsfairx": {"kind": "bradley_terry"}, "skywork": {"kind": "bradley_terry"},
                         "helpful": {"kind": "mixture", "members": members}, "pair_pm": {"kind": "pairwise"},
+                        "twin": {"kind": "bradley_terry", "backbone": contract.BACKBONE.name},
                         "helpful_text": {"kind": "mixture", "members": members}}
     with pytest.raises(InferenceServerException, match="not served for inference here") as refused:
         served_scores(mixed_server, "skywork_score", varied_conversations()[:1])
@@ -319,3 +327,55 @@ def test_a_bad_request_batched_into_a_mixture_fails_alone(mixed_server):
         assert isinstance(results[2], InferenceServerException) and "armorm: " in str(results[2])
         scored = [r for r in results if not isinstance(r, Exception)]
         assert np.abs(np.array(scored) - expected).max() <= ATOL
+
+
+# --- a Bradley–Terry model on ArmoRM's own backbone ------------------------------------------------------------
+def test_a_model_with_armorms_backbone_runs_on_armorms_backbone_model(mixed_server, repository, twin_checkpoint,
+                                                                      tmp_path_factory):
+    """Found by hash at export: no second copy of the weights; scores still as transformers gives them."""
+    from armorm_export.repository import ExportOptions, export_repository, read_config
+
+    assert not (repository / "twin_backbone").exists()
+    steps = [step.model_name for step in read_config(repository / "twin" / "config.pbtxt").ensemble_scheduling.step]
+    assert steps == ["twin_tokenizer", contract.BACKBONE.name, "twin_score"]
+    conversations = varied_conversations()[:4]
+    expected = np.array([authors_score(twin_checkpoint, c, llama31=False) for c in conversations])
+    assert np.abs(served_scores(mixed_server, "twin", conversations) - expected).max() <= ATOL
+    other = tmp_path_factory.mktemp("other-armorm")
+    from armorm.testing.random_checkpoint import write_random_checkpoint
+
+    with pytest.raises(ValueError, match="twin run on armorm_backbone"):
+        export_repository(write_random_checkpoint(other / "armorm", seed=99), repository,
+                          ExportOptions(max_tokens=TEST_MAX_TOKENS, onnx=False, verify=False))
+
+
+def test_the_same_conversation_twice_in_one_batch_is_computed_once(mixed_server, tokenizer):
+    """Two models on one backbone (or a retried request) send the backbone the same ids: computed once."""
+    from armorm.serving.metrics import BACKBONE_CONVERSATIONS
+    from armorm.testing.prometheus import scrape, total
+
+    ids = tokenizer.apply_chat_template(varied_conversations()[0], tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    other = tokenizer.apply_chat_template(varied_conversations()[1], tokenize=True)
+    other = other["input_ids"] if hasattr(other, "keys") else other
+    metrics = f"http://{mixed_server.host}:{mixed_server.metrics_port}/metrics"
+
+    def computed(rows) -> float:
+        width = max(len(r) for r in rows)
+        client = grpcclient.InferenceServerClient(mixed_server.grpc_url)
+        inputs = [grpcclient.InferInput(contract.INPUT_IDS.name, [len(rows), width], "INT64"),
+                  grpcclient.InferInput(contract.GATE_POSITION.name, [len(rows), 1], "INT64"),
+                  grpcclient.InferInput(contract.REWARD_POSITION.name, [len(rows), 1], "INT64")]
+        inputs[0].set_data_from_numpy(np.array([r + [0] * (width - len(r)) for r in rows], dtype=np.int64))
+        inputs[1].set_data_from_numpy(np.array([[1]] * len(rows), dtype=np.int64))
+        inputs[2].set_data_from_numpy(np.array([[len(r) - 1] for r in rows], dtype=np.int64))
+        before = total(scrape(metrics), BACKBONE_CONVERSATIONS)
+        result = client.infer(contract.BACKBONE.name, inputs, headers=mixed_server.admin_headers)
+        client.close()
+        hidden = result.as_numpy(contract.REWARD_HIDDEN.name)
+        assert hidden.shape[0] == len(rows)
+        return total(scrape(metrics), BACKBONE_CONVERSATIONS) - before, hidden
+
+    once, twice = computed([ids, ids])
+    assert once == 1 and np.array_equal(twice[0], twice[1])
+    assert computed([ids, other])[0] == 2

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from armorm.runtimes import BackboneRuntime
+from armorm.serving.codec import distinct_sequences
 from armorm.serving.metrics import AbortedRequests, BackboneMetrics
 from armorm.serving.triton_glue import (
     BROKEN_DEVICE,
@@ -42,9 +43,11 @@ class BackboneStep:
     def respond(self, requests: Sequence[Any]) -> list[Any]:
         batch = BackboneBatch.gather(self.pb, requests, self.vocab_size, self.max_tokens)
         if batch.input_ids:
+            first, inverse = distinct_sequences(batch.input_ids, batch.gate_positions, batch.reward_positions)
             try:
-                gate_hidden, reward_hidden, stats = self.runtime.run(batch.input_ids, batch.gate_positions,
-                                                                     batch.reward_positions)
+                gate_hidden, reward_hidden, stats = self.runtime.run([batch.input_ids[i] for i in first],
+                                                                     batch.gate_positions[first],
+                                                                     batch.reward_positions[first])
             except Exception as err:
                 failure = device_failure(err)
                 if failure == BROKEN_DEVICE:  # every later call would fail too: restart the process
@@ -53,6 +56,8 @@ class BackboneStep:
                     self.runtime.free_memory()
                 raise  # answer_each halves the batch until the culprit is alone (or the pieces fit)
             self.metrics.record(stats)
+            if len(first) < len(inverse):
+                gate_hidden, reward_hidden = gate_hidden[inverse], reward_hidden[inverse]
             batch.answer(self.pb, gate_hidden, reward_hidden)
         return batch.responses
 

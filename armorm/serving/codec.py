@@ -36,3 +36,20 @@ def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     opaque = rows.reshape(rows.shape[0], -1).view(np.dtype((np.void, rows[0].nbytes))).reshape(-1)
     _, first, inverse = np.unique(opaque, return_index=True, return_inverse=True)
     return first, inverse.reshape(-1)
+
+
+def distinct_sequences(input_ids: Sequence[np.ndarray], gate_positions: np.ndarray, reward_positions: np.ndarray,
+                       ) -> tuple[list[int], np.ndarray]:
+    """(index of one conversation per distinct (ids, gate, reward), each conversation's slot among them): the same
+    conversation sent twice in one batch (two reward models sharing this backbone, a retried request) is computed
+    once. Keys are the ids' bytes, compared exactly."""
+    slots: dict[tuple[bytes, int, int], int] = {}
+    first: list[int] = []
+    inverse = np.empty(len(input_ids), np.int64)
+    for index, (ids, gate, reward) in enumerate(zip(input_ids, gate_positions, reward_positions)):
+        key = (np.ascontiguousarray(ids, dtype=np.int64).tobytes(), int(gate), int(reward))
+        slot = slots.setdefault(key, len(first))
+        if slot == len(first):
+            first.append(index)
+        inverse[index] = slot
+    return first, inverse

@@ -220,10 +220,24 @@ def write_checkpoint(directory: Path, config: ArmoRMConfig, parameters: dict[str
 
 
 def write_random_bradley_terry(directory: Path, seed: int = 0, sizes: TinySizes = TinySizes(),
-                               llama31: bool = False) -> Path:
+                               llama31: bool = False, backbone_of: Path | None = None) -> Path:
     """A random one-label LlamaForSequenceClassification in its on-disk format: FsfairX-LLaMA3-RM's shape (Llama-3,
     RLHFlow's tokenizer), or with `llama31` Skywork-Reward-V2-Llama-3.1-8B's (RoPE scaling, a BOS-adding tokenizer,
-    Llama-3.1's template)."""
+    Llama-3.1's template). With `backbone_of` (an ArmoRM checkpoint) its backbone is that one's, tensor for tensor,
+    and its tokenizer adds BOS back, so both models score the very same ids (what ArmoRM and FsfairX may share)."""
+    if backbone_of is not None:
+        from armorm.model.checkpoint import Checkpoint
+
+        base = Checkpoint.load(backbone_of)
+        extra = {k: v for k, v in base.config.extra.items() if k != "auto_map"}
+        config = dataclasses.replace(base.config, extra={**extra, "architectures": ["LlamaForSequenceClassification"]})
+        parameters = {n: t for n, t in base.state.items() if n.startswith("model.")}
+        generator = torch.Generator().manual_seed(seed + 1)
+        parameters["score.weight"] = (torch.randn(1, config.hidden_size, generator=generator)
+                                      / config.hidden_size ** 0.5).to(torch.bfloat16)
+        write_checkpoint(directory, config, parameters)
+        write_tokenizer(Path(directory), config, adds_bos=True)
+        return _drop_armorm_fields(Path(directory))
     armorm = tiny_config(sizes)
     extra = {k: v for k, v in armorm.extra.items() if k != "auto_map"}
     extra["architectures"] = ["LlamaForSequenceClassification"]
@@ -237,11 +251,16 @@ def write_random_bradley_terry(directory: Path, seed: int = 0, sizes: TinySizes 
                                   ).to(torch.bfloat16)
     write_checkpoint(directory, config, parameters)
     write_tokenizer(Path(directory), config, adds_bos=llama31, chat_template=LLAMA31_CHAT_TEMPLATE if llama31 else None)
-    config_json = json.loads((Path(directory) / "config.json").read_text())
+    return _drop_armorm_fields(Path(directory))
+
+
+def _drop_armorm_fields(directory: Path) -> Path:
+    """A config.json without ArmoRM's head fields (a sequence classifier's or a causal LM's has none)."""
+    config_json = json.loads((directory / "config.json").read_text())
     for armorm_only in ("num_objectives", "gating_temperature", "gating_hidden_dim", "gating_n_hidden"):
-        config_json.pop(armorm_only)
-    (Path(directory) / "config.json").write_text(json.dumps(config_json, indent=2))
-    return Path(directory)
+        config_json.pop(armorm_only, None)
+    (directory / "config.json").write_text(json.dumps(config_json, indent=2))
+    return directory
 
 
 # Meta-Llama-3-8B-Instruct's template as of April 2024 (the pair PM's base): it always ends with the assistant
@@ -267,11 +286,7 @@ def write_random_pairwise(directory: Path, seed: int = 0, sizes: TinySizes = Tin
                                     / config.hidden_size ** 0.5 * 64).to(torch.bfloat16)  # P(A ≻ B) far from 0.5
     write_checkpoint(directory, config, parameters)
     write_tokenizer(Path(directory), config, chat_template=LLAMA3_INSTRUCT_APRIL_2024)
-    config_json = json.loads((Path(directory) / "config.json").read_text())
-    for armorm_only in ("num_objectives", "gating_temperature", "gating_hidden_dim", "gating_n_hidden"):
-        config_json.pop(armorm_only)
-    (Path(directory) / "config.json").write_text(json.dumps(config_json, indent=2))
-    return Path(directory)
+    return _drop_armorm_fields(Path(directory))
 
 
 def main(argv: list[str] | None = None) -> None:
