@@ -74,6 +74,8 @@ def write_armorm(checkpoint: Checkpoint, output: Path, name: str, options: Expor
     if options.instance_kind == "gpu":
         for group in backbone_config.instance_group:
             group.kind = model_config_pb2.ModelInstanceGroup.Kind.KIND_GPU
+    if users:  # models that run on this backbone stay on it: their identical requests are computed once
+        set_parameter(backbone_config, "dedup_identical", "true")
     write_config(config_path, backbone_config, f"runtime {serving.runtime}, backbone on {options.instance_kind}")
 
     if options.verify:

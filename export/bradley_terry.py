@@ -55,6 +55,7 @@ def write_models(checkpoint: Checkpoint, output: Path, name: str, options: Expor
         say(f"the backbone is {shared}'s, tensor for tensor: {name} runs on it")
         names[contract.BACKBONE] = shared
         shutil.rmtree(output / own_backbone, ignore_errors=True)
+        share_backbone(output / shared)
     for spec, served in names.items():
         if spec is not contract.BACKBONE or shared is None:
             copy_template(spec, output / served, names)
@@ -78,6 +79,13 @@ def write_models(checkpoint: Checkpoint, output: Path, name: str, options: Expor
                                   options.atol)
             say(f"max |torch_packed - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
     return {name: {"backbone": shared} if shared else {}}
+
+
+def share_backbone(folder: Path) -> None:
+    """Several models run on this backbone: the same conversation twice in a batch is computed once."""
+    config = read_config(folder / "config.pbtxt")
+    set_parameter(config, "dedup_identical", "true")
+    write_config(folder / "config.pbtxt", config, "a backbone several models share: dedup_identical")
 
 
 def copy_template(spec: contract.ModelSpec, folder: Path, names: dict[contract.ModelSpec, str]) -> None:

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from armorm.runtimes import BackboneRuntime
 from armorm.serving.codec import distinct_sequences
 from armorm.serving.metrics import AbortedRequests, BackboneMetrics
@@ -27,8 +29,12 @@ EXIT_BROKEN_DEVICE = 3
 
 
 class BackboneStep:
-    def __init__(self, pb: Any, name: str, runtime: BackboneRuntime, vocab_size: int, max_tokens: int) -> None:
+    def __init__(self, pb: Any, name: str, runtime: BackboneRuntime, vocab_size: int, max_tokens: int,
+                 dedup_identical: bool = False) -> None:
         self.pb, self.runtime, self.vocab_size, self.max_tokens = pb, runtime, vocab_size, max_tokens
+        # Off unless several models share this backbone: perf_analyzer repeats one input, which would then be
+        # computed once per batch and overstate throughput.
+        self.dedup_identical = dedup_identical
         self.metrics = BackboneMetrics(pb)
         self.aborted = AbortedRequests(pb, name)
         self.broken: str | None = None  # why the device context is unusable; the process is on its way out
@@ -43,7 +49,8 @@ class BackboneStep:
     def respond(self, requests: Sequence[Any]) -> list[Any]:
         batch = BackboneBatch.gather(self.pb, requests, self.vocab_size, self.max_tokens)
         if batch.input_ids:
-            first, inverse = distinct_sequences(batch.input_ids, batch.gate_positions, batch.reward_positions)
+            first, inverse = (distinct_sequences(batch.input_ids, batch.gate_positions, batch.reward_positions)
+                              if self.dedup_identical else (list(range(len(batch.input_ids))), np.arange(0)))
             try:
                 gate_hidden, reward_hidden, stats = self.runtime.run([batch.input_ids[i] for i in first],
                                                                      batch.gate_positions[first],
@@ -56,7 +63,7 @@ class BackboneStep:
                     self.runtime.free_memory()
                 raise  # answer_each halves the batch until the culprit is alone (or the pieces fit)
             self.metrics.record(stats)
-            if len(first) < len(inverse):
+            if self.dedup_identical and len(first) < len(inverse):
                 gate_hidden, reward_hidden = gate_hidden[inverse], reward_hidden[inverse]
             batch.answer(self.pb, gate_hidden, reward_hidden)
         return batch.responses

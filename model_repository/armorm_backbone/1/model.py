@@ -21,7 +21,8 @@ class TritonPythonModel:
         runtime_context = RuntimeContext(context.version_dir, config, context.torch_device(), context.params)
         runtime = create_runtime(context.parameter("runtime", DEFAULT_RUNTIME), runtime_context)
         self.step = BackboneStep(pb, context.name, runtime, int(config["vocab_size"]),
-                                 int(config["max_position_embeddings"]))
+                                 int(config["max_position_embeddings"]),
+                                 context.bool_parameter("dedup_identical", False))
         pb.Logger.log_info(f"{context.name}: {runtime.describe()}")
 
     def execute(self, requests):
