@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="requests in flight at once (memory stays bounded by this, not by the input)")
     parser.add_argument("--top", type=int, default=3, help="table: objectives shown per row (by |coefficient|)")
     parser.add_argument("--pairs", action="store_true", help="preference pairs: margins and accuracy")
+    parser.add_argument("--pairwise", action="store_true",
+                        help="--pairs with a pairwise preference model (--model NAME): each row's chosen score is "
+                             "P(chosen ≻ rejected), its margin 2P - 1")
     parser.add_argument("--plot", default=None, help="--pairs: write score distributions and accuracy to this PNG")
     parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                         help="the progress line on stderr (auto: on a terminal)")
@@ -78,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--resume needs --output (the file to continue)")
     if args.plot and not args.pairs:
         parser.error("--plot draws the pairs evaluation: add --pairs")
+    if args.pairwise and not args.pairs:
+        parser.error("--pairwise judges preference pairs: add --pairs")
     if args.window < 1:
         parser.error("--window must be at least 1")
     if args.output and args.input != "-" and os.path.exists(args.output) and os.path.samefile(args.input, args.output):
@@ -282,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     except StopRun as stop:
         print(f"armorm-score: {stop.reason}", file=sys.stderr)
         return stop.status
+    if args.pairwise:
+        from armorm_client.pairwise import PairwiseClient, PairwiseScores
+
+        with PairwiseClient(args.url, model=args.model, api_key=args.api_key) as judge:
+            return run.run(PairwiseScores(judge))
     with ArmoRMClient(args.url, model=args.model, api_key=args.api_key) as client:
         return run.run(client)
 

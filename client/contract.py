@@ -109,6 +109,9 @@ ALL_MODELS: tuple[ModelSpec, ...] = (*STEPS, *ENSEMBLES)
 # (the templates above) and NAME_score. The names here are the templates'; the export puts NAME in front.
 SCORE_HEAD = ModelSpec("bradley_terry_score", "python", (REWARD_HIDDEN,), (SCORE,))
 BRADLEY_TERRY = ModelSpec("bradley_terry", "", (MESSAGES,), (SCORE,))
+# NAME_text: the same steps for templated text (OpenRLHF's queries, slime's templated prompts); the BRADLEY_TERRY
+# template with its first step reading `text`.
+BRADLEY_TERRY_TEXT = ModelSpec("bradley_terry_text", "", (TEXT,), (SCORE,))
 BRADLEY_TERRY_MODELS: tuple[ModelSpec, ...] = (SCORE_HEAD, BRADLEY_TERRY)
 
 # A mixture of the repository's reward models (armorm.model.mixture), named at export: NAME takes messages,

@@ -17,16 +17,21 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
+from armorm_client.client import InvalidConversationError, to_error
 from armorm_client.contract import API_KEY_HEADER, PAIR, PREFERENCE
+from armorm_client.result import ArmoRMScore
 
 Prompt = str | Sequence[dict[str, str]]
 PROCEDURES = ("tournament", "all_pairs")
+MAX_ROWS = 64  # the pairwise model's max_batch_size: a request holds at most this many pairs
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,10 @@ class PairwiseClient:
         self.close()
 
     def preferences(self, pairs: Sequence[tuple[Prompt, str, str]]) -> list[float]:
-        """P(a ≻ b) for each (prompt, a, b), in one request."""
+        """P(a ≻ b) for each (prompt, a, b), in requests of at most MAX_ROWS pairs (the model's max_batch_size)."""
+        return [p for start in range(0, len(pairs), MAX_ROWS) for p in self._preferences(pairs[start:start + MAX_ROWS])]
+
+    def _preferences(self, pairs: Sequence[tuple[Prompt, str, str]]) -> list[float]:
         if not pairs:
             return []
         rows = [[json.dumps({"prompt": prompt if isinstance(prompt, str) else list(prompt), "response_a": a,
@@ -114,3 +122,53 @@ class PairwiseClient:
                 rounds[index] = float(level)
         order = sorted(range(len(responses)), key=lambda i: (-rounds[i], -margin[i]))
         return Ranking(order, rounds, matches, 2 * len(matches))
+
+
+class PairwiseScores:
+    """A pairwise model behind `armorm-score --pairs --pairwise`: each (chosen, rejected) request is answered as two
+    scores, P(chosen ≻ rejected) and 1 − P, so a row's margin is 2P − 1 and accuracy counts P > 0.5. Requests go a
+    window at a time in one call; a window that fails is retried row by row, so a bad row fails alone."""
+
+    def __init__(self, judge: PairwiseClient) -> None:
+        self.judge = judge
+
+    def score_stream(self, requests: Iterable[Sequence[Sequence[dict[str, str]]] | Exception],
+                     window: int = 64) -> Iterator[list[ArmoRMScore] | Exception]:
+        buffer: list[Any] = []
+        for request in requests:
+            buffer.append(request)
+            if len(buffer) >= window:
+                yield from self._answer(buffer)
+                buffer = []
+        yield from self._answer(buffer)
+
+    def _answer(self, buffer: list[Any]) -> Iterator[list[ArmoRMScore] | Exception]:
+        buffer = [r if isinstance(r, Exception) else pair_or_error(r) for r in buffer]
+        pairs = [None if isinstance(r, Exception) else r for r in buffer]
+        try:
+            values = iter(self.judge.preferences([p for p in pairs if p is not None]))
+            answers: list[Any] = [r if p is None else next(values) for r, p in zip(buffer, pairs)]
+        except InferenceServerException:
+            answers = [r if p is None else self._one(p) for r, p in zip(buffer, pairs)]
+        for answer in answers:
+            yield answer if isinstance(answer, Exception) else [ArmoRMScore(answer), ArmoRMScore(1.0 - answer)]
+
+    def _one(self, pair: tuple[Prompt, str, str]) -> float | Exception:
+        try:
+            return self.judge.preference(*pair)
+        except InferenceServerException as err:
+            return to_error(err)
+
+
+def pair_or_error(request: Sequence[Sequence[dict[str, str]]]) -> tuple[Prompt, str, str] | Exception:
+    try:
+        return as_pair(*request)
+    except (ValueError, TypeError, KeyError, IndexError) as err:
+        return InvalidConversationError(f"this row is not a preference pair: {err}")
+
+
+def as_pair(chosen: Sequence[dict[str, str]], rejected: Sequence[dict[str, str]]) -> tuple[Prompt, str, str]:
+    """(prompt, chosen response, rejected response) of two conversations that share their prompt."""
+    if list(chosen[:-1]) != list(rejected[:-1]):
+        raise ValueError("a pairwise model compares two responses to one prompt: the rows' prompts differ")
+    return list(chosen[:-1]), chosen[-1]["content"], rejected[-1]["content"]

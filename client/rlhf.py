@@ -119,6 +119,11 @@ class Settings:
                    root_certificates=env.get(ROOT_CERTIFICATES_ENV) or None,
                    objective_weights=objective_weights_from(env))
 
+    def __post_init__(self) -> None:
+        if self.objective_weights is not None and self.model != ENSEMBLE.name:
+            raise ValueError(f"{OBJECTIVE_WEIGHTS_ENV} steers ArmoRM's 19 objectives; model {self.model!r} has none "
+                             "(weigh a mixture's members with its weights instead)")
+
     def retry(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts)
 

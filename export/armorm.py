@@ -23,11 +23,10 @@ from armorm_export import native_backbone, onnx_backbone, tensorrt_plan
 from armorm_export.model_files import (
     ExportOptions,
     backbone_fingerprint,
-    backbones_by_fingerprint,
     copy_templates,
+    guard_shared_backbone,
     read_config,
     set_parameter,
-    shared_backbone_users,
     write_backbone_weights,
     write_config,
     write_tokenizer_model,
@@ -39,10 +38,7 @@ from armorm_export.progress import say, step
 def write_armorm(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> dict[str, dict]:
     config = checkpoint.config
     fingerprint = backbone_fingerprint(checkpoint)
-    users = shared_backbone_users(output, contract.BACKBONE.name)
-    if users and backbones_by_fingerprint(output).get(fingerprint) != contract.BACKBONE.name:
-        raise ValueError(f"{', '.join(users)} run on {contract.BACKBONE.name}, whose weights this checkpoint would "
-                         "change: export into another repository, or re-export those models after this one")
+    users = guard_shared_backbone(output, contract.BACKBONE.name, fingerprint)
     copy_templates(output)
     with step("tokenizer"):
         write_tokenizer_model(checkpoint, output / contract.TOKENIZER.name, options, TEMPLATE_BOS)

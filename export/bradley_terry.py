@@ -25,6 +25,7 @@ from armorm_export.model_files import (
     apply_contract,
     backbone_fingerprint,
     backbones_by_fingerprint,
+    guard_shared_backbone,
     read_config,
     set_parameter,
     write_backbone_weights,
@@ -41,7 +42,8 @@ STEP_SUFFIXES = {contract.TOKENIZER: "tokenizer", contract.BACKBONE: "backbone",
 
 def served_names(name: str) -> dict[contract.ModelSpec, str]:
     """Each template (its contract spec) → the model it becomes under `name`."""
-    return {**{spec: f"{name}_{suffix}" for spec, suffix in STEP_SUFFIXES.items()}, contract.BRADLEY_TERRY: name}
+    return {**{spec: f"{name}_{suffix}" for spec, suffix in STEP_SUFFIXES.items()}, contract.BRADLEY_TERRY: name,
+            contract.BRADLEY_TERRY_TEXT: f"{name}_text"}
 
 
 def write_models(checkpoint: Checkpoint, output: Path, name: str, options: ExportOptions) -> dict[str, dict]:
@@ -50,6 +52,7 @@ def write_models(checkpoint: Checkpoint, output: Path, name: str, options: Expor
     names = served_names(name)
     own_backbone = names[contract.BACKBONE]
     fingerprint = backbone_fingerprint(checkpoint)
+    guard_shared_backbone(output, own_backbone, fingerprint)
     shared = {k: v for k, v in backbones_by_fingerprint(output).items() if v != own_backbone}.get(fingerprint)
     if shared is not None:  # the same weights already serve another model: run on that backbone, no second copy
         say(f"the backbone is {shared}'s, tensor for tensor: {name} runs on it")
@@ -78,7 +81,8 @@ def write_models(checkpoint: Checkpoint, output: Path, name: str, options: Expor
             error = check_runtime("the packed runtime", packed_runtime(checkpoint).run, parity_rows(checkpoint),
                                   options.atol)
             say(f"max |torch_packed - reference| over hidden rows = {error:.3g} (atol {options.atol:g})")
-    return {name: {"backbone": shared} if shared else {}}
+    entry = {"backbone": shared} if shared else {}
+    return {name: entry, names[contract.BRADLEY_TERRY_TEXT]: entry}
 
 
 def share_backbone(folder: Path) -> None:
@@ -91,7 +95,9 @@ def share_backbone(folder: Path) -> None:
 def copy_template(spec: contract.ModelSpec, folder: Path, names: dict[contract.ModelSpec, str]) -> None:
     """A fresh copy of the template folder, named and wired for this model, inputs and outputs from the contract."""
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(TEMPLATES / spec.name, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".gitkeep"))
+    template = contract.BRADLEY_TERRY if spec is contract.BRADLEY_TERRY_TEXT else spec
+    shutil.copytree(TEMPLATES / template.name, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc",
+                                                                                     ".gitkeep"))
     (folder / "1").mkdir(exist_ok=True)
     config = read_config(folder / "config.pbtxt")
     config.name = names[spec]
@@ -99,6 +105,10 @@ def copy_template(spec: contract.ModelSpec, folder: Path, names: dict[contract.M
     by_template = {f"{contract.BRADLEY_TERRY.name}_{suffix}": names[spec] for spec, suffix in STEP_SUFFIXES.items()}
     for ensemble_step in config.ensemble_scheduling.step:
         ensemble_step.model_name = by_template[ensemble_step.model_name]
+    if spec is contract.BRADLEY_TERRY_TEXT:  # the tokenizer reads templated text instead of messages
+        first = config.ensemble_scheduling.step[0]
+        first.input_map.clear()
+        first.input_map[contract.TEXT.name] = contract.TEXT.name
     write_config(folder / "config.pbtxt", config, f"{spec.name} template as {names[spec]}, I/O from the contract")
 
 

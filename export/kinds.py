@@ -16,7 +16,7 @@ from armorm_client import contract
 from armorm_export import bradley_terry as bradley_terry_export
 from armorm_export import pairwise as pairwise_export
 from armorm_export.armorm import write_armorm
-from armorm_export.model_files import ExportOptions
+from armorm_export.model_files import ExportOptions, read_manifest
 
 
 @dataclass(frozen=True)
@@ -29,21 +29,31 @@ class Kind:
     write: Callable[[Checkpoint, Path, str, ExportOptions], dict[str, dict]]
     fixed_name: str | None = None  # ArmoRM's contract names it
 
-    def check_name(self, name: str | None) -> str:
+    def check_name(self, name: str | None, output: Path) -> str:
         if self.fixed_name is not None:
             if name not in (None, self.fixed_name):
                 raise ValueError(f"{self.name} is served as {self.fixed_name!r} (its contract); drop --name")
             return self.fixed_name
         if name is None:
             raise ValueError(f"name this {self.name} model with --name (its ensemble's name, e.g. fsfairx)")
-        if not MODEL_NAME.fullmatch(name) or name.startswith(RESERVED_PREFIX):
-            raise ValueError(f"--name {name!r}: use lower-case letters, digits and '_' (not starting with "
-                             f"{RESERVED_PREFIX!r}, ArmoRM's)")
-        return name
+        return check_model_name(name, output, self.name)
+
+
+def check_model_name(name: str, output: Path, kind: str) -> str:
+    """A name for a new public model (or the same kind's re-export): one that cannot be another model's folder."""
+    if not MODEL_NAME.fullmatch(name) or name.startswith(RESERVED_PREFIX) or name.endswith(RESERVED_SUFFIXES):
+        raise ValueError(f"name {name!r}: use lower-case letters, digits and '_', not starting with "
+                         f"{RESERVED_PREFIX!r} (ArmoRM's) nor ending in {', '.join(RESERVED_SUFFIXES)} (the steps')")
+    entry = read_manifest(output).get(name)
+    if (output / name).exists() and (entry is None or entry.get("kind") != kind):
+        held = f"a {entry['kind']} model" if entry else "a folder"
+        raise ValueError(f"{output / name} is already {held}: pick another name")
+    return name
 
 
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
 RESERVED_PREFIX = "armorm"
+RESERVED_SUFFIXES = ("_tokenizer", "_backbone", "_score", "_text")  # the folders a model's steps take
 
 
 def kind_of(config: ArmoRMConfig) -> Kind:

@@ -10,7 +10,6 @@ Members are the repository's ArmoRM and Bradley–Terry models (reward_models.js
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from armorm_export.model_files import (
     TEMPLATES,
     apply_contract,
     read_config,
+    read_manifest,
     set_parameter,
     update_manifest,
     write_config,
@@ -31,14 +31,11 @@ SCOREABLE = ("armorm", "bradley_terry")  # kinds whose ensemble answers `score` 
 
 def write_mixture(repository: Path, name: str, members: dict[str, float],
                   statistics: dict[str, tuple[float, float]] | None = None) -> list[str]:
-    from armorm_export.kinds import MODEL_NAME, RESERVED_PREFIX
+    from armorm_export.kinds import check_model_name
 
     statistics = statistics or {}
-    manifest = json.loads((repository / contract.MANIFEST).read_text())["models"] \
-        if (repository / contract.MANIFEST).is_file() else {}
-    if not MODEL_NAME.fullmatch(name) or name.startswith(RESERVED_PREFIX) or name in manifest:
-        raise ValueError(f"mixture name {name!r}: lower-case letters, digits and '_', not armorm*, not a model the "
-                         "repository has")
+    manifest = read_manifest(repository)
+    check_model_name(name, repository, "mixture")
     for member in [*members, *statistics]:
         if manifest.get(member, {}).get("kind") not in SCOREABLE or member.endswith("_text"):
             raise ValueError(f"{member!r} is not a reward model of {repository} that takes messages: "

@@ -113,11 +113,21 @@ def set_parameter(config: model_config_pb2.ModelConfig, key: str, value: str) ->
     config.parameters[key].string_value = value
 
 
+def read_manifest(output: Path) -> dict[str, dict]:
+    """contract.MANIFEST's models; for a repository exported before the manifest, ArmoRM's ensembles if present."""
+    path = output / contract.MANIFEST
+    if path.is_file():
+        return json.loads(path.read_text())["models"]
+    if (output / contract.ENSEMBLE.name / "config.pbtxt").is_file():
+        return {spec.name: {"kind": "armorm"} for spec in contract.ENSEMBLES}
+    return {}
+
+
 def update_manifest(output: Path, served: dict[str, str | dict]) -> None:
     """contract.MANIFEST: every public model of the repository and its kind (an entry: {"kind": ...} and, for a
     mixture, its "members"); models no longer there drop out."""
     path = output / contract.MANIFEST
-    models = json.loads(path.read_text())["models"] if path.exists() else {}
+    models = read_manifest(output)
     models.update({name: entry if isinstance(entry, dict) else {"kind": entry} for name, entry in served.items()})
     models = {name: entry for name, entry in models.items() if (output / name / "config.pbtxt").is_file()}
     path.write_text(json.dumps({"models": dict(sorted(models.items()))}, indent=2) + "\n")
@@ -166,9 +176,16 @@ def backbones_by_fingerprint(output: Path) -> dict[str, str]:
 
 def shared_backbone_users(output: Path, backbone: str) -> list[str]:
     """The repository's public models whose ensemble runs on `backbone` without owning it (contract.MANIFEST)."""
-    path = output / contract.MANIFEST
-    models = json.loads(path.read_text())["models"] if path.is_file() else {}
-    return sorted(name for name, entry in models.items() if entry.get("backbone") == backbone)
+    return sorted(name for name, entry in read_manifest(output).items() if entry.get("backbone") == backbone)
+
+
+def guard_shared_backbone(output: Path, backbone: str, fingerprint: str) -> list[str]:
+    """The models that run on `backbone` without owning it; refuses to change its weights under them."""
+    users = shared_backbone_users(output, backbone)
+    if users and backbones_by_fingerprint(output).get(fingerprint) != backbone:
+        raise ValueError(f"{', '.join(users)} run on {backbone}, whose weights this checkpoint would change: export "
+                         "into another repository, or re-export those models after this one")
+    return users
 
 
 BACKBONE_FINGERPRINT = "backbone.fingerprint"

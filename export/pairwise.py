@@ -16,6 +16,8 @@ from armorm_export.model_files import (
     TOKENIZER_FILES,
     ExportOptions,
     apply_contract,
+    backbone_fingerprint,
+    guard_shared_backbone,
     read_config,
     set_parameter,
     write_backbone_weights,
@@ -30,6 +32,8 @@ def write_models(checkpoint: Checkpoint, output: Path, name: str, options: Expor
         raise ValueError(f"a pairwise model is served with --backbone torch_packed only (got {options.backbone})")
     config = checkpoint.config
     backbone = f"{name}_backbone"
+    fingerprint = backbone_fingerprint(checkpoint)
+    guard_shared_backbone(output, backbone, fingerprint)
     for spec, served in ((contract.PAIRWISE, name), (contract.BACKBONE, backbone)):
         folder = output / served
         shutil.rmtree(folder, ignore_errors=True)
@@ -58,7 +62,7 @@ def write_models(checkpoint: Checkpoint, output: Path, name: str, options: Expor
         weights = pairwise.ChoiceWeights.from_state_dict(checkpoint.state, load_tokenizer(checkpoint.directory), tied)
         weights.save(output / name / "1" / contract.CHOICE_WEIGHTS)
         say(f"choice token ids {weights.token_ids}")
-    write_backbone_weights(checkpoint, output / backbone)
+    write_backbone_weights(checkpoint, output / backbone, fingerprint)
     if options.verify:
         from armorm_export.bradley_terry import parity_rows
 

@@ -35,7 +35,7 @@ def export_repository(checkpoint_name: str | Path, output: Path, options: Export
         loaded = [Checkpoint.load(checkpoint_name, progress=True)]
     config = loaded[0].config
     kind = kind_of(config)
-    served_name = kind.check_name(name)
+    served_name = kind.check_name(name, output)
     say(f"{kind.name}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab {config.vocab_size}")
     output.mkdir(parents=True, exist_ok=True)
     # The writer holds the only reference to the weights, so it can free them before its last (plan) step.

@@ -58,6 +58,7 @@ def repository(checkpoints, pairwise_checkpoint, twin_checkpoint, tiny_checkpoin
         export_repository(directory, output, options, name=name)
     export_repository(pairwise_checkpoint, output, options, name="pair_pm")
     export_repository(twin_checkpoint, output, options, name="twin")
+    assert mixture_main([str(output), "same", "armorm=1", "twin=1"]) == 0
     assert mixture_main([str(output), "helpful", "armorm=1", "fsfairx=0.5", "skywork=-0.25",
                          "--standardize", f"skywork={SKYWORK_STATS[0]},{SKYWORK_STATS[1]}"]) == 0
     return output
@@ -123,6 +124,10 @@ def test_the_manifest_lists_every_public_model_and_the_gateway_opens_only_those(
                         "fsfairx": {"kind": "bradley_terry"}, "skywork": {"kind": "bradley_terry"},
                         "helpful": {"kind": "mixture", "members": members}, "pair_pm": {"kind": "pairwise"},
                         "twin": {"kind": "bradley_terry", "backbone": contract.BACKBONE.name},
+                        "twin_text": {"kind": "bradley_terry", "backbone": contract.BACKBONE.name},
+                        "fsfairx_text": {"kind": "bradley_terry"}, "skywork_text": {"kind": "bradley_terry"},
+                        "same": {"kind": "mixture", "members": ["armorm", "twin"]},
+                        "same_text": {"kind": "mixture", "members": ["armorm", "twin"]},
                         "helpful_text": {"kind": "mixture", "members": members}}
     with pytest.raises(InferenceServerException, match="not served for inference here") as refused:
         served_scores(mixed_server, "skywork_score", varied_conversations()[:1])
@@ -139,6 +144,21 @@ def test_the_export_names_models_by_kind(checkpoints, tiny_checkpoint, tmp_path)
     assert main([str(checkpoints["fsfairx"]), str(tmp_path / "r"), "--name", "armorm_bt"]) == 1, "armorm* is ArmoRM's"
     assert main([str(checkpoints["fsfairx"]), str(tmp_path / "r"), "--name", "Bad-Name"]) == 1
     assert main([str(tiny_checkpoint), str(tmp_path / "r"), "--name", "other"]) == 1, "ArmoRM is always armorm"
+    for taken in ("fsfairx_backbone", "x_text", "y_score", "z_tokenizer"):
+        assert main([str(checkpoints["fsfairx"]), str(tmp_path / "r"), "--name", taken]) == 1, taken
+
+
+def test_a_repository_exported_before_the_manifest_keeps_armorm_public(checkpoints, tiny_checkpoint, tmp_path):
+    from armorm.gateway.routes import public_models_of
+    from armorm_export.mixture import main as mixture
+    from armorm_export.repository import ExportOptions, export_repository
+
+    options = ExportOptions(max_tokens=TEST_MAX_TOKENS, onnx=False, verify=False)
+    repository = export_repository(tiny_checkpoint, tmp_path / "old", options)
+    (repository / contract.MANIFEST).unlink()  # as an older export left it
+    export_repository(checkpoints["fsfairx"], repository, options, name="fsfairx")
+    assert public_models_of(repository) == {"armorm", "armorm_text", "fsfairx", "fsfairx_text"}
+    assert mixture([str(repository), "fsfairx", "armorm=1"]) == 1, "a mixture may not take a model's name"
 
 
 def test_a_mixture_answers_each_members_score_and_their_weighted_sum_in_one_call(mixed_server):
@@ -160,6 +180,7 @@ def test_a_mixture_answers_each_members_score_and_their_weighted_sum_in_one_call
 
 
 def test_a_mixture_through_get_reward_takes_openrlhfs_templated_queries(mixed_server, tokenizer):
+    import urllib.error
     import urllib.request
 
     conversations = varied_conversations()[:3]
@@ -175,6 +196,20 @@ def test_a_mixture_through_get_reward_takes_openrlhfs_templated_queries(mixed_se
         assert np.abs(np.array(answer["rewards"]) - want).max() <= ATOL, query
         for index, member in enumerate(("armorm", "fsfairx", "skywork")):
             assert np.abs(np.array(answer["extra_logs"][member]) - members[:, index]).max() <= ATOL
+    request = urllib.request.Request(f"http://{mixed_server.http_url}/get_reward?model=fsfairx",
+                                     data=json.dumps(document).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=120) as response:  # a Bradley–Terry model: its NAME_text
+        answer = json.loads(response.read())
+    assert np.abs(np.array(answer["rewards"]) - served_scores(mixed_server, "fsfairx", conversations)).max() <= ATOL
+    for query, fragment in (("model=helpful&weights=gpt4:1", "not members of helpful"),
+                            ("model=helpful&weights=armorm:x", "is not a number"), ("model=fsfairx&weights=a:1",
+                                                                                  "weigh a mixture's members"),
+                            ("model=nobody", "this repository's")):
+        request = urllib.request.Request(f"http://{mixed_server.http_url}/get_reward?{query}",
+                                         data=json.dumps(document).encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=120)
+        assert refused.value.code == 400 and fragment in json.loads(refused.value.read())["error"], query
 
 
 # --- the pairwise preference model (RLHFlow/pair-preference-model-LLaMA3-8B's shape) ---------------------------
@@ -253,6 +288,9 @@ def test_rankings_say_their_cost_in_forwards(mixed_server):
                and other != winner), "the winner won each of its matches"
     mean = [np.mean([p[(i, j)] for j in range(5) if j != i]) for i in range(5)]
     assert every.order == sorted(range(5), key=lambda i: -mean[i])
+    with PairwiseClient(mixed_server.grpc_url, model="pair_pm") as judge:
+        many = judge.rank(prompt, [f"Colour {i}." for i in range(12)], "all_pairs")
+    assert len(many.matches) == 66 and many.forwards == 132, "66 pairs: sent in requests of at most 64"
 
 
 def test_a_bad_pair_fails_alone_with_what_to_fix(mixed_server):
@@ -344,7 +382,7 @@ def test_a_model_with_armorms_backbone_runs_on_armorms_backbone_model(mixed_serv
     other = tmp_path_factory.mktemp("other-armorm")
     from armorm.testing.random_checkpoint import write_random_checkpoint
 
-    with pytest.raises(ValueError, match="twin run on armorm_backbone"):
+    with pytest.raises(ValueError, match="twin, twin_text run on armorm_backbone"):
         export_repository(write_random_checkpoint(other / "armorm", seed=99), repository,
                           ExportOptions(max_tokens=TEST_MAX_TOKENS, onnx=False, verify=False))
 
@@ -376,6 +414,47 @@ def test_the_same_conversation_twice_in_one_batch_is_computed_once(mixed_server,
         assert hidden.shape[0] == len(rows)
         return total(scrape(metrics), BACKBONE_CONVERSATIONS) - before, hidden
 
+    third = tokenizer.apply_chat_template(varied_conversations()[2], tokenize=True)
+    third = third["input_ids"] if hasattr(third, "keys") else third
     once, twice = computed([ids, ids])
     assert once == 1 and np.array_equal(twice[0], twice[1])
-    assert computed([ids, other])[0] == 2
+    assert computed([other, third])[0] == 2
+    again, rows = computed([ids])
+    assert again == 0 and np.array_equal(rows[0], twice[0]), "kept for one more reader (the other model)"
+    assert computed([ids])[0] == 1, "read once, then gone"
+
+
+def test_a_mixture_of_two_models_on_one_backbone_costs_one_forward(mixed_server):
+    """armorm and twin share armorm_backbone and tokenize alike: one conversation through the mixture `same` is
+    computed once, whether the two member calls meet in one batch or follow each other."""
+    from armorm.serving.metrics import BACKBONE_CONVERSATIONS
+    from armorm.testing.prometheus import scrape, total
+
+    metrics = f"http://{mixed_server.host}:{mixed_server.metrics_port}/metrics"
+    for index in range(3):
+        conversation = [{"role": "user", "content": f"Give me fact number {index} about otters."},
+                        {"role": "assistant", "content": f"Otter fact {index}: they hold hands while sleeping."}]
+        before = total(scrape(metrics), BACKBONE_CONVERSATIONS)
+        members = served_scores(mixed_server, "same", [conversation], contract.MEMBER_SCORES.name)
+        assert total(scrape(metrics), BACKBONE_CONVERSATIONS) - before == 1, "one forward for both members"
+        alone = [served_scores(mixed_server, name, [conversation])[0] for name in ("armorm", "twin")]
+        assert np.abs(members[0] - alone).max() <= ATOL
+
+
+def test_armorm_score_evaluates_preference_pairs_with_a_pairwise_model(mixed_server, tmp_path):
+    from armorm_client.__main__ import main
+    from armorm_client.pairwise import PairwiseClient
+
+    rows = [{"id": i, "prompt": prompt, "chosen": a, "rejected": b} for i, (prompt, a, b) in enumerate(PAIRS)]
+    rows.append({"id": 99, "prompt": "x", "chosen": "y"})  # no rejected: fails alone
+    source, output = tmp_path / "pairs.jsonl", tmp_path / "judged.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    status = main([str(source), "--url", mixed_server.grpc_url, "--model", "pair_pm", "--pairs", "--pairwise",
+                   "--output", str(output), "--progress", "off"])
+    assert status == 1, "one row failed"
+    judged = {row["id"]: row for row in map(json.loads, output.read_text().splitlines())}
+    with PairwiseClient(mixed_server.grpc_url, model="pair_pm") as judge:
+        for index, pair in enumerate(PAIRS):
+            p = judge.preference(*pair)
+            assert abs(judged[index]["chosen_score"] - p) <= ATOL and abs(judged[index]["margin"] - (2 * p - 1)) <= ATOL
+    assert "error" in judged[99]

@@ -47,3 +47,8 @@ def test_trainer_settings_read_the_weights_from_the_environment():
     assert Settings.from_env({}).objective_weights is None
     with pytest.raises(ValueError, match="ARMORM_OBJECTIVE_WEIGHTS: .*not one of"):
         Settings.from_env({"ARMORM_OBJECTIVE_WEIGHTS": "verbosity=1"})
+
+
+def test_objective_weights_are_refused_for_a_model_without_armorms_objectives():
+    with pytest.raises(ValueError, match="has none"):
+        Settings.from_env({"ARMORM_OBJECTIVE_WEIGHTS": "helpsteer-helpfulness=1", "ARMORM_MODEL": "fsfairx"})

@@ -118,5 +118,6 @@ class GatewayConfig:
     # /get_reward: the reward a refused query (INVALID_ARGUMENT) gets instead of failing the call, with
     # extra_logs["refused"] = 1. None (the default): a refused query fails the call with its reason.
     refused_reward: float | None = None
-    # The repository's mixtures (contract.MANIFEST) and their members in order: /get_reward?model=NAME serves them.
-    mixtures: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The repository's other reward models (contract.MANIFEST), /get_reward?model=NAME: a mixture's members in
+    # order, () for a Bradley–Terry model.
+    reward_models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

@@ -27,6 +27,7 @@ from armorm.gateway.http_body import (
     Finding,
     bytes_elements_error,
     conversation_size_error,
+    first_repeated,
 )
 from armorm.gateway.strict_json import Flaw
 
@@ -104,15 +105,13 @@ def _ambiguity(request: Any) -> Finding | None:
     for where, entries in (("the request", request.parameters),
                            *((f"input {t.name[:64]!r}", t.parameters) for t in request.inputs),
                            *((f"output {t.name[:64]!r}", t.parameters) for t in request.outputs)):
-        keys = [entry.key for entry in entries]
-        if len(set(keys)) != len(keys):
-            repeated = next(key for index, key in enumerate(keys) if key in keys[:index])
+        repeated = first_repeated([entry.key for entry in entries])
+        if repeated is not None:
             return Finding(f"{where} gives the parameter {repeated[:64]!r} twice; give each parameter once",
                            Flaw.DUPLICATE_KEY)
     for kind, tensors in (("inputs", request.inputs), ("outputs", request.outputs)):
-        names = [tensor.name for tensor in tensors]
-        if len(set(names)) != len(names):
-            repeated = next(name for index, name in enumerate(names) if name in names[:index])
+        repeated = first_repeated([tensor.name for tensor in tensors])
+        if repeated is not None:
             return Finding(f"the {kind} name {repeated[:64]!r} twice; give each tensor once", Flaw.DUPLICATE_INPUT)
     for tensor in request.inputs:
         sources = [source for source, given in (
@@ -136,8 +135,8 @@ def _unknown_field(message: Message, where: str) -> Finding | None:
                            f"{current.DESCRIPTOR.name}, which this server's schema (Triton 2.51's KServe protocol) "
                            "does not know; send only known fields", Flaw.UNKNOWN_FIELD)
         for field, value in current.ListFields():
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
-                pending.extend(value if field.label == FieldDescriptor.LABEL_REPEATED else [value])
+            if field.type == FieldDescriptor.TYPE_MESSAGE:  # one message, or a repeated field's (protobuf 4 to 7)
+                pending.extend([value] if isinstance(value, Message) else value)
     return None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,9 +182,18 @@ def _checked_document(body: bytes | bytearray, header_length: str | None, max_co
     return document
 
 
+def first_repeated(items: Sequence[Any]) -> Any:
+    """The first item seen twice (one pass), or None."""
+    seen: set[Any] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
+
+
 def _distinct_names(tensors: list[Any], where: str) -> None:
-    names = [t.get("name") for t in tensors if isinstance(t, dict)]
-    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    repeated = first_repeated([t["name"] for t in tensors if isinstance(t, dict) and isinstance(t.get("name"), str)])
     if repeated is not None:
         raise _Refuse(Finding(f'{where} names {str(repeated)[:64]!r} twice; give each tensor once',
                               Flaw.DUPLICATE_INPUT))

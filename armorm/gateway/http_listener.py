@@ -199,16 +199,16 @@ class HttpProxy:
         if isinstance(answers, web.Response):
             return answers
         # A trainer splitting a small batch over several URLs sends some of them nothing: empty lists answer it.
-        if target.mixture is not None:
+        if target.model is not None:
             return web.json_response(mixture_response(answers, target, refused_reward))
         return web.json_response(reward_response(answers, refused_reward, weights))
 
     def reward_options(self, query_string: str) -> tuple[float | None, ObjectiveWeights | None, RewardTarget]:
         """The reward routes' URL parameters: refused_reward, ArmoRM's objective_weights, a mixture's model and
         weights (each given at most once)."""
-        target = target_of(query_string, self.config.mixtures)
+        target = target_of(query_string, self.config.reward_models)
         weights = objective_weights_of(query_string)
-        if weights is not None and target.mixture is not None:
+        if weights is not None and target.model is not None:
             raise BodyError("objective_weights steer ArmoRM's objectives; a mixture takes weights=member:weight,...")
         return refused_reward_of(query_string, self.config.refused_reward), weights, target
 

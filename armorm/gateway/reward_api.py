@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from armorm.gateway.http_body import DEFAULT_MAX_CONVERSATION_BYTES, Finding, utf8_size
 from armorm.gateway.strict_json import BodyError, Flaw, read_json
 from armorm.model.conversation import json_kind
+from armorm.model.mixture import parse_weights
 from armorm_client.contract import (
     ENSEMBLE,
     GATING,
@@ -99,10 +100,10 @@ def size_error(item: Conversation, limit: int = DEFAULT_MAX_CONVERSATION_BYTES) 
 
 @dataclass(frozen=True)
 class RewardTarget:
-    """What the reward routes call: ArmoRM (the default), or a mixture of the repository's models (`?model=NAME`,
-    its members in order, and the call's own `?weights=`)."""
+    """What the reward routes call: ArmoRM (the default), or another reward model of the repository (`?model=NAME`):
+    a Bradley–Terry model, or a mixture with its members in order and the call's own `?weights=`."""
 
-    mixture: str | None = None
+    model: str | None = None
     members: tuple[str, ...] = ()
     weights: str | None = None
 
@@ -110,19 +111,30 @@ class RewardTarget:
 ARMORM = RewardTarget()
 
 
-def target_of(query_string: str, mixtures: Mapping[str, Sequence[str]]) -> RewardTarget:
-    """The call's `model` (ArmoRM's name or a mixture's) and a mixture's `weights` URL parameters."""
+def target_of(query_string: str, models: Mapping[str, Sequence[str]]) -> RewardTarget:
+    """The call's `model` (ArmoRM's name, a Bradley–Terry model's or a mixture's) and a mixture's `weights` URL
+    parameters, checked here: a bad weight fails the call at once, never every query one by one."""
     model = query_parameter(query_string, "model")
     weights = query_parameter(query_string, "weights")
     if model in (None, ENSEMBLE.name):
-        if weights is not None:
+        model, members = None, ()
+    elif model in models:
+        members = tuple(models[model])
+    else:
+        raise BodyError(f"model {model[:64]!r}: the reward routes serve {ENSEMBLE.name!r} and this repository's "
+                        f"{', '.join(map(repr, sorted(models))) or 'no other models'}")
+    if weights is not None:
+        if not members:
             raise BodyError("weights weigh a mixture's members (?model=MIXTURE&weights=...); for ArmoRM's own "
                             "objectives use objective_weights")
-        return ARMORM
-    if model not in mixtures:
-        raise BodyError(f"model {model[:64]!r}: the reward routes serve {ENSEMBLE.name!r} and this repository's "
-                        f"mixtures ({', '.join(sorted(mixtures)) or 'none'})")
-    return RewardTarget(model, tuple(mixtures[model]), weights)
+        try:
+            unknown = sorted(set(parse_weights(weights)) - set(members))
+        except ValueError as err:
+            raise BodyError(f"weights: {err}") from None
+        if unknown:
+            raise BodyError(f"weights name {', '.join(map(repr, unknown))}, not members of {model} "
+                            f"({', '.join(members)})")
+    return RewardTarget(model, members, weights)
 
 
 def infer_request(item: Conversation, target: RewardTarget = ARMORM) -> tuple[str, bytes]:
@@ -130,11 +142,12 @@ def infer_request(item: Conversation, target: RewardTarget = ARMORM) -> tuple[st
     messages (as JSON) to armorm (or MIXTURE)."""
     tensor, data = tensor_data(item)
     body: dict[str, Any] = {"inputs": [{"name": tensor, "shape": [1, 1], "datatype": "BYTES", "data": [data]}]}
-    if target.mixture is None:
+    if target.model is None:
         path, outputs = INFER_PATHS[tensor], _OUTPUTS
     else:
         suffix = "_text" if tensor == TEXT.name else ""
-        path, outputs = f"/v2/models/{target.mixture}{suffix}/infer", (SCORE.name, MEMBER_SCORES.name)
+        outputs = (SCORE.name, MEMBER_SCORES.name) if target.members else (SCORE.name,)
+        path = f"/v2/models/{target.model}{suffix}/infer"
         if target.weights is not None:
             body["parameters"] = {"weights": target.weights}
     body["outputs"] = [{"name": name} for name in outputs]
@@ -145,7 +158,7 @@ def sample_response(answer: dict[str, list[float]] | None, refused_reward: float
                     weights: ObjectiveWeights | None = None, target: RewardTarget = ARMORM) -> dict[str, Any]:
     """One sample's {"score", <objective>..., "gating/<objective>"...} (slime: --reward-key score); a mixture's
     {"score", <member>...}."""
-    full = (reward_response([answer], refused_reward, weights) if target.mixture is None
+    full = (reward_response([answer], refused_reward, weights) if target.model is None
             else mixture_response([answer], target, refused_reward))
     return {"score": full["rewards"][0], **{key: values[0] for key, values in full["extra_logs"].items()}}
 
@@ -197,7 +210,7 @@ def refused_reward_of(query_string: str, default: float | None) -> float | None:
 
 def mixture_response(answers: Sequence[dict[str, list[float]] | None], target: RewardTarget,
                      refused_reward: float | None = None) -> dict[str, Any]:
-    """Per query the mixture's score, each member's score in extra_logs (NaN-free: 0 for a refused query)."""
+    """Per query the model's score; a mixture's member scores in extra_logs (NaN-free: 0 for a refused query)."""
     scores = [answer[SCORE.name][0] if answer else refused_reward for answer in answers]
     extra = {member: [answer[MEMBER_SCORES.name][index] if answer else 0.0 for answer in answers]
              for index, member in enumerate(target.members)}

@@ -49,12 +49,13 @@ def public_models_of(repository: Path) -> frozenset[str]:
     return frozenset(json.loads(manifest.read_text())["models"])
 
 
-def mixtures_of(repository: Path) -> dict[str, tuple[str, ...]]:
-    """The repository's mixtures (contract.MANIFEST) that take messages, and their members in order."""
+def reward_models_of(repository: Path) -> dict[str, tuple[str, ...]]:
+    """The repository's reward models besides ArmoRM that take messages (contract.MANIFEST): a mixture's members in
+    order, () for a Bradley–Terry model. Each NAME has its NAME_text for templated text."""
     manifest = repository / MANIFEST
     models = json.loads(manifest.read_text())["models"] if manifest.is_file() else {}
-    return {name: tuple(entry["members"]) for name, entry in models.items()
-            if entry.get("kind") == "mixture" and not name.endswith("_text")}
+    return {name: tuple(entry.get("members", ())) for name, entry in models.items()
+            if entry.get("kind") in ("mixture", "bradley_terry") and not name.endswith("_text")}
 
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 GRPC_STREAM_INFER = GRPC_SERVICE + "ModelStreamInfer"

@@ -75,32 +75,42 @@ def placed_config(config: mc.ModelConfig, device: str) -> mc.ModelConfig | None:
     return placed
 
 
+def backbone_folders(repository: Path) -> list[Path]:
+    """Every backbone model of the repository: ArmoRM's and each other reward model's NAME_backbone."""
+    return sorted(path.parent for path in repository.glob("*/config.pbtxt")
+                  if path.parent.name == BACKBONE.name or path.parent.name.endswith("_backbone"))
+
+
 def serving_repository(repository: Path, placement: Placement, scratch: Path) -> Path:
-    """The repository tritonserver should load: `repository` itself when the backbone is already placed as
-    asked, else a view of it under `scratch` with only the backbone's instance kind changed."""
+    """The repository tritonserver should load: `repository` itself when every backbone is already placed as
+    asked, else a view of it under `scratch` with only the backbones' instance kinds changed."""
     if placement.device is None:
         return repository
-    backbone = repository / BACKBONE.name
-    try:
-        config = read_config(backbone / "config.pbtxt")
-    except (OSError, text_format.ParseError) as err:
-        raise PlacementError(f"cannot read {backbone / 'config.pbtxt'}: {err}") from None
-    if placement.device == "cpu" and config.platform == "tensorrt_plan":
-        raise PlacementError("the backbone is a TensorRT plan, which runs only on a GPU: give the container a GPU "
-                             "or export another backbone (--backbone torch_packed)")
-    placed = placed_config(config, placement.device)
-    if placed is None:
+    placed: dict[str, mc.ModelConfig] = {}
+    for backbone in backbone_folders(repository):
+        try:
+            config = read_config(backbone / "config.pbtxt")
+        except (OSError, text_format.ParseError) as err:
+            raise PlacementError(f"cannot read {backbone / 'config.pbtxt'}: {err}") from None
+        if placement.device == "cpu" and config.platform == "tensorrt_plan":
+            raise PlacementError(f"{backbone.name} is a TensorRT plan, which runs only on a GPU: give the container "
+                                 "a GPU or export another backbone (--backbone torch_packed)")
+        config = placed_config(config, placement.device)
+        if config is not None:
+            placed[backbone.name] = config
+    if not placed:
         return repository
     view = scratch / "repository"
     view.mkdir(parents=True)
     for entry in sorted(repository.iterdir()):
-        if entry.name != BACKBONE.name:
+        if entry.name not in placed:
             (view / entry.name).symlink_to(entry.resolve())
-    (view / BACKBONE.name).mkdir()
-    for entry in sorted(backbone.iterdir()):
-        if entry.name != "config.pbtxt":
-            (view / BACKBONE.name / entry.name).symlink_to(entry.resolve())
-    (view / BACKBONE.name / "config.pbtxt").write_text(
-        f"# {backbone / 'config.pbtxt'} with the instance kind for this node (armorm-serve)\n"
-        + text_format.MessageToString(placed))
+    for name, config in placed.items():
+        (view / name).mkdir()
+        for entry in sorted((repository / name).iterdir()):
+            if entry.name != "config.pbtxt":
+                (view / name / entry.name).symlink_to(entry.resolve())
+        (view / name / "config.pbtxt").write_text(
+            f"# {repository / name / 'config.pbtxt'} with the instance kind for this node (armorm-serve)\n"
+            + text_format.MessageToString(config))
     return view

@@ -39,7 +39,7 @@ from armorm.gateway import (
     Upstream,
 )
 from armorm.gateway.admission import INFERENCE_CHARGE, LARGE_SHARE
-from armorm.gateway.routes import mixtures_of, public_models_of
+from armorm.gateway.routes import public_models_of, reward_models_of
 from armorm.launcher.model_config import conversation_bytes_limit
 from armorm.launcher.orphans import private_socket_dir, remove_orphaned_segments, remove_orphaned_socket_dirs
 from armorm.launcher.placement import DEVICES, PlacementError, choose_placement, serving_repository, visible_gpus
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                                     max_buffered_bytes=args.max_buffered_bytes, limits=limits,
                                     max_conversation_bytes=conversation_bytes_limit(args.repository)
                                     or GatewayConfig.max_conversation_bytes, refused_reward=args.refused_reward,
-                                    mixtures=mixtures_of(args.repository)))
+                                    reward_models=reward_models_of(args.repository)))
     try:
         repository = serving_repository(args.repository, placement, private)
         gateway.start()

@@ -98,7 +98,8 @@ def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """One reading: a key given twice is the last to Python, the first to other parsers (rapidjson)."""
     document = dict(pairs)
     if len(document) != len(pairs):
-        repeated = next(key for index, (key, _) in enumerate(pairs) if key in dict(pairs[:index]))
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
         raise ConversationError(f"messages gives the key {repeated[:40]!r} twice in one object; give each key once",
                                 "json")
     return document

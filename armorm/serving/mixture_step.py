@@ -56,10 +56,16 @@ class MixtureStep:
                 parsed.append((index, *self.read(request)))
             except (ValueError, RequestError) as err:  # ConversationError is a ValueError
                 responses[index] = invalid_argument(self.pb, str(err))
+            except Exception as err:  # noqa: BLE001 - a library choking on this request's content: it fails alone
+                responses[index] = invalid_argument(self.pb, f"this request could not be read ({type(err).__name__}: "
+                                                             f"{str(err)[:200]})")
         if parsed:
             rows = np.concatenate([messages for _, _, messages in parsed])
-            together = await asyncio.gather(*(self.call(name, rows) for name in self.mixture.names))
-            if all(not answer.has_error() for answer in together):
+            try:
+                together = await asyncio.gather(*(self.call(name, rows) for name in self.mixture.names))
+            except Exception:  # noqa: BLE001 - a member unreachable for the batch: each request tries alone below
+                together = None
+            if together is not None and all(not answer.has_error() for answer in together):
                 scores = np.stack([self.scores(answer) for answer in together], axis=1)
                 offsets = np.cumsum([0] + [len(messages) for _, _, messages in parsed])
                 for (index, weights, _), start, end in zip(parsed, offsets[:-1], offsets[1:]):
@@ -74,6 +80,8 @@ class MixtureStep:
         """(weights [K], messages [rows, 1] object array) of one request, or RequestError / ValueError."""
         weights = self.mixture.weights(self.request_weights(request))
         rows = bytes_items(input_array(self.pb, request, self.form))
+        if not rows:
+            raise RequestError("the request holds no rows; send at least one conversation")
         if self.read_text is not None:
             rows = [self.read_text(row).encode() for row in rows]
         return weights, np.array(rows, dtype=np.object_).reshape(-1, 1)

@@ -63,8 +63,12 @@ class PairwiseStep:
                         raise RequestError(f"row {row}: the pair is {len(ids)} tokens long in one order; the limit "
                                            f"is {self.max_tokens} tokens")
                     orders.append(ids)
+            if not orders:
+                raise RequestError("the request holds no rows; send at least one pair")
         except (RequestError, ValueError) as err:
             return invalid_argument(pb, str(err))
+        except Exception as err:  # noqa: BLE001 - the tokenizer choking on this request's content: it fails alone
+            return invalid_argument(pb, f"this pair could not be tokenized ({type(err).__name__}: {str(err)[:200]})")
         try:
             answers = await asyncio.gather(*(self.backbone_call(ids).async_exec() for ids in orders))
         except Exception as err:  # noqa: BLE001 - the backbone could not be reached: this request fails alone
