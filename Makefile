@@ -98,8 +98,9 @@ trl: install $(TRL_SITE)/.installed ## TRL under build/trl-site for the slow tes
 perf: install system-deps ## perf_analyzer against a running server at HOST:GRPC_PORT
 	$(BIN)/python -m armorm_client.perf --url $(HOST):$(GRPC_PORT)
 
-bench: install ## one-run benchmark: model card pipeline vs served (sweep, best-of-N); table + build/bench/bench.png
+bench: install ## one-run benchmark: model card pipeline vs served (sweep, best-of-N), then a mixture vs its members
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench_mixture.py $(MIXTURE_ARGS)
 
 bench-gateway: install ## the gateway's cost: same requests through it and straight to tritonserver, ratio printed
 	$(BIN)/python scripts/bench_gateway.py $(REPO)
@@ -108,7 +109,7 @@ bench-openrlhf: install ## OpenRLHF's single-sample /get_reward calls vs armorm_
 	$(BIN)/python scripts/bench_openrlhf.py $(REPO)
 
 bench-mixture: install ## a mixture of two reward models vs its members called separately, same conversations, ratio printed
-	$(BIN)/python scripts/bench_mixture.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench_mixture.py $(MIXTURE_ARGS)
 
 gpu-check: install ## packed runtime vs model card pipeline in process: fidelity + throughput (8B shape on a GPU)
 	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)

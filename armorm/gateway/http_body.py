@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from armorm.gateway.strict_json import BodyError, Flaw, read_json
-from armorm.model.conversation import InputLimits, json_kind
+from armorm.model.conversation import InputLimits, first_repeated, json_kind
 
 # The KServe v2 datatype of the ensemble's inputs (contract.MESSAGES and TEXT, TYPE_STRING).
 ENSEMBLE_DATATYPE = "BYTES"
@@ -180,16 +179,6 @@ def _checked_document(body: bytes | bytearray, header_length: str | None, max_co
     if not isinstance(document.get("parameters", {}), dict):
         raise _Refuse(Finding('"parameters" must be an object'))
     return document
-
-
-def first_repeated(items: Sequence[Any]) -> Any:
-    """The first item seen twice (one pass), or None."""
-    seen: set[Any] = set()
-    for item in items:
-        if item in seen:
-            return item
-        seen.add(item)
-    return None
 
 
 def _distinct_names(tensors: list[Any], where: str) -> None:

@@ -16,6 +16,8 @@ import json
 import re
 from typing import Any
 
+from armorm.model.conversation import first_repeated
+
 INT_MIN, UINT_MAX = -(1 << 63), (1 << 64) - 1  # rapidjson's integer range; beyond it a number becomes a double
 _BOM = b"\xef\xbb\xbf"
 # Only an escape can put a surrogate into a string of strictly decoded UTF-8: this finds every candidate
@@ -74,13 +76,11 @@ def read_json(raw: bytes | bytearray, what: str = "the request body", example: s
 
 
 def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+    repeated = first_repeated(key for key, _ in pairs)
+    if repeated is not None:
         raise _Refused(f"the key {repeated[:64]!r} appears twice in one object; give each key once",
                        Flaw.DUPLICATE_KEY)
-    return document
+    return dict(pairs)
 
 
 def _int(text: str) -> int:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from armorm_client.contract import GATE_POSITION, INPUT_IDS, NUM_TOKENS, REWARD_POSITION
+
+T = TypeVar("T")
 
 ROLES = ("system", "user", "assistant")
 # The end of the prompt as the chat template renders it; the gate reads the hidden state at its start.
@@ -94,15 +96,23 @@ def parse_messages(raw: bytes | str, limits: InputLimits = InputLimits()) -> lis
     return validate_messages(messages, limits)
 
 
+def first_repeated(items: Iterable[T]) -> T | None:
+    """The first item seen twice (one pass: a hostile list of distinct items costs linear time), or None."""
+    seen: set[T] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
+
+
 def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """One reading: a key given twice is the last to Python, the first to other parsers (rapidjson)."""
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+    repeated = first_repeated(key for key, _ in pairs)
+    if repeated is not None:
         raise ConversationError(f"messages gives the key {repeated[:40]!r} twice in one object; give each key once",
                                 "json")
-    return document
+    return dict(pairs)
 
 
 def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> list[dict[str, str]]:
