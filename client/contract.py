@@ -107,12 +107,12 @@ ALL_MODELS: tuple[ModelSpec, ...] = (*STEPS, *ENSEMBLES)
 # A Bradley–Terry reward model (LlamaForSequenceClassification, one logit: FsfairX, Skywork-Reward), exported under
 # a name of its own: ensemble NAME (messages → the raw logit as `score`) over NAME_tokenizer and NAME_backbone
 # (the templates above) and NAME_score. The names here are the templates'; the export puts NAME in front.
-SCORE_HEAD = ModelSpec("bradley_terry_score", "python", (REWARD_HIDDEN,), (SCORE,))
+SCORE_HEAD = ModelSpec("bradley_terry_score", "python", (REWARD_HIDDEN,), (SCORE,))  # the REGRESSION template
 BRADLEY_TERRY = ModelSpec("bradley_terry", "", (MESSAGES,), (SCORE,))
 # NAME_text: the same steps for templated text (OpenRLHF's queries, slime's templated prompts); the BRADLEY_TERRY
 # template with its first step reading `text`.
 BRADLEY_TERRY_TEXT = ModelSpec("bradley_terry_text", "", (TEXT,), (SCORE,))
-BRADLEY_TERRY_MODELS: tuple[ModelSpec, ...] = (SCORE_HEAD, BRADLEY_TERRY)
+BRADLEY_TERRY_MODELS: tuple[ModelSpec, ...] = (BRADLEY_TERRY,)  # the templates of their own
 
 # A mixture of the repository's reward models (armorm.model.mixture), named at export: NAME takes messages,
 # NAME_text templated text; each answers the weighted sum as `score` and every member's score, in the mixture's
@@ -132,7 +132,6 @@ PAIRWISE = ModelSpec("pairwise", "python", (PAIR,), (PREFERENCE,))
 TOKENIZER_DIR = "tokenizer"
 BACKBONE_ONNX = "model.onnx"
 BACKBONE_WEIGHTS = "backbone.safetensors"  # model.* tensors, as stored, for the torch_packed runtime
-SCORE_WEIGHTS = "score.safetensors"  # a Bradley–Terry model's score.weight [1, hidden]
 CHOICE_WEIGHTS = "choices.safetensors"  # a pairwise model's LM-head rows of "A" and "B" [2, hidden]
 # At the repository's root: each public ensemble and its kind (the gateway opens these to inference).
 MANIFEST = "reward_models.json"

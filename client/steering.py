@@ -49,16 +49,7 @@ class ObjectiveWeights:
     @classmethod
     def parse(cls, text: str) -> ObjectiveWeights:
         """`name=weight,name=weight` (':' works too), as in ARMORM_OBJECTIVE_WEIGHTS."""
-        pairs = []
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            name, sep, weight = item.replace(":", "=", 1).partition("=")
-            if not sep:
-                raise ValueError(f"objective weights are name=weight pairs separated by commas, got {item[:64]!r}")
-            try:
-                pairs.append((name.strip(), float(weight)))
-            except ValueError:
-                raise ValueError(f"the weight of {name.strip()[:64]!r} is not a number: {weight[:32]!r}") from None
-        return cls(tuple(pairs))
+        return cls(tuple(parse_weights(text).items()))
 
     @classmethod
     def direction(cls, degrees: float) -> ObjectiveWeights:
@@ -80,3 +71,26 @@ class ObjectiveWeights:
 
     def __str__(self) -> str:
         return ",".join(f"{name}={weight:g}" for name, weight in self.pairs)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`name=weight,name=weight` (':' works too) → weights by name; each finite, each name once. The one reader of
+    weights: ArmoRM's objectives (ARMORM_OBJECTIVE_WEIGHTS, ?objective_weights=) and a mixture's members."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.replace(":", "=", 1).partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValueError(f"weights are name=weight pairs separated by commas, got {item[:64]!r}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"the weight of {name[:64]!r} is not a number: {value[:32]!r}") from None
+        if not math.isfinite(weight):
+            raise ValueError(f"the weight of {name[:64]!r} must be a finite number")
+        if name in weights:
+            raise ValueError(f"{name[:64]!r} is weighted twice")
+        weights[name] = weight
+    if not weights:
+        raise ValueError("give at least one name=weight")
+    return weights

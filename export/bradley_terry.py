@@ -40,6 +40,11 @@ from armorm_export.progress import say, step
 STEP_SUFFIXES = {contract.TOKENIZER: "tokenizer", contract.BACKBONE: "backbone", contract.SCORE_HEAD: "score"}
 
 
+# The templates a Bradley–Terry model borrows: ArmoRM's regression head (one row: the score) and, for NAME_text, its
+# own ensemble reading `text`.
+TEMPLATES_OF = {contract.SCORE_HEAD: contract.REGRESSION, contract.BRADLEY_TERRY_TEXT: contract.BRADLEY_TERRY}
+
+
 def served_names(name: str) -> dict[contract.ModelSpec, str]:
     """Each template (its contract spec) → the model it becomes under `name`."""
     return {**{spec: f"{name}_{suffix}" for spec, suffix in STEP_SUFFIXES.items()}, contract.BRADLEY_TERRY: name,
@@ -65,8 +70,8 @@ def write_models(checkpoint: Checkpoint, output: Path, name: str, options: Expor
     with step("tokenizer"):
         write_tokenizer_model(checkpoint, output / names[contract.TOKENIZER], options, RETOKENIZE_BOS)
     with step("score head"):
-        weights = bradley_terry.ScoreWeights.from_state_dict(checkpoint.state, checkpoint.config.hidden_size)
-        weights.save(output / names[contract.SCORE_HEAD] / "1" / contract.SCORE_WEIGHTS)
+        weights = bradley_terry.score_weights(checkpoint.state, checkpoint.config.hidden_size)
+        weights.save(output / names[contract.SCORE_HEAD] / "1" / contract.REGRESSION_WEIGHTS)
     if shared is None:
         write_backbone_weights(checkpoint, output / own_backbone, fingerprint)
         path = output / own_backbone / "config.pbtxt"
@@ -95,7 +100,7 @@ def share_backbone(folder: Path) -> None:
 def copy_template(spec: contract.ModelSpec, folder: Path, names: dict[contract.ModelSpec, str]) -> None:
     """A fresh copy of the template folder, named and wired for this model, inputs and outputs from the contract."""
     shutil.rmtree(folder, ignore_errors=True)
-    template = contract.BRADLEY_TERRY if spec is contract.BRADLEY_TERRY_TEXT else spec
+    template = TEMPLATES_OF.get(spec, spec)
     shutil.copytree(TEMPLATES / template.name, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc",
                                                                                      ".gitkeep"))
     (folder / "1").mkdir(exist_ok=True)

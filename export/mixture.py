@@ -14,8 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from armorm.model.mixture import MIXTURE_FILE, Member, Mixture, parse_weights
+from armorm.model.mixture import MIXTURE_FILE, Member, Mixture
 from armorm_client import contract
+from armorm_client.steering import parse_weights
 from armorm_export.model_files import (
     TEMPLATES,
     apply_contract,

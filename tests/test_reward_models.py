@@ -301,6 +301,9 @@ def test_a_bad_pair_fails_alone_with_what_to_fix(mixed_server):
     with PairwiseClient(mixed_server.grpc_url, model="pair_pm") as judge:
         with pytest.raises(InferenceServerException, match="response_a"):
             judge.client.infer("pair_pm", [_pair_tensor([b'{"prompt": "x"}'])])
+        twice = b'{"prompt": "x", "response_a": "a", "response_a": "b", "response_b": "c"}'
+        with pytest.raises(InferenceServerException, match="gives the key 'response_a' twice"):
+            judge.client.infer("pair_pm", [_pair_tensor([twice])])
         assert 0.0 <= judge.preference("Hi", "Hello", "Go away") <= 1.0, "the server keeps serving"
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -189,16 +191,29 @@ class HttpProxy:
         """OpenRLHF's POST /get_reward: every query sent to the ensemble at once, one answer for the call. A
         refused query fails the call with its reason (a trainer must never train on a made-up reward), unless the
         server or the call (`?refused_reward=R`) states the reward refused queries get."""
+        return await self.reward_call(body, query_string, parse_queries, one_sample=False)
+
+    async def sample_reward(self, body: bytes, query_string: str = "") -> web.Response:
+        """slime's remote_rm: POST /reward with one sample → {"score": ..., <objective>: ...}."""
+        return await self.reward_call(body, query_string, parse_sample, one_sample=True)
+
+    async def reward_call(self, body: bytes, query_string: str, parse: Callable[[bytes], Any],
+                          one_sample: bool) -> web.Response:
+        """Both reward routes: the body read by `parse` (queries, or one sample), the URL's options, every
+        conversation scored at once, the answer in the route's shape."""
         try:
-            queries = await off_loop_if_large(parse_queries, body)
+            parsed = await off_loop_if_large(parse, body)
             refused_reward, weights, target = self.reward_options(query_string)
         except BodyError as err:
             self.admission.refuse(PROTOCOL, err.flaw.value)
             return error(err.status, str(err))
-        answers = await self.score_all(queries, refused_reward, target) if queries else []
+        conversations = [parsed] if one_sample else parsed
+        # A trainer splitting a small batch over several URLs sends some of them nothing: empty lists answer it.
+        answers = await self.score_all(conversations, refused_reward, target) if conversations else []
         if isinstance(answers, web.Response):
             return answers
-        # A trainer splitting a small batch over several URLs sends some of them nothing: empty lists answer it.
+        if one_sample:
+            return web.json_response(sample_response(answers[0], refused_reward, weights, target))
         if target.model is not None:
             return web.json_response(mixture_response(answers, target, refused_reward))
         return web.json_response(reward_response(answers, refused_reward, weights))
@@ -211,19 +226,6 @@ class HttpProxy:
         if weights is not None and target.model is not None:
             raise BodyError("objective_weights steer ArmoRM's objectives; a mixture takes weights=member:weight,...")
         return refused_reward_of(query_string, self.config.refused_reward), weights, target
-
-    async def sample_reward(self, body: bytes, query_string: str = "") -> web.Response:
-        """slime's remote_rm: POST /reward with one sample → {"score": ..., <objective>: ...}."""
-        try:
-            sample = await off_loop_if_large(parse_sample, body)
-            refused_reward, weights, target = self.reward_options(query_string)
-        except BodyError as err:
-            self.admission.refuse(PROTOCOL, err.flaw.value)
-            return error(err.status, str(err))
-        answers = await self.score_all([sample], refused_reward, target)
-        if isinstance(answers, web.Response):
-            return answers
-        return web.json_response(sample_response(answers[0], refused_reward, weights, target))
 
     async def score_all(self, conversations: list, refused_reward: float | None,
                         target: RewardTarget = ARMORM) -> list | web.Response:

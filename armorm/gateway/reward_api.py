@@ -18,7 +18,6 @@ from urllib.parse import parse_qs
 from armorm.gateway.http_body import DEFAULT_MAX_CONVERSATION_BYTES, Finding, utf8_size
 from armorm.gateway.strict_json import BodyError, Flaw, read_json
 from armorm.model.conversation import json_kind
-from armorm.model.mixture import parse_weights
 from armorm_client.contract import (
     ENSEMBLE,
     GATING,
@@ -31,7 +30,7 @@ from armorm_client.contract import (
     TEXT_ENSEMBLE,
 )
 from armorm_client.rlhf import conversation
-from armorm_client.steering import ObjectiveWeights
+from armorm_client.steering import ObjectiveWeights, parse_weights
 
 REWARD_PATH = "/get_reward"
 # slime's remote reward protocol (`--rm-type remote_rm --rm-url http://host:8000/reward`): one sample per call,

@@ -10,40 +10,23 @@ with its defaults, which add BOS back only if its post-processor does (Skywork's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file, save_file
+
+from armorm.model.heads import RegressionWeights
 
 ARCHITECTURE = "LlamaForSequenceClassification"
 HEAD_PARAMETER = "score.weight"
 
 
-@dataclass(frozen=True)
-class ScoreWeights:
-    weight: torch.Tensor  # [1, hidden] fp32
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], hidden_size: int) -> ScoreWeights:
-        if HEAD_PARAMETER not in state:
-            raise ValueError(f"a Bradley–Terry checkpoint holds {HEAD_PARAMETER}; this one has none")
-        weight = state[HEAD_PARAMETER]
-        if tuple(weight.shape) != (1, hidden_size):
-            raise ValueError(f"{HEAD_PARAMETER} is {tuple(weight.shape)}; a one-label model has [1, {hidden_size}]")
-        extra = sorted(name for name in state if not name.startswith("model.") and name != HEAD_PARAMETER)
-        if extra:
-            raise ValueError(f"unexpected head parameters {extra[:4]}: not a one-label sequence classifier")
-        return cls(weight.float().contiguous())
-
-    def save(self, path: Path) -> None:
-        save_file({HEAD_PARAMETER: self.weight}, str(path))
-
-    @classmethod
-    def load(cls, path: Path, device: torch.device | str = "cpu") -> ScoreWeights:
-        return cls(load_file(str(path))[HEAD_PARAMETER].to(device))
-
-
-def score(reward_hidden: torch.Tensor, weights: ScoreWeights) -> torch.Tensor:
-    """[n, hidden] → [n, 1] fp32 logits (the head in fp32, as the served heads are)."""
-    return reward_hidden.float() @ weights.weight.T
+def score_weights(state: dict[str, torch.Tensor], hidden_size: int) -> RegressionWeights:
+    """`score.weight` [1, hidden] as a one-row regression head: the served score is armorm.model.heads.regression,
+    ArmoRM's own head math, with one output."""
+    if HEAD_PARAMETER not in state:
+        raise ValueError(f"a Bradley–Terry checkpoint holds {HEAD_PARAMETER}; this one has none")
+    weight = state[HEAD_PARAMETER]
+    if tuple(weight.shape) != (1, hidden_size):
+        raise ValueError(f"{HEAD_PARAMETER} is {tuple(weight.shape)}; a one-label model has [1, {hidden_size}]")
+    extra = sorted(name for name in state if not name.startswith("model.") and name != HEAD_PARAMETER)
+    if extra:
+        raise ValueError(f"unexpected head parameters {extra[:4]}: not a one-label sequence classifier")
+    return RegressionWeights(weight.float().contiguous())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,7 +82,7 @@ def parse_messages(raw: bytes | str, limits: InputLimits = InputLimits()) -> lis
     except UnicodeDecodeError as err:
         raise ConversationError(f"messages is not valid UTF-8 (bad byte at offset {err.start})", "encoding") from None
     try:
-        messages = json.loads(text, object_pairs_hook=_distinct_keys)
+        messages = json.loads(text, object_pairs_hook=distinct_keys("messages"))
     except RecursionError:
         raise ConversationError(
             "messages is nested too deeply to be a conversation; send a flat JSON list of {\"role\", \"content\"} "
@@ -106,13 +106,17 @@ def first_repeated(items: Iterable[T]) -> T | None:
     return None
 
 
-def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """One reading: a key given twice is the last to Python, the first to other parsers (rapidjson)."""
-    repeated = first_repeated(key for key, _ in pairs)
-    if repeated is not None:
-        raise ConversationError(f"messages gives the key {repeated[:40]!r} twice in one object; give each key once",
-                                "json")
-    return dict(pairs)
+def distinct_keys(what: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A json.loads object hook for `what`'s JSON: one reading, a key given twice is refused (it is the last to
+    Python, the first to other parsers such as rapidjson)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        repeated = first_repeated(key for key, _ in pairs)
+        if repeated is not None:
+            raise ConversationError(f"{what} gives the key {repeated[:40]!r} twice in one object; give each key "
+                                    "once", "json")
+        return dict(pairs)
+
+    return hook
 
 
 def validate_messages(messages: Any, limits: InputLimits = InputLimits()) -> list[dict[str, str]]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from armorm_client.steering import parse_weights
+
 MIXTURE_FILE = "mixture.json"  # under the mixture model's version folder
 
 
@@ -68,25 +70,3 @@ class Mixture:
     @classmethod
     def load(cls, path: Path) -> Mixture:
         return cls(tuple(Member(**m) for m in json.loads(path.read_text())["members"]))
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """`name=weight,name=weight` (':' works too) → weights by name; each finite, each name once."""
-    weights: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.replace(":", "=", 1).partition("=")
-        name = name.strip()
-        if not sep:
-            raise ValueError(f"weights are name=weight pairs separated by commas, got {item[:64]!r}")
-        try:
-            weight = float(value)
-        except ValueError:
-            raise ValueError(f"the weight of {name[:64]!r} is not a number: {value[:32]!r}") from None
-        if not math.isfinite(weight):
-            raise ValueError(f"the weight of {name[:64]!r} must be a finite number")
-        if name in weights:
-            raise ValueError(f"{name[:64]!r} is weighted twice")
-        weights[name] = weight
-    if not weights:
-        raise ValueError("give at least one weight, e.g. armorm=1")
-    return weights

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from armorm.model.conversation import ConversationError, distinct_keys
 from armorm.model.pairwise import ChoiceWeights, first_preferred, pair_ids, preference
 from armorm.serving.codec import bytes_items
 from armorm.serving.triton_glue import RequestError, input_array, internal_error, invalid_argument, unavailable
@@ -25,7 +26,9 @@ def parse_pair(raw: bytes, max_bytes: int) -> tuple[list[dict[str, str]], str, s
     if len(raw) > max_bytes:
         raise RequestError(f"the pair is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        document = json.loads(raw)
+        document = json.loads(raw, object_pairs_hook=distinct_keys("pair"))
+    except ConversationError as err:
+        raise RequestError(str(err)) from None
     except (ValueError, RecursionError):
         raise RequestError('pair must be JSON like {"prompt": "...", "response_a": "...", "response_b": "..."}'
                            ) from None

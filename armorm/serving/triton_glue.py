@@ -27,6 +27,7 @@ class ModelContext:
     parameters: dict[str, str]
     instance_kind: str  # "CPU", "GPU" or "MODEL"
     device_id: int
+    outputs: tuple[str, ...] = ()  # the model's output names, as its config declares them
 
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> ModelContext:
@@ -38,6 +39,7 @@ class ModelContext:
             parameters=parameters,
             instance_kind=args.get("model_instance_kind", "CPU"),
             device_id=int(args.get("model_instance_device_id", 0)),
+            outputs=tuple(output["name"] for output in config.get("output", [])),
         )
 
     @property
